@@ -1,0 +1,52 @@
+"""The programming model: examples, signatures, modules, predictors and tracing. No I/O."""
+
+from cotune.core.example import Example, Prediction
+from cotune.core.module import Module
+from cotune.core.parallel import imap_unordered
+from cotune.core.predict import ChainOfThought, NoLMError, Predict, demo_from_step
+from cotune.core.runtime import (
+    ChatModel,
+    PromptAdapter,
+    context,
+    current_adapter,
+    current_lm,
+    register_default_adapter,
+)
+from cotune.core.signature import (
+    Field,
+    InputField,
+    OutputField,
+    Signature,
+    SignatureError,
+    ensure_signature,
+)
+from cotune.core.state import STATE_VERSION, StateError
+from cotune.core.trace import Trace, TraceStep, trace
+
+__all__ = [
+    "STATE_VERSION",
+    "ChainOfThought",
+    "ChatModel",
+    "Example",
+    "Field",
+    "InputField",
+    "Module",
+    "NoLMError",
+    "OutputField",
+    "Predict",
+    "Prediction",
+    "PromptAdapter",
+    "Signature",
+    "SignatureError",
+    "StateError",
+    "Trace",
+    "TraceStep",
+    "context",
+    "current_adapter",
+    "current_lm",
+    "demo_from_step",
+    "ensure_signature",
+    "imap_unordered",
+    "register_default_adapter",
+    "trace",
+]

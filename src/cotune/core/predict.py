@@ -1,0 +1,117 @@
+"""``Predict``: one LM call with learnable instruction and demos; ``ChainOfThought``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from cotune.core.example import Example, Prediction
+from cotune.core.module import Module
+from cotune.core.runtime import ChatModel, current_adapter, current_lm
+from cotune.core.signature import Signature, ensure_signature
+from cotune.core.trace import TraceStep, record_step
+
+_LM_OPTIONS = {"temperature", "max_tokens", "stop", "seed", "n", "rollout_id", "cache"}
+
+
+class NoLMError(RuntimeError):
+    """A predictor ran with no LM bound to it and none set with ``cotune.context(lm=...)``."""
+
+
+class Predict(Module):
+    """One LM call.
+
+    Learnable state: ``instruction``, ``demos`` (examples holding this predictor's input and output
+    fields) and ``lm`` (which model, and later which LoRA adapter, answers).
+    """
+
+    def __init__(
+        self,
+        signature: str | Signature | type[Signature],
+        *,
+        instruction: str | None = None,
+        lm: ChatModel | None = None,
+        **lm_options: Any,
+    ) -> None:
+        unknown = set(lm_options) - _LM_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown LM options {sorted(unknown)}; allowed: {sorted(_LM_OPTIONS)}")
+        self.signature = ensure_signature(signature)
+        self.original_instruction = self.signature.instruction
+        self.instruction = instruction or self.signature.instruction
+        self.demos: list[Example] = []
+        self.lm = lm
+        self.lm_options = lm_options
+
+    @property
+    def active_signature(self) -> Signature:
+        """The signature with the current (possibly optimized) instruction."""
+        return self.signature.with_instruction(self.instruction)
+
+    def reset(self) -> None:
+        self.instruction = self.original_instruction
+        self.demos = []
+
+    def forward(self, **inputs: Any) -> Prediction:
+        missing = [f.name for f in self.signature.input_fields if f.name not in inputs]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__}({self.signature.spec()!r}) is missing inputs {missing}"
+            )
+        options = dict(self.lm_options)
+        for key in _LM_OPTIONS & inputs.keys():
+            options[key] = inputs.pop(key)
+        unexpected = set(inputs) - {f.name for f in self.signature.input_fields}
+        if unexpected:
+            raise ValueError(f"unexpected inputs {sorted(unexpected)} for {self.signature.spec()!r}")
+
+        lm = self.lm or current_lm()
+        if lm is None:
+            raise NoLMError(
+                "no LM for this predictor: bind one (Predict(..., lm=lm)) "
+                "or use `with cotune.context(lm=lm):`"
+            )
+        adapter = current_adapter()
+        signature = self.active_signature
+        messages = adapter.format(signature, self.demos, inputs)
+        response = lm.chat(messages, **options)
+        completions = [adapter.parse(signature, choice.text) for choice in response.choices]
+        prediction = Prediction(completions[0], completions=completions)
+        record_step(TraceStep(predictor=self, inputs=dict(inputs), outputs=prediction))
+        return prediction
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Predict:
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for key, value in vars(self).items():
+            # the LM is a shared resource (a loaded model, an HTTP client): never copy it
+            setattr(new, key, value if key == "lm" else copy.deepcopy(value, memo))
+        return new
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.signature.spec()!r}, demos={len(self.demos)}, "
+            f"instruction={self.instruction[:60]!r})"
+        )
+
+
+class ChainOfThought(Predict):
+    """``Predict`` with a ``reasoning`` output produced before the signature's outputs."""
+
+    def __init__(
+        self,
+        signature: str | Signature | type[Signature],
+        *,
+        reasoning_description: str = "Think step by step to reach the answer.",
+        **kwargs: Any,
+    ) -> None:
+        base = ensure_signature(signature)
+        if "reasoning" in {f.name for f in base.fields}:
+            raise ValueError("the signature already has a `reasoning` field")
+        super().__init__(base.prepend_output("reasoning", str, reasoning_description), **kwargs)
+
+
+def demo_from_step(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Example:
+    """A demo for a predictor, made from one traced call."""
+    return Example({**inputs, **outputs}, input_keys=inputs.keys())

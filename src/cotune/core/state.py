@@ -1,0 +1,107 @@
+"""Save and load a program's learnable state as versioned JSON (never pickle)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from cotune.core.example import Example
+
+if TYPE_CHECKING:
+    from cotune.core.module import Module
+
+STATE_VERSION = 1
+
+
+class StateError(ValueError):
+    """A saved program that is corrupt, of an unknown version, or of a different shape."""
+
+
+def dump_state(program: Module) -> dict[str, Any]:
+    predictors = {}
+    for name, p in program.named_predictors():
+        lm = p.lm
+        lm_state = None
+        if lm is not None:
+            describe = getattr(lm, "describe", None)
+            lm_state = describe() if callable(describe) else {"model": getattr(lm, "model", None)}
+        predictors[name] = {
+            "signature": p.signature.shape(),
+            "instruction": p.instruction,
+            "demos": [
+                {"fields": _jsonable(d.to_dict()), "inputs": sorted(d.input_keys)}
+                for d in p.demos
+            ],
+            "lm": lm_state,
+        }
+    return {
+        "cotune_state_version": STATE_VERSION,
+        "program": type(program).__name__,
+        "predictors": predictors,
+    }
+
+
+def load_state(program: Module, state: Any) -> None:
+    """Load ``state`` into ``program`` in place, after checking that the shapes agree.
+
+    LM bindings are not restored here (they are live objects); ``state["predictors"][name]["lm"]``
+    says which LM each predictor used, for the caller to rebind.
+    """
+    if not isinstance(state, dict) or "cotune_state_version" not in state:
+        raise StateError("not a cotune program state (no 'cotune_state_version' key)")
+    version = state["cotune_state_version"]
+    if version != STATE_VERSION:
+        raise StateError(f"unsupported state version {version!r}; this cotune reads {STATE_VERSION}")
+    saved = state.get("predictors")
+    if not isinstance(saved, dict):
+        raise StateError("state has no 'predictors' mapping")
+    current = dict(program.named_predictors())
+    if set(saved) != set(current):
+        raise StateError(
+            f"saved program has predictors {sorted(saved)} but {type(program).__name__} has "
+            f"{sorted(current)}"
+        )
+    updates = []
+    for name, p in current.items():
+        entry = saved[name]
+        try:
+            shape, instruction, demos = entry["signature"], entry["instruction"], entry["demos"]
+            loaded_demos = [Example(d["fields"], input_keys=d["inputs"]) for d in demos]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"predictor {name!r}: malformed entry ({exc})") from exc
+        if shape != p.signature.shape():
+            raise StateError(
+                f"predictor {name!r}: saved signature {shape} differs from {p.signature.shape()}"
+            )
+        if not isinstance(instruction, str):
+            raise StateError(f"predictor {name!r}: instruction must be a string")
+        updates.append((p, instruction, loaded_demos))
+    for p, instruction, loaded_demos in updates:  # all checked first: no half-loaded program
+        p.instruction = instruction
+        p.demos = loaded_demos
+
+
+def state_to_json(state: dict[str, Any]) -> str:
+    return json.dumps(state, indent=2, ensure_ascii=False)
+
+
+def state_from_json(text: str, source: str = "state") -> dict[str, Any]:
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StateError(f"{source}: not valid JSON ({exc})") from exc
+    if not isinstance(state, dict):
+        raise StateError(f"{source}: expected a JSON object")
+    return state
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)

@@ -1,0 +1,39 @@
+"""One LM interface for every backend, with cache, retries, usage accounting and budgets."""
+
+from cotune.lm.base import LM
+from cotune.lm.budget import Budget, budget, use_budget
+from cotune.lm.cache import LMCache, cache_disabled, default_cache_dir
+from cotune.lm.scripted import ScriptedLM
+from cotune.lm.types import (
+    BudgetExceeded,
+    Choice,
+    LMError,
+    LMRequest,
+    LMRequestError,
+    LMResponse,
+    LMTransientError,
+    TokenUsage,
+)
+from cotune.lm.usage import UsageMeter, UsageSnapshot, track_usage
+
+__all__ = [
+    "LM",
+    "Budget",
+    "BudgetExceeded",
+    "Choice",
+    "LMCache",
+    "LMError",
+    "LMRequest",
+    "LMRequestError",
+    "LMResponse",
+    "LMTransientError",
+    "ScriptedLM",
+    "TokenUsage",
+    "UsageMeter",
+    "UsageSnapshot",
+    "budget",
+    "cache_disabled",
+    "default_cache_dir",
+    "track_usage",
+    "use_budget",
+]

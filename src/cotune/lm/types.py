@@ -1,0 +1,108 @@
+"""Plain data exchanged with every LM backend, and the errors an LM call can raise."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Message = dict[str, str]
+"""One chat message: ``{"role": "system" | "user" | "assistant", "content": "..."}``."""
+
+
+@dataclass(frozen=True)
+class LMRequest:
+    """Everything that can change an LM's answer, apart from the LM's own identity."""
+
+    messages: tuple[Message, ...]
+    temperature: float = 0.0
+    max_tokens: int = 512
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    n: int = 1
+    rollout_id: int | None = None
+    """Tells repeated samples of the same prompt apart (and so keeps them apart in the cache)."""
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["messages"] = [dict(m) for m in self.messages]
+        data["stop"] = list(self.stop)
+        return data
+
+    def fingerprint(self, lm_identity: dict[str, Any]) -> str:
+        """A stable hash of the request together with the identity of the LM answering it."""
+        payload = json.dumps(
+            {"lm": lm_identity, "request": self.to_json()}, sort_keys=True, ensure_ascii=False
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Choice:
+    text: str
+    finish_reason: str | None = None
+    """``"stop"``, ``"length"`` (hit max_tokens), or whatever the backend reports."""
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class LMResponse:
+    choices: tuple[Choice, ...]
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    model: str = ""
+    cached: bool = False
+    """True when the answer came from the persistent cache instead of the backend."""
+
+    @property
+    def text(self) -> str:
+        return self.choices[0].text
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.choices[0].finish_reason
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "choices": [asdict(c) for c in self.choices],
+            "usage": asdict(self.usage),
+            "model": self.model,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, cached: bool = False) -> LMResponse:
+        return cls(
+            choices=tuple(Choice(**c) for c in data["choices"]),
+            usage=TokenUsage(**data.get("usage", {})),
+            model=data.get("model", ""),
+            cached=cached,
+        )
+
+
+class LMError(Exception):
+    """Base class of every error raised by an LM call."""
+
+
+class LMTransientError(LMError):
+    """A failure worth retrying: timeout, connection error, HTTP 429 or 5xx."""
+
+
+class LMRequestError(LMError):
+    """A failure that retrying cannot fix: HTTP 4xx (bad request, auth, unknown model, ...)."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class BudgetExceeded(LMError):
+    """Raised before an LM call that would exceed an LM-call or token budget."""

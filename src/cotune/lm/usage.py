@@ -1,0 +1,83 @@
+"""Usage accounting: per LM, and for any block of code through ``track_usage()``."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from cotune.lm.types import LMResponse
+
+
+@dataclass
+class UsageSnapshot:
+    calls: int = 0
+    """Requests answered, cache hits included."""
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    """In the currency of the LM's price table; 0 when no price is known."""
+
+    @property
+    def backend_calls(self) -> int:
+        """Requests that really reached the backend."""
+        return self.calls - self.cache_hits
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_json(self) -> dict[str, float | int]:
+        return {
+            "calls": self.calls,
+            "cache_hits": self.cache_hits,
+            "backend_calls": self.backend_calls,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost": self.cost,
+        }
+
+
+class UsageMeter:
+    """Thread-safe running totals."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals = UsageSnapshot()
+
+    def record(self, response: LMResponse, cost: float) -> None:
+        with self._lock:
+            t = self._totals
+            t.calls += 1
+            if response.cached:
+                t.cache_hits += 1
+            t.prompt_tokens += response.usage.prompt_tokens
+            t.completion_tokens += response.usage.completion_tokens
+            t.cost += cost
+
+    def snapshot(self) -> UsageSnapshot:
+        with self._lock:
+            return UsageSnapshot(**vars(self._totals))
+
+
+_active_meters: ContextVar[tuple[UsageMeter, ...]] = ContextVar("cotune_usage_meters", default=())
+
+
+@contextmanager
+def track_usage() -> Iterator[UsageMeter]:
+    """Count every LM call made inside the block (worker threads included when they copy
+    the context, as cotune's own thread pools do). Blocks nest; each counts its own calls."""
+    meter = UsageMeter()
+    token = _active_meters.set((*_active_meters.get(), meter))
+    try:
+        yield meter
+    finally:
+        _active_meters.reset(token)
+
+
+def record_in_active_meters(response: LMResponse, cost: float) -> None:
+    for meter in _active_meters.get():
+        meter.record(response, cost)
