@@ -1,0 +1,74 @@
+"""cotune: optimize LM programs end to end — prompts and LoRA weights — from a task metric.
+
+The public API is what ``__all__`` lists; everything else is private.  Heavy dependencies
+(openai, llama-cpp-python, optuna, torch) are imported only when the feature that needs them is
+used, so ``import cotune`` stays fast.
+"""
+
+from cotune.adapters import AdapterParseError, ChatAdapter
+from cotune.core import (
+    ChainOfThought,
+    Example,
+    InputField,
+    Module,
+    NoLMError,
+    OutputField,
+    Predict,
+    Prediction,
+    Signature,
+    SignatureError,
+    StateError,
+    context,
+    register_default_adapter,
+    trace,
+)
+from cotune.lm import (
+    LM,
+    Budget,
+    BudgetExceeded,
+    LMCache,
+    LMError,
+    LMRequestError,
+    LMTransientError,
+    ScriptedLM,
+    budget,
+    cache_disabled,
+    track_usage,
+)
+from cotune.runs import load_program, save_program
+
+register_default_adapter(ChatAdapter())
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LM",
+    "AdapterParseError",
+    "Budget",
+    "BudgetExceeded",
+    "ChainOfThought",
+    "ChatAdapter",
+    "Example",
+    "InputField",
+    "LMCache",
+    "LMError",
+    "LMRequestError",
+    "LMTransientError",
+    "Module",
+    "NoLMError",
+    "OutputField",
+    "Predict",
+    "Prediction",
+    "ScriptedLM",
+    "Signature",
+    "SignatureError",
+    "StateError",
+    "__version__",
+    "budget",
+    "cache_disabled",
+    "context",
+    "load_program",
+    "save_program",
+    "trace",
+    "track_usage",
+]

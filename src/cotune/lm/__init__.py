@@ -3,6 +3,8 @@
 from cotune.lm.base import LM
 from cotune.lm.budget import Budget, budget, use_budget
 from cotune.lm.cache import LMCache, cache_disabled, default_cache_dir
+from cotune.lm.llamacpp import LlamaCppLM
+from cotune.lm.models import list_models, resolve_model_path
 from cotune.lm.scripted import ScriptedLM
 from cotune.lm.types import (
     BudgetExceeded,
@@ -27,6 +29,7 @@ __all__ = [
     "LMRequestError",
     "LMResponse",
     "LMTransientError",
+    "LlamaCppLM",
     "ScriptedLM",
     "TokenUsage",
     "UsageMeter",
@@ -34,6 +37,8 @@ __all__ = [
     "budget",
     "cache_disabled",
     "default_cache_dir",
+    "list_models",
+    "resolve_model_path",
     "track_usage",
     "use_budget",
 ]

@@ -1,0 +1,140 @@
+"""The embedded llama.cpp engine (``llama-cpp-python``): a local GGUF model, optionally with a
+GGUF LoRA adapter, on the CPU of this process.
+
+``llama_cpp`` is imported on construction only, so ``import cotune`` works without it.  A
+llama.cpp context is not thread-safe, so one lock serializes the calls to it; parallel callers
+simply queue (the engine already uses every core for one request).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+from cotune.lm.base import LM
+from cotune.lm.models import DEFAULT_MODEL, MODELS, file_sha256, resolve_model_path
+from cotune.lm.types import Choice, LMRequest, LMRequestError, LMResponse, TokenUsage
+
+
+class LlamaCppLM(LM):
+    """A GGUF model run in-process by llama.cpp.
+
+    Args:
+        model: a registered model name (see :func:`cotune.lm.list_models`) or a GGUF file path.
+        n_ctx: context length in tokens; a longer prompt is an :class:`LMRequestError`.
+        n_threads: CPU threads for prompt processing and generation (default: all cores).
+        lora_path: a GGUF LoRA adapter applied on top of the model.
+        seed: seeds the sampler of calls that give no seed of their own (temperature > 0).
+        verbose: let llama.cpp log to stderr.
+        **kwargs: passed to :class:`LM` (cache, retries, budget, defaults).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = DEFAULT_MODEL,
+        *,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        lora_path: str | os.PathLike[str] | None = None,
+        seed: int | None = None,
+        verbose: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.model_path = resolve_model_path(model)
+        name = os.fspath(model)
+        super().__init__(name if name in MODELS else self.model_path.name, **kwargs)
+        self.lora_path = Path(lora_path) if lora_path is not None else None
+        if self.lora_path is not None and not self.lora_path.is_file():
+            raise FileNotFoundError(f"LoRA adapter not found: {self.lora_path}")
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+
+        try:
+            import llama_cpp
+        except ImportError as e:
+            raise ImportError(
+                "LlamaCppLM needs llama-cpp-python: pip install 'cotune[local]'"
+            ) from e
+        options: dict[str, Any] = {}
+        if seed is not None:
+            options["seed"] = seed
+        self._llama = llama_cpp.Llama(
+            model_path=str(self.model_path),
+            n_ctx=n_ctx,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,
+            lora_path=str(self.lora_path) if self.lora_path is not None else None,
+            verbose=verbose,
+            **options,
+        )
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "backend": "llamacpp",
+            "model": self.model,
+            "sha256": file_sha256(self.model_path),
+            "lora_sha256": file_sha256(self.lora_path) if self.lora_path is not None else None,
+            "n_ctx": self.n_ctx,  # it caps max_tokens for long prompts, so it can change answers
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able settings to save with a program."""
+        return {
+            "backend": "llamacpp",
+            "model": self.model,
+            "path": str(self.model_path),
+            "sha256": file_sha256(self.model_path),
+            "lora_path": str(self.lora_path) if self.lora_path is not None else None,
+            "lora_sha256": file_sha256(self.lora_path) if self.lora_path is not None else None,
+            "n_ctx": self.n_ctx,
+        }
+
+    def _seeds(self, request: LMRequest) -> list[int | None]:
+        """One seed per sample, so that the n samples of a request differ from each other."""
+        if request.temperature <= 0 and request.n == 1:
+            return [request.seed]
+        if request.seed is not None:
+            return [request.seed + i for i in range(request.n)]
+        with self._lock:
+            return [self._rng.randrange(2**31) for _ in range(request.n)]
+
+    def _complete(self, request: LMRequest) -> LMResponse:
+        choices: list[Choice] = []
+        prompt_tokens = completion_tokens = 0
+        for seed in self._seeds(request):
+            with self._lock:
+                try:
+                    out = self._llama.create_chat_completion(
+                        messages=[dict(m) for m in request.messages],
+                        temperature=request.temperature,
+                        max_tokens=request.max_tokens,
+                        stop=list(request.stop) or None,
+                        seed=seed,
+                    )
+                except ValueError as e:  # e.g. "Requested tokens (N) exceed context window of M"
+                    raise LMRequestError(f"llama.cpp ({self.model}, n_ctx={self.n_ctx}): {e}") from e
+            choice = out["choices"][0]
+            choices.append(
+                Choice(text=choice["message"]["content"] or "", finish_reason=choice["finish_reason"])
+            )
+            usage = out.get("usage") or {}
+            prompt_tokens += usage.get("prompt_tokens", 0)
+            completion_tokens += usage.get("completion_tokens", 0)
+        return LMResponse(
+            choices=tuple(choices),
+            usage=TokenUsage(prompt_tokens, completion_tokens),
+            model=self.model,
+        )
+
+    def close(self) -> None:
+        """Free the model's memory now rather than at garbage collection."""
+        with self._lock:
+            close = getattr(self._llama, "close", None)
+            if callable(close):
+                close()
