@@ -13,7 +13,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,24 +29,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@dataclass(frozen=True)
-class Stall:
-    """A planned failure: wait this long before answering (longer than the client's timeout)."""
-
-    seconds: float
-
-
 class FakeOpenAIServer:
     """An OpenAI-compatible chat-completions server on 127.0.0.1 (stdlib, random free port).
 
     ``failures`` is consumed one entry per attempt: an int answers with that HTTP status, a
-    :class:`Stall` answers too late; once it is empty every request succeeds with ``answer``
+    float stalls that many seconds before answering (past the client's timeout); once it is empty every request succeeds with ``answer``
     (a string, None for a null ``content``, or a function of the request body).
     """
 
     def __init__(self, answer: str | None | Callable[[dict[str, Any]], str | None] = "ok") -> None:
         self.answer = answer
-        self.failures: list[int | Stall] = []
+        self.failures: list[int | float] = []
         self.delay = 0.0
         """Seconds every successful answer waits (to observe concurrency)."""
         self.requests: list[dict[str, Any]] = []
@@ -94,7 +86,7 @@ class FakeOpenAIServer:
             ],
             "usage": {"prompt_tokens": 7, "completion_tokens": 3 * n, "total_tokens": 7 + 3 * n},
         }
-        stall = failure.seconds if isinstance(failure, Stall) else self.delay
+        stall = failure if isinstance(failure, float) else self.delay
         return 200, completion, stall
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:

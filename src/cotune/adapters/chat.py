@@ -16,6 +16,7 @@ allowed choice named, the last number).  Anything else raises :class:`AdapterPar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -160,16 +161,14 @@ def _lenient(outputs: Sequence[Field], text: str, found: dict[str, Any]) -> dict
     if last.name not in result:
         # The final field (e.g. the answer after free-form reasoning) without its marker.
         if last.choices is not None:
-            try:
+            with contextlib.suppress(AdapterParseError):  # ambiguous: stays missing
                 result[last.name] = coerce(last, text, text)
-            except AdapterParseError:
-                pass
         elif last.annotation in (int, float):
             number = last_number(text)
             if number is not None:
                 result[last.name] = number
     first = outputs[0]
-    if len(outputs) == 2 and last.name in result and first.name not in result:
-        if first.annotation is str:  # unmarked reasoning: the whole text
-            result[first.name] = text.strip()
+    unmarked_reasoning = len(outputs) == 2 and first.name not in result and first.annotation is str
+    if unmarked_reasoning and last.name in result:
+        result[first.name] = text.strip()
     return result

@@ -52,7 +52,8 @@ def coerce(field: Field, value: Any, raw_text: str) -> Any:
             return annotation.model_validate(data)
     except (ValueError, TypeError) as exc:
         raise AdapterParseError(
-            f"field {field.name!r}: cannot read {str(value)[:200]!r} as {field.type_name()} ({exc})",
+            f"field {field.name!r}: cannot read {str(value)[:200]!r} "
+            f"as {field.type_name()} ({exc})",
             raw_text=raw_text,
             field=field.name,
         ) from exc

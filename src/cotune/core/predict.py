@@ -64,7 +64,9 @@ class Predict(Module):
             options[key] = inputs.pop(key)
         unexpected = set(inputs) - {f.name for f in self.signature.input_fields}
         if unexpected:
-            raise ValueError(f"unexpected inputs {sorted(unexpected)} for {self.signature.spec()!r}")
+            raise ValueError(
+                f"unexpected inputs {sorted(unexpected)} for {self.signature.spec()!r}"
+            )
 
         lm = self.lm or current_lm()
         if lm is None:
@@ -74,7 +76,9 @@ class Predict(Module):
             )
         adapter = current_adapter()
         signature = self.active_signature
-        messages = adapter.format(signature, self.demos, inputs)
+        # a demo made from this very query would hand the model its own answer
+        demos = [d for d in self.demos if not _is_same_query(d, inputs)]
+        messages = adapter.format(signature, demos, inputs)
         response = lm.chat(messages, **options)
         completions = [adapter.parse(signature, choice.text) for choice in response.choices]
         prediction = Prediction(completions[0], completions=completions)
@@ -110,6 +114,13 @@ class ChainOfThought(Predict):
         if "reasoning" in {f.name for f in base.fields}:
             raise ValueError("the signature already has a `reasoning` field")
         super().__init__(base.prepend_output("reasoning", str, reasoning_description), **kwargs)
+
+
+def _is_same_query(demo: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
+    return all(demo.get(k, _ABSENT) == v for k, v in inputs.items())
+
+
+_ABSENT = object()
 
 
 def demo_from_step(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Example:

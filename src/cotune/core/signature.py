@@ -186,7 +186,9 @@ def ensure_signature(value: str | Signature | type[Signature]) -> Signature:
         return Signature.parse(value)
     if isinstance(value, type) and issubclass(value, Signature):
         return value()
-    raise SignatureError(f"expected a signature string, Signature or Signature class, got {value!r}")
+    raise SignatureError(
+        f"expected a signature string, Signature or Signature class, got {value!r}"
+    )
 
 
 def _parse_side(text: str, is_input: bool, spec: str) -> list[Field]:

@@ -51,7 +51,9 @@ def load_state(program: Module, state: Any) -> None:
         raise StateError("not a cotune program state (no 'cotune_state_version' key)")
     version = state["cotune_state_version"]
     if version != STATE_VERSION:
-        raise StateError(f"unsupported state version {version!r}; this cotune reads {STATE_VERSION}")
+        raise StateError(
+            f"unsupported state version {version!r}; this cotune reads {STATE_VERSION}"
+        )
     saved = state.get("predictors")
     if not isinstance(saved, dict):
         raise StateError("state has no 'predictors' mapping")

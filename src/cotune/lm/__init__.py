@@ -5,6 +5,7 @@ from cotune.lm.budget import Budget, budget, use_budget
 from cotune.lm.cache import LMCache, cache_disabled, default_cache_dir
 from cotune.lm.llamacpp import LlamaCppLM
 from cotune.lm.models import list_models, resolve_model_path
+from cotune.lm.openai_backend import OpenAILM  # imports the openai SDK only when constructed
 from cotune.lm.scripted import ScriptedLM
 from cotune.lm.types import (
     BudgetExceeded,
@@ -30,6 +31,7 @@ __all__ = [
     "LMResponse",
     "LMTransientError",
     "LlamaCppLM",
+    "OpenAILM",
     "ScriptedLM",
     "TokenUsage",
     "UsageMeter",

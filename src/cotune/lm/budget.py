@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -11,20 +12,27 @@ from cotune.lm.types import BudgetExceeded, LMResponse
 
 
 class Budget:
-    """A cap on LM calls and/or tokens.
+    """A cap on LM calls, tokens and/or wall time (seconds from the budget's creation).
 
     Cache hits count as calls: a resumed run, answered from the cache, then stops at exactly the
     point the uninterrupted run would have stopped.  Tokens are only known after a call, so the
     token cap stops the *next* call once the total has reached it.
     """
 
-    def __init__(self, max_calls: int | None = None, max_tokens: int | None = None) -> None:
-        if max_calls is not None and max_calls < 0:
-            raise ValueError("max_calls must be >= 0")
-        if max_tokens is not None and max_tokens < 0:
-            raise ValueError("max_tokens must be >= 0")
+    def __init__(
+        self,
+        max_calls: int | None = None,
+        max_tokens: int | None = None,
+        max_seconds: float | None = None,
+    ) -> None:
+        for name, value in (("max_calls", max_calls), ("max_tokens", max_tokens),
+                            ("max_seconds", max_seconds)):
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0")
         self.max_calls = max_calls
         self.max_tokens = max_tokens
+        self.max_seconds = max_seconds
+        self.started = time.monotonic()
         self.calls = 0
         self.tokens = 0
         self._lock = threading.Lock()
@@ -38,6 +46,8 @@ class Budget:
                 raise BudgetExceeded(
                     f"LM token budget of {self.max_tokens} tokens is spent ({self.tokens} used)"
                 )
+            if self.max_seconds is not None and self.elapsed >= self.max_seconds:
+                raise BudgetExceeded(f"wall-time budget of {self.max_seconds:g} s is spent")
             self.calls += 1
 
     def release_call(self) -> None:
@@ -50,11 +60,22 @@ class Budget:
             self.tokens += response.usage.total_tokens
 
     @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
     def exhausted(self) -> bool:
         with self._lock:
-            return (self.max_calls is not None and self.calls >= self.max_calls) or (
-                self.max_tokens is not None and self.tokens >= self.max_tokens
+            return (
+                (self.max_calls is not None and self.calls >= self.max_calls)
+                or (self.max_tokens is not None and self.tokens >= self.max_tokens)
+                or (self.max_seconds is not None and self.elapsed >= self.max_seconds)
             )
+
+    @property
+    def remaining_calls(self) -> int | None:
+        with self._lock:
+            return None if self.max_calls is None else max(0, self.max_calls - self.calls)
 
     def __repr__(self) -> str:
         return (
@@ -66,9 +87,11 @@ _active_budgets: ContextVar[tuple[Budget, ...]] = ContextVar("cotune_budgets", d
 
 
 @contextmanager
-def budget(max_calls: int | None = None, max_tokens: int | None = None) -> Iterator[Budget]:
+def budget(
+    max_calls: int | None = None, max_tokens: int | None = None, max_seconds: float | None = None
+) -> Iterator[Budget]:
     """Cap every LM call made inside the block (any LM). Nested budgets all apply."""
-    b = Budget(max_calls=max_calls, max_tokens=max_tokens)
+    b = Budget(max_calls=max_calls, max_tokens=max_tokens, max_seconds=max_seconds)
     with use_budget(b):
         yield b
 

@@ -118,10 +118,14 @@ class LlamaCppLM(LM):
                         seed=seed,
                     )
                 except ValueError as e:  # e.g. "Requested tokens (N) exceed context window of M"
-                    raise LMRequestError(f"llama.cpp ({self.model}, n_ctx={self.n_ctx}): {e}") from e
+                    raise LMRequestError(
+                        f"llama.cpp ({self.model}, n_ctx={self.n_ctx}): {e}"
+                    ) from e
             choice = out["choices"][0]
             choices.append(
-                Choice(text=choice["message"]["content"] or "", finish_reason=choice["finish_reason"])
+                Choice(
+                    text=choice["message"]["content"] or "", finish_reason=choice["finish_reason"]
+                )
             )
             usage = out.get("usage") or {}
             prompt_tokens += usage.get("prompt_tokens", 0)

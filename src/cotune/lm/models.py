@@ -153,6 +153,7 @@ def _assemble(parts: list[Path], dest: Path, expected_sha256: str | None) -> Pat
                 f"expected {expected_sha256}; the installed packages are not the expected ones "
                 f"(first part: {parts[0]})"
             )
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is not a secret
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

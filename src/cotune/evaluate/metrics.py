@@ -1,0 +1,169 @@
+"""Metrics: ``metric(example, prediction, trace=None) -> float | bool``.
+
+Each factory names the field to compare and returns a metric function.  A metric never raises
+on sloppy data: a missing field, ``None`` or an unreadable value scores 0.  The gold value may be
+a list of acceptable answers (e.g. aliases); the best match counts.
+
+>>> em = exact_match("answer")
+>>> em(Example(answer="The Eiffel Tower"), Prediction(answer="eiffel tower."))
+1.0
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from cotune.core.example import Example, Prediction
+
+Metric = Callable[..., float | bool]
+"""``metric(example, prediction, trace=None) -> float | bool``"""
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation + "‘’“”")
+
+# A number: thousands-grouped ("1,234.5") or plain ("1234.5", ".5"), with an optional exponent and
+# "$".  A minus sign counts unless it joins two words or numbers ("5-3" ends in 3, not -3).
+_NUMBER = re.compile(
+    r"(?:(?<![\w)])(?P<sign>[-\u2212]))?\$?"
+    r"(?P<body>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+    r"(?P<exp>[eE][-+]?\d+)?"
+)
+_GSM8K_MARKER = "####"
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def normalize_text(text: Any) -> str:
+    """SQuAD-style normalization: lowercase, drop punctuation and articles, squeeze whitespace.
+
+    ``None`` becomes ``""``; other non-strings are converted with ``str()``.
+    """
+    if text is None:
+        return ""
+    s = str(text).lower().translate(_PUNCTUATION)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def parse_number(value: Any) -> float | None:
+    """Read a number from a value, or None when there is none.
+
+    Numbers pass through (``bool`` does not count).  In text, the part after the last ``####``
+    (GSM8K's gold-answer marker) is read when present; then the last number in the text wins,
+    since worked answers end with their result.  ``$``, ``%``, thousands commas and units are
+    ignored: ``"$1,234.50"`` -> 1234.5, ``"72 apples"`` -> 72, ``"#### -3"`` -> -3.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    text = str(value)
+    if _GSM8K_MARKER in text:
+        text = text.rsplit(_GSM8K_MARKER, 1)[1]
+    last = None
+    for last in _NUMBER.finditer(text):  # noqa: B007 - only the last match is wanted
+        pass
+    if last is None:
+        return None
+    number = float(last.group("body").replace(",", "") + (last.group("exp") or ""))
+    if last.group("sign"):
+        number = -number
+    return number if math.isfinite(number) else None
+
+
+def get_field(obj: Any, name: str) -> Any:
+    """``obj[name]`` for mappings (Example, Prediction, dict), else ``getattr``; None if absent."""
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def token_f1_score(prediction: Any, gold: Any) -> float:
+    """SQuAD token-level F1 between two texts after :func:`normalize_text`."""
+    pred_tokens = normalize_text(prediction).split()
+    gold_tokens = normalize_text(gold).split()
+    if not pred_tokens or not gold_tokens:
+        # Both empty (e.g. an unanswerable question answered with nothing) is a match.
+        return float(pred_tokens == gold_tokens and prediction is not None and gold is not None)
+    common = Counter(pred_tokens) & Counter(gold_tokens)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision = overlap / len(pred_tokens)
+    recall = overlap / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _golds(value: Any) -> Iterable[Any]:
+    """Several acceptable answers when the gold is a list/tuple/set, else the one."""
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return value
+    return (value,)
+
+
+def _named(fn: Metric, name: str) -> Metric:
+    fn.__name__ = fn.__qualname__ = name
+    return fn
+
+
+# -- metric factories --------------------------------------------------------------------------
+
+
+def exact_match(field: str = "answer") -> Metric:
+    """1.0 when the normalized predicted ``field`` equals the (or any) normalized gold value."""
+
+    def metric(example: Example, prediction: Prediction | None, trace: Any = None) -> float:
+        predicted = get_field(prediction, field)
+        if predicted is None:
+            return 0.0
+        guess = normalize_text(predicted)
+        return float(
+            any(g is not None and normalize_text(g) == guess for g in _golds(get_field(example, field)))
+        )
+
+    return _named(metric, f"exact_match({field!r})")
+
+
+def token_f1(field: str = "answer") -> Metric:
+    """SQuAD token F1 of the predicted ``field`` against the (best) gold value, in [0, 1]."""
+
+    def metric(example: Example, prediction: Prediction | None, trace: Any = None) -> float:
+        predicted = get_field(prediction, field)
+        if predicted is None:
+            return 0.0
+        golds = [g for g in _golds(get_field(example, field)) if g is not None]
+        return max((token_f1_score(predicted, g) for g in golds), default=0.0)
+
+    return _named(metric, f"token_f1({field!r})")
+
+
+def numeric_match(field: str = "answer", tolerance: float = 1e-6) -> Metric:
+    """1.0 when the predicted number equals the gold number within ``tolerance``.
+
+    The tolerance is absolute for numbers up to 1 in magnitude and relative beyond
+    (``|p - g| <= tolerance * max(1, |g|)``), so both 0.5 and 1e9 compare sensibly.  Numbers are
+    read with :func:`parse_number`, so a GSM8K gold solution (``"... #### 72"``) works as is.
+    """
+    if tolerance < 0:
+        raise ValueError("tolerance must be >= 0")
+
+    def metric(example: Example, prediction: Prediction | None, trace: Any = None) -> float:
+        predicted = parse_number(get_field(prediction, field))
+        if predicted is None:
+            return 0.0
+        for gold_value in _golds(get_field(example, field)):
+            gold = parse_number(gold_value)
+            if gold is not None and abs(predicted - gold) <= tolerance * max(1.0, abs(gold)):
+                return 1.0
+        return 0.0
+
+    return _named(metric, f"numeric_match({field!r})")

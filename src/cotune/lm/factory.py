@@ -1,0 +1,19 @@
+"""Build an LM from command-line style settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cotune.lm.base import LM
+
+
+def make_lm(model: str = "smollm2-135m", base_url: str | None = None, **options: Any) -> LM:
+    """An OpenAI-compatible HTTP LM when ``base_url`` is given, else the embedded llama.cpp
+    engine loading ``model`` (a packaged model name or a GGUF path)."""
+    if base_url:
+        from cotune.lm.openai_backend import OpenAILM
+
+        return OpenAILM(model=model, base_url=base_url, **options)
+    from cotune.lm.llamacpp import LlamaCppLM
+
+    return LlamaCppLM(model=model, **options)

@@ -1,0 +1,166 @@
+"""Few-shot optimizers: labelled demos, and demos bootstrapped from the program's own traces."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from cotune.core.example import Example
+from cotune.core.module import Module
+from cotune.core.predict import Predict
+from cotune.optimize.base import OptimizationRun, Optimizer
+from cotune.optimize.reporting import CostEstimate
+from cotune.optimize.traces import SuccessfulTrace, collect_successful_traces
+
+
+def labelled_demo(predictor: Predict, example: Example) -> Example | None:
+    """``example`` as a demo for ``predictor``, if it holds all of the predictor's inputs and
+    at least one of its outputs (a ChainOfThought demo may lack the reasoning)."""
+    sig = predictor.signature
+    inputs = [f.name for f in sig.input_fields]
+    outputs = [f.name for f in sig.output_fields if f.name in example]
+    if not outputs or any(name not in example for name in inputs):
+        return None
+    return Example({k: example[k] for k in inputs + outputs}, input_keys=inputs)
+
+
+def demo_sets_from_traces(
+    program: Module, traces: Sequence[SuccessfulTrace], max_demos: int
+) -> dict[str, list[Example]]:
+    """Per predictor name, up to ``max_demos`` demos (one per trace, first call of each)."""
+    demos: dict[str, list[Example]] = {name: [] for name, _ in program.named_predictors()}
+    for t in traces:
+        used: set[str] = set()
+        for name, inputs, outputs in t.steps:
+            if name in used or name not in demos or len(demos[name]) >= max_demos:
+                continue
+            used.add(name)
+            demos[name].append(Example({**inputs, **outputs}, input_keys=inputs.keys()))
+    return demos
+
+
+def demos_to_json(demo_sets: dict[str, list[Example]]) -> dict[str, Any]:
+    return {
+        name: [{"fields": d.to_dict(), "inputs": sorted(d.input_keys)} for d in demos]
+        for name, demos in demo_sets.items()
+    }
+
+
+def demos_from_json(data: dict[str, Any]) -> dict[str, list[Example]]:
+    return {
+        name: [Example(d["fields"], input_keys=d["inputs"]) for d in demos]
+        for name, demos in data.items()
+    }
+
+
+def without_example(program: Module, example: Example) -> Module:
+    """A copy of ``program`` whose demos exclude ``example`` (no example is its own demo)."""
+    copy = program.deepcopy()
+    for p in copy.predictors():
+        p.demos = [d for d in p.demos if not _same_source(d, example)]
+    return copy
+
+
+def _same_source(demo: Example, example: Example) -> bool:
+    return all(example.get(k) == v for k, v in demo.inputs().items())
+
+
+class LabeledFewShot(Optimizer):
+    """Demos sampled (with the seed) from labelled training examples."""
+
+    name = "labeled"
+
+    def __init__(self, metric: Any = None, *, k: int = 4, **kwargs: Any) -> None:
+        super().__init__(metric, **kwargs)
+        self.k = k
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "k": self.k}
+
+    def estimate_cost(self, program, trainset, valset) -> CostEstimate:
+        return CostEstimate(0, exact=True)
+
+    def _optimize(self, run, student, trainset, valset) -> None:
+        rng = run.rng("labeled")
+        for p in student.predictors():
+            usable = [d for ex in trainset if (d := labelled_demo(p, ex)) is not None]
+            p.demos = rng.sample(usable, min(self.k, len(usable)))
+        run.offer(student, None, f"{self.k} labelled demos")
+
+
+class BootstrapFewShot(Optimizer):
+    """Run a teacher (by default the student itself) over the training set, keep the traces
+    whose final answer passes the metric, and make each predictor step a demo for that
+    predictor; labelled demos fill the remaining slots."""
+
+    name = "bootstrap"
+
+    def __init__(
+        self,
+        metric: Any,
+        *,
+        max_bootstrapped_demos: int = 4,
+        max_labeled_demos: int = 4,
+        teacher: Module | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(metric, **kwargs)
+        self.max_bootstrapped_demos = max_bootstrapped_demos
+        self.max_labeled_demos = max_labeled_demos
+        self.teacher = teacher
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "max_bootstrapped_demos": self.max_bootstrapped_demos,
+                "max_labeled_demos": self.max_labeled_demos}
+
+    def estimate_cost(self, program, trainset, valset) -> CostEstimate:
+        calls = len(trainset) * len(program.predictors())
+        return CostEstimate(calls, {"bootstrap": calls})
+
+    def _optimize(self, run, student, trainset, valset) -> None:
+        demo_sets = bootstrap_demo_sets(
+            run, student, trainset, self.max_bootstrapped_demos, self.max_labeled_demos,
+            key="bootstrap", teacher=self.teacher, threshold=self.metric_threshold,
+        )
+        apply_demo_sets(student, demo_sets)
+        score = run.evaluate(student, valset, "bootstrap")["score"] if valset else None
+        run.offer(student, score, "bootstrapped demos",
+                  demos={k: len(v) for k, v in demo_sets.items()})
+
+
+def bootstrap_demo_sets(
+    run: OptimizationRun,
+    student: Module,
+    trainset: list[Example],
+    max_bootstrapped: int,
+    max_labeled: int,
+    *,
+    key: str,
+    teacher: Module | None = None,
+    threshold: float = 1.0,
+) -> dict[str, list[Example]]:
+    """Bootstrapped (then labelled) demo sets per predictor, journaled under ``key``."""
+
+    def compute() -> dict[str, Any]:
+        source = teacher if teacher is not None else student
+        traces = collect_successful_traces(
+            source, trainset, run.metric, threshold=threshold, num_threads=run.num_threads,
+            wanted=max_bootstrapped,
+            prepare=lambda program, i: without_example(program, trainset[i]),
+        )
+        sets = demo_sets_from_traces(student, traces, max_bootstrapped)
+        used = {t.example_index for t in traces}
+        for name, p in student.named_predictors():
+            labelled = [
+                d for i, ex in enumerate(trainset)
+                if i not in used and (d := labelled_demo(p, ex)) is not None
+            ]
+            sets[name].extend(labelled[:max_labeled])
+        return demos_to_json(sets)
+
+    return demos_from_json(run.journal.memo(f"demos:{key}", compute))
+
+
+def apply_demo_sets(program: Module, demo_sets: dict[str, list[Example]]) -> None:
+    for name, p in program.named_predictors():
+        p.demos = list(demo_sets.get(name, []))

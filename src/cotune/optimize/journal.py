@@ -1,0 +1,58 @@
+"""A journal of finished optimization steps, so that a killed run resumes without redoing them.
+
+Optimizers wrap each expensive, deterministic step (a bootstrap round, a candidate's evaluation,
+a search trial) in ``journal.memo(key, fn)``.  A resumed run gets the recorded result back
+instead of running the step; a step that was cut off halfway reruns, and its finished LM calls
+come from the persistent LM cache.  Values must be JSON-serializable.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_MISSING = object()
+
+
+class Journal(ABC):
+    @abstractmethod
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+    @abstractmethod
+    def put(self, key: str, value: Any) -> None: ...
+
+    @abstractmethod
+    def keys(self, prefix: str = "") -> list[str]: ...
+
+    def memo(self, key: str, compute: Callable[[], T]) -> T:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            value = compute()
+            self.put(key, value)
+        return value
+
+
+class MemoryJournal(Journal):
+    """A journal that lives as long as the process (the default when there is no run folder)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            text = self._entries.get(key)
+        return default if text is None else json.loads(text)
+
+    def put(self, key: str, value: Any) -> None:
+        text = json.dumps(value)  # same round trip as a persistent journal
+        with self._lock:
+            self._entries[key] = text
+
+    def keys(self, prefix: str = "") -> list[str]:
+        with self._lock:
+            return sorted(k for k in self._entries if k.startswith(prefix))

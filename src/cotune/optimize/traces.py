@@ -1,0 +1,85 @@
+"""Running a program over training examples and keeping the traces that pass the metric:
+the raw material of bootstrapped demos (prompt optimization) and of fine-tuning data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cotune.core.example import Example
+from cotune.core.module import Module
+from cotune.core.parallel import imap_unordered
+from cotune.core.trace import trace
+from cotune.lm.types import BudgetExceeded
+
+
+@dataclass(frozen=True)
+class SuccessfulTrace:
+    example_index: int
+    """Position of the training example in the list that was bootstrapped."""
+    steps: list[tuple[str, dict[str, Any], dict[str, Any]]]
+    """``(predictor name, inputs, outputs)`` for every predictor call, in call order."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"example_index": self.example_index, "steps": [list(s) for s in self.steps]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SuccessfulTrace:
+        return cls(data["example_index"], [tuple(s) for s in data["steps"]])  # type: ignore[misc]
+
+
+def collect_successful_traces(
+    program: Module,
+    examples: Sequence[Example],
+    metric: Callable[..., Any],
+    *,
+    threshold: float = 1.0,
+    num_threads: int = 4,
+    wanted: int | None = None,
+    prepare: Callable[[Module, int], Module] | None = None,
+) -> list[SuccessfulTrace]:
+    """Run ``program`` on ``examples`` in parallel; return the traces whose final prediction
+    scores at least ``threshold``, in example order.
+
+    With ``wanted``, stop after the first ``wanted`` successes (in example order, so the result
+    does not depend on thread timing).  ``prepare(program, i)`` may return a variant of the
+    program to run on example ``i`` (e.g. without that example among its demos).  A failing
+    example (unparsable answer, LM error) is simply not a success; a spent budget propagates.
+    """
+    names = {id(p): name for name, p in program.named_predictors()}
+
+    def run_one(index: int) -> SuccessfulTrace | None:
+        example = examples[index]
+        runner = prepare(program, index) if prepare else program
+        runner_names = {id(p): name for name, p in runner.named_predictors()} or names
+        try:
+            with trace() as t:
+                prediction = runner(**example.inputs())
+            score = metric(example, prediction, t.steps)
+        except BudgetExceeded:
+            raise
+        except Exception:
+            return None
+        if float(score) < threshold:
+            return None
+        steps = [
+            (runner_names[id(s.predictor)], dict(s.inputs), s.outputs.to_dict())
+            for s in t.steps
+            if id(s.predictor) in runner_names
+        ]
+        return SuccessfulTrace(index, steps)
+
+    found: list[SuccessfulTrace] = []
+    chunk = max(num_threads, 1) * 2
+    start = 0
+    while start < len(examples):
+        indices = range(start, min(start + chunk, len(examples)))
+        results: dict[int, SuccessfulTrace | None] = {}
+        for position, future in imap_unordered(run_one, indices, num_threads):
+            results[indices[position]] = future.result()
+        found.extend(r for i in sorted(results) if (r := results[i]) is not None)
+        if wanted is not None and len(found) >= wanted:
+            return found[:wanted]
+        start += chunk
+    return found

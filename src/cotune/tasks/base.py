@@ -1,0 +1,52 @@
+"""A benchmark task: seeded data splits, a program factory and a metric."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cotune.core.example import Example
+from cotune.core.module import Module
+
+Metric = Callable[..., float | bool]
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+
+    def get(self, name: str) -> list[Example]:
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; use train, val or test")
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    description: str
+    load_splits: Callable[..., Splits]
+    make_program: Callable[[], Module]
+    metric: Metric
+
+
+def seeded_split(
+    examples: Sequence[Example], sizes: tuple[int, int, int], seed: int
+) -> Splits:
+    """Shuffle with ``seed`` and cut into train/val/test of the given sizes."""
+    if sum(sizes) > len(examples):
+        raise ValueError(f"split sizes {sizes} need {sum(sizes)} examples, have {len(examples)}")
+    shuffled = list(examples)
+    random.Random(seed).shuffle(shuffled)
+    a, b, c = sizes
+    return Splits(shuffled[:a], shuffled[a : a + b], shuffled[a + b : a + b + c])
+
+
+def check_fields(row: dict[str, Any], required: Sequence[str], where: str) -> None:
+    missing = [k for k in required if k not in row]
+    if missing:
+        raise ValueError(f"{where}: missing fields {missing}")

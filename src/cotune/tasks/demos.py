@@ -1,0 +1,28 @@
+"""Choosing labelled demos from a training split."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+from cotune.core.example import Example
+
+
+def labelled_demos(train: list[Example], k: int, seed: int = 0) -> list[Example]:
+    """``k`` training examples, shuffled with ``seed``, cycling over the label values so that
+    each class is shown before any repeats (for single-label classification tasks)."""
+    if k <= 0 or not train:
+        return []
+    shuffled = list(train)
+    random.Random(seed).shuffle(shuffled)
+    labels = sorted(shuffled[0].labels())
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for ex in shuffled:
+        by_label[repr([ex[name] for name in labels])].append(ex)
+    queues = list(by_label.values())
+    demos: list[Example] = []
+    while len(demos) < min(k, len(shuffled)):
+        for queue in queues:
+            if queue and len(demos) < k:
+                demos.append(queue.pop(0))
+    return demos

@@ -1,0 +1,117 @@
+"""The test suite every optimizer must pass.  Plug an optimizer in by subclassing
+``OptimizerSuite`` and defining ``make_optimizer`` (see test_optimizer_suite.py)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from cotune import Budget, Example, Module, Predict, ScriptedLM, context, load_program, save_program
+from cotune.optimize import Optimizer
+
+
+class AddTwo(Module):
+    """Two predictors, so that demos must reach the right one."""
+
+    def __init__(self):
+        self.plan = Predict("question -> plan")
+        self.solve = Predict("question, plan -> answer: int")
+
+    def forward(self, question):
+        plan = self.plan(question=question).plan
+        return self.solve(question=question, plan=plan)
+
+
+def exact_answer(example, prediction, trace=None):
+    return float(prediction.answer == example.answer)
+
+
+def arithmetic_data(n: int, offset: int = 0) -> list[Example]:
+    return [
+        Example(question=f"{i} + {i % 7}", answer=i + i % 7).with_inputs("question")
+        for i in range(offset, offset + n)
+    ]
+
+
+def scripted_solver() -> ScriptedLM:
+    """Plans always; solves right when it has seen at least one demo, or for even numbers.
+    Records whether any prompt carried its own query among the demos."""
+    lm = ScriptedLM(_answer)
+    return lm
+
+
+def _answer(request) -> str:
+    messages = request.messages
+    query = messages[-1]["content"]
+    if "Plan: <plan>" in messages[0]["content"]:
+        return "Plan: add the two numbers"
+    a, b = map(int, re.search(r"Question: (\d+) \+ (\d+)", query).groups())
+    has_demos = len(messages) > 2
+    right = has_demos or a % 2 == 0
+    return f"Answer: {a + b if right else a + b + 1}"
+
+
+def own_demo_violations(lm: ScriptedLM) -> list[str]:
+    """Queries that also appear as a demo in the same prompt."""
+    bad = []
+    for request in lm.requests:
+        query = request.messages[-1]["content"]
+        demo_inputs = [m["content"] for m in request.messages[1:-1] if m["role"] == "user"]
+        if query in demo_inputs:
+            bad.append(query)
+    return bad
+
+
+class OptimizerSuite:
+    budget_calls = 25
+
+    def make_optimizer(self, metric, seed: int) -> Optimizer:
+        raise NotImplementedError
+
+    def run(self, seed=0, budget=None, lm=None):
+        lm = lm or scripted_solver()
+        program = AddTwo()
+        with context(lm=lm):
+            result = self.make_optimizer(exact_answer, seed).optimize(
+                program, arithmetic_data(16), arithmetic_data(8, offset=100), budget=budget
+            )
+        return program, result, lm
+
+    def test_does_not_mutate_its_input(self):
+        program, result, _ = self.run()
+        assert program.dump_state() == AddTwo().dump_state()
+        assert result.program is not program
+
+    def test_same_seed_same_result(self):
+        _, first, _ = self.run(seed=3)
+        _, second, _ = self.run(seed=3)
+        assert first.program.dump_state() == second.program.dump_state()
+        assert [c.score for c in first.candidates] == [c.score for c in second.candidates]
+
+    def test_respects_its_budget(self):
+        lm = scripted_solver()
+        _, result, _ = self.run(budget=Budget(max_calls=self.budget_calls), lm=lm)
+        assert len(lm.requests) <= self.budget_calls
+        assert isinstance(result.program, AddTwo)
+        assert result.usage.calls <= self.budget_calls
+
+    def test_a_training_example_is_never_its_own_demo(self):
+        _, result, lm = self.run()
+        assert own_demo_violations(lm) == []
+        with context(lm=lm):
+            for ex in arithmetic_data(16):
+                result.program(question=ex.question)
+        assert own_demo_violations(lm) == []
+
+    def test_returned_program_saves_and_loads(self, tmp_path):
+        _, result, _ = self.run()
+        path = save_program(result.program, tmp_path / "program.json")
+        loaded = load_program(AddTwo(), path)
+        assert loaded.dump_state() == result.program.dump_state()
+
+    def test_rejects_bad_data_clearly(self):
+        with pytest.raises(ValueError, match="trainset"):
+            self.make_optimizer(exact_answer, 0).optimize(AddTwo(), [])
+        with pytest.raises(ValueError, match="inputs"):
+            self.make_optimizer(exact_answer, 0).optimize(AddTwo(), [Example(question="1 + 1")])

@@ -1,0 +1,129 @@
+"""The embedded llama.cpp backend, mostly against the real packaged SmolLM2-135M model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from cotune.lm import LlamaCppLM, LMCache, LMRequestError
+
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+def test_importing_cotune_lm_does_not_import_llama_cpp() -> None:
+    code = "import sys, cotune.lm; print('llama_cpp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_missing_lora_file_is_reported_before_loading(smollm2_path: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="LoRA"):
+        LlamaCppLM(smollm2_path, lora_path=tmp_path / "absent.gguf", cache=None)
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppLM]:
+    """SmolLM2 loaded once for the module, with a private cache that tests opt into."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python not installed")
+    cache_dir = tmp_path_factory.mktemp("llamacpp_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COTUNE_CACHE_DIR", str(cache_dir))  # the model's hash marker goes here
+        lm = LlamaCppLM("smollm2-135m", n_ctx=512, cache=LMCache(cache_dir / "cache.sqlite"))
+        yield lm
+        lm.close()
+
+
+@pytest.mark.real_model
+def test_greedy_answer_is_deterministic(smol: LlamaCppLM) -> None:
+    first = smol.chat(QUESTION, max_tokens=16, cache=False)
+    second = smol.chat(QUESTION, max_tokens=16, cache=False)
+    assert first.text.strip()
+    assert first.text == second.text
+    assert not first.cached and not second.cached
+    assert first.usage.prompt_tokens > 0 and first.usage.completion_tokens > 0
+    assert first.model == "smollm2-135m"
+
+
+@pytest.mark.real_model
+def test_max_tokens_stops_with_length(smol: LlamaCppLM) -> None:
+    messages = [{"role": "user", "content": "Write a long story about a dragon."}]
+    response = smol.chat(messages, max_tokens=4, cache=False)
+    assert 0 < response.usage.completion_tokens <= 4
+    assert response.finish_reason == "length"
+
+
+@pytest.mark.real_model
+def test_stop_sequences_end_the_answer(smol: LlamaCppLM) -> None:
+    messages = [{"role": "user", "content": "Count from 1 to 20, separated by commas."}]
+    response = smol.chat(messages, max_tokens=64, stop=["5"], cache=False)
+    assert "5" not in response.text
+    assert response.finish_reason == "stop"
+
+
+@pytest.mark.real_model
+def test_concurrent_calls_are_serialized_safely(smol: LlamaCppLM) -> None:
+    questions = [
+        "What is the capital of France?",
+        "What color is the sky on a clear day?",
+        "How many legs does a dog have?",
+        "What is 2 + 2?",
+    ]
+    chats = [[{"role": "user", "content": q}] for q in questions]
+    alone = [smol.chat(c, max_tokens=24, cache=False).text for c in chats]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda c: smol.chat(c, max_tokens=24, cache=False).text, chats))
+    assert all(t.strip() for t in together)
+    assert together == alone  # no answer was mixed up with another thread's
+
+
+@pytest.mark.real_model
+def test_a_prompt_longer_than_the_context_is_a_request_error(smol: LlamaCppLM) -> None:
+    too_long = [{"role": "user", "content": "apple " * 1000}]  # > n_ctx=512 tokens
+    with pytest.raises(LMRequestError, match="context"):
+        smol.chat(too_long, max_tokens=8, cache=False)
+    assert smol.chat(QUESTION, max_tokens=8, cache=False).text.strip()  # still usable
+
+
+@pytest.mark.real_model
+def test_the_second_identical_call_is_a_fast_cache_hit(smol: LlamaCppLM) -> None:
+    messages = [{"role": "user", "content": "Write a short poem about the sea."}]
+    start = time.perf_counter()
+    first = smol.chat(messages, max_tokens=64, cache=True)
+    first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    second = smol.chat(messages, max_tokens=64, cache=True)
+    second_s = time.perf_counter() - start
+    assert not first.cached and second.cached
+    assert second.text == first.text
+    assert second_s < 0.05 * first_s, (first_s, second_s)
+
+
+@pytest.mark.real_model
+def test_n_samples_at_temperature_one(smol: LlamaCppLM) -> None:
+    messages = [{"role": "user", "content": "Invent a name for a cat."}]
+    response = smol.chat(messages, temperature=1.0, max_tokens=16, n=2, seed=7, cache=False)
+    assert len(response.choices) == 2
+    assert all(c.text.strip() for c in response.choices)
+    again = smol.chat(messages, temperature=1.0, max_tokens=16, n=2, seed=7, cache=False)
+    assert [c.text for c in again.choices] == [c.text for c in response.choices]
+
+
+@pytest.mark.real_model
+def test_identity_and_describe(smol: LlamaCppLM) -> None:
+    identity = smol.identity()
+    assert identity["backend"] == "llamacpp"
+    assert len(identity["sha256"]) == 64
+    assert identity["lora_sha256"] is None
+    described = json.loads(json.dumps(smol.describe()))
+    assert described["model"] == "smollm2-135m"
+    assert Path(described["path"]).is_file()
+    assert described["lora_path"] is None

@@ -1,0 +1,54 @@
+"""Pins the public surface: a change here is a deliberate API change."""
+
+import subprocess
+import sys
+
+import cotune
+
+EXPECTED = {
+    "LM",
+    "AdapterParseError",
+    "Budget",
+    "BudgetExceeded",
+    "ChainOfThought",
+    "ChatAdapter",
+    "Example",
+    "InputField",
+    "LMCache",
+    "LMError",
+    "LMRequestError",
+    "LMTransientError",
+    "Module",
+    "NoLMError",
+    "OutputField",
+    "Predict",
+    "Prediction",
+    "ScriptedLM",
+    "Signature",
+    "SignatureError",
+    "StateError",
+    "__version__",
+    "budget",
+    "cache_disabled",
+    "context",
+    "load_program",
+    "save_program",
+    "trace",
+    "track_usage",
+}
+
+
+def test_public_names_are_pinned():
+    assert set(cotune.__all__) == EXPECTED
+    for name in cotune.__all__:
+        assert getattr(cotune, name) is not None
+
+
+def test_import_does_not_pull_heavy_dependencies():
+    code = (
+        "import sys, cotune, cotune.lm, cotune.evaluate, cotune.tasks;"
+        "heavy = {'torch', 'transformers', 'peft', 'llama_cpp', 'openai', 'optuna', 'sklearn'};"
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
