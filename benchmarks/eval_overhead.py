@@ -119,13 +119,17 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=10)
 
-    print(f"\n{n} examples, best of {repeats}; Python {platform.python_version()}, "
-          f"{platform.machine()}, client CPU time from time.process_time()\n")
+    print(
+        f"\n{n} examples, best of {repeats}; Python {platform.python_version()}, "
+        f"{platform.machine()}, client CPU time from time.process_time()\n"
+    )
     print("| case | threads | examples/s | CPU ms / example | wall s |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['case']} | {r['threads']} | {r['examples_per_s']:,.0f} | "
-              f"{r['cpu_ms_per_example']:.3f} | {r['wall_s']:.2f} |")
+        print(
+            f"| {r['case']} | {r['threads']} | {r['examples_per_s']:,.0f} | "
+            f"{r['cpu_ms_per_example']:.3f} | {r['wall_s']:.2f} |"
+        )
     if args.out:
         args.out.write_text(json.dumps({"examples": n, "repeats": repeats, "rows": rows}, indent=2))
 
@@ -148,8 +152,10 @@ def run_all(
     def add(case: str, threads: int, run: Callable[[], Any]) -> None:
         run()  # warm up: connections, imports, caches
         rows.append({"case": case, "threads": threads, **measure(run, n, repeats)})
-        print(f"{case:<34} {threads:>2} threads: {rows[-1]['examples_per_s']:8,.0f} ex/s",
-              file=sys.stderr)
+        print(
+            f"{case:<34} {threads:>2} threads: {rows[-1]['examples_per_s']:8,.0f} ex/s",
+            file=sys.stderr,
+        )
 
     # -- bare clients -------------------------------------------------------------------------
     host, port = urlsplit(url).hostname, urlsplit(url).port
@@ -165,7 +171,10 @@ def run_all(
     add("bare http.client", 1, http_client_loop)
     conn.close()
 
-    import httpx
+    try:
+        import httpx
+    except ImportError:  # newer openai SDKs depend on the renamed fork
+        import httpx2 as httpx
 
     with httpx.Client(limits=httpx.Limits(max_connections=64)) as client:
 
@@ -176,9 +185,8 @@ def run_all(
             add("bare httpx", threads, lambda t=threads: in_threads(post, n, t))
 
     # -- cotune layers ------------------------------------------------------------------------
-    add("OpenAILM.chat (choke point + SDK)", 1, lambda: in_threads(lambda _: lm.chat(messages), n, 1))
-    add("Predict loop, no Evaluate", 1,
-        lambda: in_threads(lambda i: program(**devset[i].inputs()), n, 1))
+    add("OpenAILM.chat (choke point + SDK)", 1, lambda: [lm.chat(messages) for _ in range(n)])
+    add("Predict loop, no Evaluate", 1, lambda: [program(**ex.inputs()) for ex in devset])
     for threads in thread_counts:
         evaluate = Evaluate(devset, exact_match(), num_threads=threads, display_progress=False)
         add("**Evaluate + OpenAILM**", threads, lambda e=evaluate: e(program))

@@ -12,6 +12,6 @@ stamp=.venv/.cotune-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --progress-bar off -e ".[local,dev]"
+  .venv/bin/python -m pip install --quiet --progress-bar off -e ".[local,finetune,tasks,dev]"
   echo "$want" > "$stamp"
 fi

@@ -76,7 +76,8 @@ def test_token_f1():
     assert token_f1_score("", "") == 1.0
     assert token_f1_score("x", "") == 0.0
     f1 = token_f1()
-    assert f1(Example(answer="cat sat down"), Prediction(answer="The cat sat")) == pytest.approx(0.8)
+    score = f1(Example(answer="cat sat down"), Prediction(answer="The cat sat"))
+    assert score == pytest.approx(0.8)
     assert f1(Example(answer=["dog", "cat sat"]), Prediction(answer="cat sat")) == 1.0
     assert f1(Example(answer="a b"), Prediction(answer="c d")) == 0.0
 

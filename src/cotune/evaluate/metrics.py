@@ -126,9 +126,8 @@ def exact_match(field: str = "answer") -> Metric:
         if predicted is None:
             return 0.0
         guess = normalize_text(predicted)
-        return float(
-            any(g is not None and normalize_text(g) == guess for g in _golds(get_field(example, field)))
-        )
+        golds = _golds(get_field(example, field))
+        return float(any(g is not None and normalize_text(g) == guess for g in golds))
 
     return _named(metric, f"exact_match({field!r})")
 

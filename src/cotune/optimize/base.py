@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from cotune.core.example import Example
@@ -86,6 +88,7 @@ class OptimizationRun:
         reporter: Reporter,
         meter: UsageMeter,
         valset: list[Example] | None,
+        workdir: Path,
     ) -> None:
         self.optimizer = optimizer
         self.metric = optimizer.metric
@@ -95,6 +98,8 @@ class OptimizationRun:
         self.reporter = reporter
         self.meter = meter
         self.valset = valset
+        self.workdir = workdir
+        """Where the optimizer writes files (e.g. LoRA adapters): inside the run folder."""
         self.candidates: list[Candidate] = []
         self.trials: list[dict[str, Any]] = []
         self.started = time.monotonic()
@@ -206,7 +211,10 @@ class Optimizer(ABC):
         budget: Budget | None = None,
         journal: Journal | None = None,
         reporter: Reporter | None = None,
+        workdir: str | Path | None = None,
     ) -> OptimizationResult:
+        """Optimize a copy of ``program``.  ``journal`` makes the run resumable; ``workdir``
+        receives files the optimizer produces (a new temporary folder when not given)."""
         trainset = _checked_examples(trainset, "trainset")
         valset = _checked_examples(valset, "valset") if valset else None
         reporter = reporter or LogReporter()
@@ -218,7 +226,11 @@ class Optimizer(ABC):
             meter = stack.enter_context(track_usage())
             if budget is not None:
                 stack.enter_context(use_budget(budget))
-            run = OptimizationRun(self, journal or MemoryJournal(), reporter, meter, valset)
+            if workdir is None:  # kept afterwards: a returned program may point at its files
+                workdir = tempfile.mkdtemp(prefix="cotune-run-")
+            run = OptimizationRun(
+                self, journal or MemoryJournal(), reporter, meter, valset, Path(workdir)
+            )
             try:
                 self._optimize(run, student, trainset, valset)
             except BudgetExceeded as exc:
