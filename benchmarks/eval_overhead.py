@@ -141,7 +141,7 @@ def run_all(
         Example(question=f"What is {i} plus {i}?", answer="42").with_inputs("question")
         for i in range(n)
     ]
-    lm = OpenAILM("stub", base_url=url, api_key="EMPTY", cache=None, max_concurrency=64)
+    lm = OpenAILM("stub", base_url=url, api_key="EMPTY", cache=None)
     program = Predict("question -> answer", lm=lm)
     messages = ChatAdapter().format(program.active_signature, [], devset[0].inputs())
     body = json.dumps(
@@ -185,16 +185,31 @@ def run_all(
             add("bare httpx", threads, lambda t=threads: in_threads(post, n, t))
 
     # -- cotune layers ------------------------------------------------------------------------
-    add("OpenAILM.chat (choke point + SDK)", 1, lambda: [lm.chat(messages) for _ in range(n)])
+    try:  # the SDK's own HTTP path, for reference (OpenAILM picks a leaner one for plain http)
+        sdk_lm = OpenAILM("stub", base_url=url, api_key="EMPTY", cache=None, transport="sdk")
+        add("OpenAILM.chat, transport=sdk", 1, lambda: [sdk_lm.chat(messages) for _ in range(n)])
+    except TypeError:  # an OpenAILM without the transport option
+        pass
+    for threads in thread_counts:
+        add(
+            "OpenAILM.chat (choke point + HTTP)",
+            threads,
+            lambda t=threads: in_threads(lambda _: lm.chat(messages), n, t),
+        )
     add("Predict loop, no Evaluate", 1, lambda: [program(**ex.inputs()) for ex in devset])
     for threads in thread_counts:
         evaluate = Evaluate(devset, exact_match(), num_threads=threads, display_progress=False)
         add("**Evaluate + OpenAILM**", threads, lambda e=evaluate: e(program))
 
-    scripted = Predict("question -> answer", lm=ScriptedLM(ANSWER))
+    scripted_lm = ScriptedLM(ANSWER)
+    scripted = Predict("question -> answer", lm=scripted_lm)
     for threads in thread_counts:
         evaluate = Evaluate(devset, exact_match(), num_threads=threads, display_progress=False)
-        add("Evaluate + ScriptedLM (no HTTP)", threads, lambda e=evaluate: e(scripted))
+        add(
+            "Evaluate + ScriptedLM (no HTTP)",
+            threads,
+            lambda e=evaluate: (e(scripted), scripted_lm.requests.clear()),
+        )
 
     if profile is not None:
         evaluate = Evaluate(devset, exact_match(), num_threads=1, display_progress=False)

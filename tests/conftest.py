@@ -3,6 +3,7 @@ a real llama.cpp OpenAI-compatible server."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import socket
@@ -33,8 +34,9 @@ class FakeOpenAIServer:
     """An OpenAI-compatible chat-completions server on 127.0.0.1 (stdlib, random free port).
 
     ``failures`` is consumed one entry per attempt: an int answers with that HTTP status, a
-    float stalls that many seconds before answering (past the client's timeout); once it is empty every request succeeds with ``answer``
-    (a string, None for a null ``content``, or a function of the request body).
+    float stalls that many seconds before answering (past the client's timeout).  Once it is
+    empty every request succeeds with ``answer`` (a string, None for a null ``content``, or a
+    function of the request body).
     """
 
     def __init__(self, answer: str | None | Callable[[dict[str, Any]], str | None] = "ok") -> None:
@@ -50,7 +52,9 @@ class FakeOpenAIServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self._thread.start()
 
     @property
@@ -112,18 +116,15 @@ class FakeOpenAIServer:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server._lock:
-                    server.headers.append(dict(self.headers))
+                    server.headers.append({k.lower(): v for k, v in self.headers.items()})
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    status, data, wait = server._reply(body)
-                    time.sleep(wait)
+                status, data, wait = server._reply(body)
+                time.sleep(wait)
+                with server._lock:  # before answering: the client may send its next one at once
+                    server.in_flight -= 1
+                with contextlib.suppress(OSError):  # the client gave up (timeout) and left
                     self._send(status, data)
-                except OSError:
-                    pass  # the client gave up (timeout) and closed the connection
-                finally:
-                    with server._lock:
-                        server.in_flight -= 1
 
         return Handler
 

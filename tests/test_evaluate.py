@@ -247,3 +247,20 @@ def test_evaluate_is_reusable_across_programs():
     ev = evaluate(make_devset(5), num_threads=2)
     assert ev(Predict("question -> answer", lm=answering_lm())).score == 1.0
     assert ev(Predict("question -> answer", lm=answering_lm(wrong={0, 1}))).score == 0.6
+
+
+def test_progress_bar_inside_another_live_display():
+    rich_progress = pytest.importorskip("rich.progress")
+    program = Predict("question -> answer", lm=answering_lm())
+    with rich_progress.Progress() as outer:  # e.g. an optimizer's own progress bar
+        outer.add_task("optimizing", total=1)
+        result = Evaluate(make_devset(3), exact_match(), display_progress=True)(program)
+    assert result.score == 1.0
+
+
+def test_programs_may_return_plain_values():
+    result = evaluate(make_devset(2), lambda ex, pred: pred == ex.answer, num_threads=1)(
+        lambda question: question[1:]
+    )
+    assert result.score == 1.0
+    assert json.loads(json.dumps(result.to_json()))["results"][0]["prediction"] == "0"

@@ -149,11 +149,14 @@ def test_processes_write_concurrently(cache):
         assert all(cache.get(f"p{w}-{i}") == {"worker": w, "i": i} for i in range(100))
 
 
-def test_corrupt_entry_is_a_miss(cache):
+@pytest.mark.parametrize(
+    "damage", ["{not json", '{"choices": 3}', "[]", '{"choices": [{"txt": "x"}]}', "null"]
+)
+def test_corrupt_entry_is_a_miss(cache, damage):
     lm = ScriptedLM(["first", "second"], cache=cache)
     lm.chat(MESSAGES)
     with sqlite3.connect(cache.path) as conn:
-        conn.execute("UPDATE answers SET response = '{not json'")
+        conn.execute("UPDATE answers SET response = ?", (damage,))
     response = lm.chat(MESSAGES)
     assert (response.text, response.cached) == ("second", False)
     assert lm.chat(MESSAGES).text == "second"  # the fresh answer replaced the damaged one

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
+T = TypeVar("T")
 
 ModelOpt = Annotated[
     str, typer.Option(help="Packaged model name (see `cotune models`), a GGUF path, or the "
@@ -62,7 +64,7 @@ def evaluate(
     devset = splits.get(split)[:limit] if limit else splits.get(split)
     prog = the_task.make_program()
     if program is not None:
-        load_program(prog, program)
+        load_program(prog, program, restore_lms=True)  # fine-tuned LMs come back too
     elif demos:
         for predictor in prog.predictors():
             predictor.demos = labelled_demos(splits.train, demos, seed=seed)
@@ -90,6 +92,247 @@ def evaluate(
     if out is not None:
         out.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
         console.print(f"per-example results written to {out}")
+
+
+def _fail(message: str) -> typer.Exit:
+    """One clear line on stderr and exit status 1 (no traceback for expected errors)."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a value is read as JSON when it parses (numbers, true, lists)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise _fail(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def _optimizer_options(pairs: list[str], strategy: str | None) -> dict[str, Any]:
+    options = _parse_options(pairs)
+    if strategy is not None:
+        options["strategy"] = strategy
+    return options
+
+
+def _default_run_dir(task: str, optimizer: str, seed: int) -> Path:
+    return Path("runs") / f"{Path(task).stem}-{optimizer}-seed{seed}"
+
+
+@app.command()
+def optimize(
+    task: Annotated[str, typer.Option(help="Task name (see `cotune tasks`) or a task file "
+                                      "(a .py exposing program, trainset/valset/testset, "
+                                      "metric).")] = "iris",
+    optimizer: Annotated[str, typer.Option(help="labeled, bootstrap, random-search, mipro, "
+                                           "mipro-0shot, bayesian-bootstrap, finetune or "
+                                           "bettertogether.")] = "mipro",
+    strategy: Annotated[str | None, typer.Option(
+        help="bettertogether's steps, e.g. 'p -> w -> p' (p: prompts, w: LoRA weights).")]
+    = None,
+    preset: Annotated[str | None, typer.Option(help="MIPRO preset: light, medium, heavy.")]
+    = None,
+    model: ModelOpt = "smollm2-135m",
+    base_url: BaseUrlOpt = None,
+    seed: Annotated[int, typer.Option(help="Seeds the data split and the optimizer.")] = 0,
+    train_size: Annotated[int | None, typer.Option(help="Use the first N training examples.")]
+    = None,
+    val_size: Annotated[int | None, typer.Option(help="Use the first N validation examples.")]
+    = None,
+    test_size: Annotated[int | None, typer.Option(help="Use the first N test examples.")] = None,
+    max_calls: Annotated[int | None, typer.Option(help="Stop after N LM calls.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Stop after N tokens.")] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after S seconds.")] = None,
+    threads: Annotated[int, typer.Option(help="Worker threads.")] = 4,
+    run_dir: Annotated[Path | None, typer.Option(
+        help="The run folder (default runs/TASK-OPTIMIZER-seedN). A folder holding a run of "
+             "the same configuration is resumed.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="Keep the LM cache in DIR/lm_cache.sqlite (e.g. the run folder) instead of the "
+             "shared user cache.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the LM cache.")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Discard a run of another configuration in --run-dir and start over "
+                        "(its LM cache is kept).")] = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Optimizer option KEY=VALUE, repeatable (e.g. --set num_candidates=4).")]
+    = None,
+) -> None:
+    """Optimize a task's program; write (or resume) a run folder."""
+    from cotune.optimize.reporting import ConsoleReporter
+    from cotune.runs.optimize import RunSpec, run_optimization
+
+    spec = RunSpec(
+        task=task, optimizer=optimizer, model=model, base_url=base_url, seed=seed,
+        train_size=train_size, val_size=val_size, test_size=test_size, preset=preset,
+        options=_optimizer_options(set_ or [], strategy), max_calls=max_calls,
+        max_tokens=max_tokens, max_seconds=max_seconds, threads=threads,
+        cache_dir=str(cache_dir) if cache_dir is not None else None, use_cache=not no_cache,
+    )
+    folder = run_dir or _default_run_dir(task, optimizer, seed)
+    console.print(f"[bold]{task}[/] with [bold]{optimizer}[/], model [cyan]{model}[/]"
+                  + (f" at {base_url}" if base_url else "") + f"; run folder {folder}")
+    summary = _guarded(lambda: run_optimization(spec, folder, reporter=ConsoleReporter(),
+                                                force=force))
+    _print_summary(summary)
+
+
+def _guarded(action: Callable[[], T]) -> T:
+    """Run ``action``; turn an error into one line and exit status 1 (``-v``: traceback)."""
+    try:
+        return action()
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        raise _fail("interrupted; run the same command again to resume") from None
+    except Exception as exc:
+        if logging.getLogger().isEnabledFor(logging.INFO):  # --verbose: the whole story
+            console.print_exception()
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        name = "" if _speaks_for_itself(exc) else f"{type(exc).__name__}: "
+        raise _fail(f"{name}{message}") from None
+
+
+def _speaks_for_itself(exc: Exception) -> bool:
+    """cotune's own errors and the usual bad-input ones carry a complete message."""
+    return type(exc).__module__.startswith("cotune.") or isinstance(
+        exc, (KeyError, ValueError, OSError, ImportError)
+    )
+
+
+def _print_summary(summary: Any) -> None:
+    total = summary.usage["total"]
+    table = Table(title=f"run {summary.run_dir}")
+    for column in ("val score", "test score", "LM calls", "cache hits", "backend calls",
+                   "tokens", "wall s"):
+        table.add_column(column, justify="right")
+    table.add_row(_score(summary.val_score), _score(summary.test_score), str(total["calls"]),
+                  str(total["cache_hits"]), str(total["backend_calls"]),
+                  str(total["total_tokens"]), f"{summary.wall_s:.1f}")
+    out = Console()
+    out.print(table)
+    if summary.stopped_by_budget:
+        out.print("stopped by the budget: the program is the best found before it ran out")
+    out.print(f"run folder: {summary.run_dir}  (cotune show {summary.run_dir})", highlight=False)
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@app.command()
+def show(run: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
+    """Show a run: the winning instruction and demos per predictor, the score path, the cost."""
+    from cotune.runs.folder import CANDIDATES, RESULT, RunFolder
+
+    folder = RunFolder(run)
+    config = _guarded(folder.config)
+    status = _guarded(folder.status)
+    candidates = _guarded(lambda: folder.read_json(CANDIDATES, required=False))
+    result = _guarded(lambda: folder.read_json(RESULT, required=False))
+    out = Console()
+    _show_header(out, run, config, status)
+    if not isinstance(candidates, dict) or not isinstance(result, dict):
+        out.print("no result yet: the run has not finished (rerun its command to resume it)")
+        return
+    _guarded(lambda: _show_run(out, candidates, result))
+
+
+def _show_run(out: Console, candidates: dict[str, Any], result: dict[str, Any]) -> None:
+    best = candidates.get("best_index")
+    found = candidates["candidates"]
+    winner = found[best]["state"] if best is not None else None
+    _show_predictors(out, candidates.get("original"), winner)
+    _show_score_path(out, found, best)
+    _show_cost(out, result)
+
+
+def _show_header(out: Console, run: Path, config: dict[str, Any], status: dict[str, Any]) -> None:
+    optimizer = config.get("optimizer", {})
+    model = config.get("model", {})
+    out.print(f"[bold]run[/] {run}", highlight=False)
+    out.print(f"task {config.get('task', {}).get('name')}, optimizer {optimizer.get('name')}"
+              + (f" ({optimizer['preset']})" if optimizer.get("preset") else "")
+              + f", model {model.get('name') or model.get('identity')}, seed {config.get('seed')}"
+              + f", splits {_sizes(config.get('splits', {}))}", highlight=False)
+    state = f"status {status.get('state')} (attempt {status.get('attempt')})"
+    if status.get("error"):
+        state += f": {status['error']}"
+    out.print(state, highlight=False)
+
+
+def _sizes(splits: dict[str, Any]) -> str:
+    return "/".join(str(splits.get(k, "?")) for k in ("train", "val", "test"))
+
+
+def _show_predictors(out: Console, original: Any, winner: Any) -> None:
+    if not isinstance(winner, dict):
+        out.print("no candidate was recorded")
+        return
+    originals = (original or {}).get("predictors", {})
+    for name, entry in winner["predictors"].items():
+        out.print(f"\n[bold]predictor {name}[/]")
+        before = originals.get(name, {}).get("instruction")
+        if before is not None and before != entry["instruction"]:
+            _line(out, f"  original instruction: {before}")
+            _line(out, f"  winning instruction:  {entry['instruction']}")
+        else:
+            _line(out, f"  instruction (unchanged): {entry['instruction']}")
+        _line(out, f"  demos: {len(entry['demos'])}")
+        for i, demo in enumerate(entry["demos"], 1):
+            _line(out, f"   {i}. {_render_demo(demo)}")
+
+
+def _line(out: Console, text: str) -> None:
+    """Plain text, unwrapped (the terminal wraps it), so that it can be copied or grepped."""
+    out.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def _render_demo(demo: dict[str, Any]) -> str:
+    fields, inputs = demo["fields"], set(demo["inputs"])
+    given = ", ".join(f"{k}={_short(v)}" for k, v in fields.items() if k in inputs)
+    answer = ", ".join(f"{k}={_short(v)}" for k, v in fields.items() if k not in inputs)
+    return f"{given} -> {answer}"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _show_score_path(out: Console, candidates: list[dict[str, Any]], best: int | None) -> None:
+    table = Table(title="score path (validation score of each candidate vs LM calls so far)")
+    for column, justify in (("#", "right"), ("LM calls", "right"), ("score", "right"),
+                            ("best so far", "right"), ("candidate", "left")):
+        table.add_column(column, justify=justify)
+    running: float | None = None
+    for c in candidates:
+        if c["score"] is not None and (running is None or c["score"] > running):
+            running = c["score"]
+        mark = " *" if c["index"] == best else ""
+        table.add_row(f"{c['index']}{mark}", str(c["lm_calls"]), _score(c["score"]),
+                      _score(running), c["description"])
+    out.print(table)
+
+
+def _show_cost(out: Console, result: dict[str, Any]) -> None:
+    table = Table(title="cost")
+    for column in ("", "LM calls", "cache hits", "backend calls", "tokens", "cost"):
+        table.add_column(column, justify="right")
+    for part, u in result["usage"].items():
+        table.add_row(part, str(u["calls"]), str(u["cache_hits"]), str(u["backend_calls"]),
+                      str(u["total_tokens"]), f"{u['cost']:.4f}")
+    out.print(table)
+    out.print(f"validation score {_score(result.get('val_score'))}, held-out test score "
+              f"{_score(result.get('test_score'))}, wall time {result.get('wall_s', 0):.1f} s"
+              + (", stopped by the budget" if result.get("stopped_by_budget") else ""),
+              highlight=False)
 
 
 @app.command()

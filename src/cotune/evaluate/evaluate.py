@@ -48,9 +48,12 @@ class ExampleResult:
         return self.error is not None
 
     def to_json(self) -> dict[str, Any]:
+        prediction = self.prediction
         return {
             "example": _jsonable(self.example.to_dict()),
-            "prediction": None if self.prediction is None else _jsonable(self.prediction.to_dict()),
+            "prediction": _jsonable(
+                prediction.to_dict() if isinstance(prediction, Example) else prediction
+            ),
             "score": self.score,
             "error": self.error,
             "error_type": self.error_type,
@@ -106,7 +109,7 @@ class EvaluationResult:
 
 class EvaluationAborted(RuntimeError):
     """More examples failed than ``max_errors`` allows.  ``partial_result`` holds the finished
-    examples; the last error is chained as ``__cause__``."""
+    examples, failures included, with their error messages."""
 
     def __init__(self, message: str, partial_result: EvaluationResult) -> None:
         super().__init__(message)
@@ -125,6 +128,10 @@ class Evaluate:
         max_errors: abort with :class:`EvaluationAborted` once more examples than this failed
             (None: never).
         failure_score: the score of an example whose program or metric raised.
+
+    ``BudgetExceeded`` (with ``partial_result`` attached), ``NoLMError`` and ``KeyboardInterrupt``
+    are not example failures: they stop the run and propagate.  The metric is called as
+    ``metric(example, prediction)``.
     """
 
     def __init__(
@@ -239,6 +246,7 @@ class Evaluate:
         if not self.display_progress:
             yield None
             return
+        from rich.errors import LiveError
         from rich.progress import (  # lazy: rich costs ~50 ms to import
             BarColumn,
             MofNCompleteColumn,
@@ -248,27 +256,35 @@ class Evaluate:
             TimeRemainingColumn,
         )
 
-        columns = (
+        bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("score {task.fields[score]:.3f}  errors {task.fields[errors]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            refresh_per_second=4,  # rendering runs in rich's own thread, 4 times a second
         )
-        with Progress(*columns, refresh_per_second=4) as bar:
-            task = bar.add_task(self.description, total=total, score=0.0, errors=0)
-            next_push = 0.0
+        task = bar.add_task(self.description, total=total, score=0.0, errors=0)
+        try:
+            bar.start()
+        except LiveError:  # another live display (e.g. an optimizer's) owns the terminal
+            yield None
+            return
+        next_push = 0.0
 
-            def show(done: int, score_sum: float, errors: int, final: bool = False) -> None:
-                nonlocal next_push
-                now = time.monotonic()
-                if now < next_push and not final:
-                    return
-                next_push = now + _PROGRESS_INTERVAL_S
-                bar.update(task, completed=done, score=score_sum / done, errors=errors)
+        def show(done: int, score_sum: float, errors: int, final: bool = False) -> None:
+            nonlocal next_push
+            now = time.monotonic()
+            if now < next_push and not final:
+                return
+            next_push = now + _PROGRESS_INTERVAL_S
+            bar.update(task, completed=done, score=score_sum / done, errors=errors)
 
+        try:
             yield show
+        finally:
+            bar.stop()
 
 
 def _inputs_of(index: int, example: Any) -> dict[str, Any]:

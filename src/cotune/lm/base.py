@@ -116,7 +116,10 @@ class LM(ABC):
         if store is not None:
             hit = store.get(key)
             if hit is not None:
-                response = LMResponse.from_json(hit, cached=True)
+                try:
+                    response = LMResponse.from_json(hit, cached=True)
+                except (KeyError, TypeError, ValueError):
+                    response = None  # a damaged entry is a miss; the fresh answer replaces it
         if response is None:
             try:
                 response = self._complete_with_retries(request)

@@ -1,18 +1,29 @@
-"""Optimizers: few-shot bootstrap, random search, MIPRO (and, later, fine-tuning)."""
+"""Optimizers: few-shot bootstrap, random search, MIPRO, fine-tuning and BetterTogether."""
 
 from cotune.optimize.base import Candidate, OptimizationResult, OptimizationRun, Optimizer
+from cotune.optimize.better_together import BetterTogether
 from cotune.optimize.bootstrap import BootstrapFewShot, LabeledFewShot
+from cotune.optimize.finetune import BootstrapFinetune
 from cotune.optimize.journal import Journal, MemoryJournal
+from cotune.optimize.mipro import MIPRO, BayesianBootstrap, ZeroShotMIPRO
+from cotune.optimize.proposer import TIPS, GroundedProposer, Grounding
 from cotune.optimize.random_search import BootstrapRandomSearch
 from cotune.optimize.reporting import ConsoleReporter, CostEstimate, LogReporter, Reporter
 from cotune.optimize.traces import SuccessfulTrace, collect_successful_traces
 
 __all__ = [
+    "MIPRO",
+    "TIPS",
+    "BayesianBootstrap",
+    "BetterTogether",
     "BootstrapFewShot",
+    "BootstrapFinetune",
     "BootstrapRandomSearch",
     "Candidate",
     "ConsoleReporter",
     "CostEstimate",
+    "GroundedProposer",
+    "Grounding",
     "Journal",
     "LabeledFewShot",
     "LogReporter",
@@ -22,5 +33,6 @@ __all__ = [
     "Optimizer",
     "Reporter",
     "SuccessfulTrace",
+    "ZeroShotMIPRO",
     "collect_successful_traces",
 ]

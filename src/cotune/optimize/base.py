@@ -228,9 +228,9 @@ class Optimizer(ABC):
                 stack.enter_context(use_budget(budget))
             if workdir is None:  # kept afterwards: a returned program may point at its files
                 workdir = tempfile.mkdtemp(prefix="cotune-run-")
-            run = OptimizationRun(
-                self, journal or MemoryJournal(), reporter, meter, valset, Path(workdir)
-            )
+            if journal is None:  # not `journal or ...`: an empty SQLiteJournal is falsy
+                journal = MemoryJournal()
+            run = OptimizationRun(self, journal, reporter, meter, valset, Path(workdir))
             try:
                 self._optimize(run, student, trainset, valset)
             except BudgetExceeded as exc:

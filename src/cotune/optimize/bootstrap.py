@@ -143,7 +143,7 @@ def bootstrap_demo_sets(
 
     def compute() -> dict[str, Any]:
         source = teacher if teacher is not None else student
-        traces = collect_successful_traces(
+        traces = [] if max_bootstrapped <= 0 else collect_successful_traces(
             source, trainset, run.metric, threshold=threshold, num_threads=run.num_threads,
             wanted=max_bootstrapped,
             prepare=lambda program, i: without_example(program, trainset[i]),

@@ -8,7 +8,14 @@ import importlib
 
 from cotune.tasks.base import Task
 
-_TASK_MODULES = {"iris": "cotune.tasks.iris"}
+_TASK_MODULES = {
+    "iris": "cotune.tasks.iris",
+    "gsm8k": "cotune.tasks.gsm8k",
+    "hotpotqa": "cotune.tasks.hotpotqa",
+    "hotpotqa-conditional": "cotune.tasks.hotpotqa_conditional",
+    "scone": "cotune.tasks.scone",
+    "heart": "cotune.tasks.heart",
+}
 
 
 def task_names() -> list[str]:

@@ -45,6 +45,8 @@ def load_user_task(path: str | Path) -> Task:
     if not path.is_file():
         raise UserTaskError(f"task file not found: {path}")
     module = _import_file(path)
+    make_program = _program_factory(module, path)
+    load_splits = _splits_loader(module, path)
     metric = getattr(module, "metric", None)
     if not callable(metric):
         raise UserTaskError(f"{path}: defines no `metric(example, prediction, trace=None)`")
@@ -52,8 +54,8 @@ def load_user_task(path: str | Path) -> Task:
     return Task(
         name=str(path),
         description=doc.splitlines()[0] if doc else f"user task from {path.name}",
-        load_splits=_splits_loader(module, path),
-        make_program=_program_factory(module, path),
+        load_splits=load_splits,
+        make_program=make_program,
         metric=metric,
     )
 

@@ -1,0 +1,305 @@
+"""BootstrapFinetune: BetterTogether's weight step ("w").
+
+Run the program, with its current prompts, over the training set; keep the traces whose final
+answer passes the metric; turn every predictor call of those traces into a chat record rendered
+by the adapter exactly as the prompt is rendered at inference (same instruction, same demos),
+with the traced output as the target; LoRA-tune each predictor's LM on those records and point
+the predictors at the tuned LM.  Predictors that share an LM share one adapter (multi-task),
+unless ``per_predictor``.
+
+Resume: the records and, once trained, each adapter's description (path and sha256) are
+journaled, so a rerun rebuilds the tuned LM from the adapter file instead of training again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from cotune.core.example import Example
+from cotune.core.module import Module
+from cotune.core.predict import Predict
+from cotune.core.runtime import ChatModel, current_adapter, current_lm
+from cotune.core.state import StateError
+from cotune.finetune.errors import NoTrainingDataError
+from cotune.finetune.trainer import with_adapter
+from cotune.lm.llamacpp import LlamaCppLM
+from cotune.lm.models import MODELS, ModelError, file_sha256, resolve_model_path
+from cotune.optimize.base import OptimizationRun, Optimizer
+from cotune.optimize.reporting import CostEstimate, Reporter
+from cotune.optimize.traces import SuccessfulTrace, collect_successful_traces
+
+Record = dict[str, list[dict[str, str]]]
+RECORDS_FILE = "train_records.jsonl"
+
+
+class FineTuner(Protocol):
+    """What BootstrapFinetune needs from a trainer (``cotune.finetune.LoraTrainer``).
+
+    A trainer may also offer ``load_tuned(lm, description) -> LM``, rebuilding a tuned LM from
+    its ``describe()`` on resume; without it, llama.cpp descriptions are rebuilt here.
+    """
+
+    def fine_tune(self, lm: Any, records: list[Record], out_dir: Path) -> Any: ...
+
+
+class AdapterFileError(StateError):
+    """A saved fine-tuned LM that cannot be rebuilt: its adapter (or base model) file is
+    missing, or differs from the one that was recorded."""
+
+
+@dataclass
+class TrainingGroup:
+    """Predictors that get one adapter together: those sharing an LM (or a single one)."""
+
+    lm: ChatModel
+    predictors: list[str]
+
+
+class BootstrapFinetune(Optimizer):
+    """Fine-tune each predictor's LM on the program's own successful traces.
+
+    Args:
+        trainer: any object with ``fine_tune(lm, records, out_dir) -> LM``; by default a
+            ``cotune.finetune.LoraTrainer()`` (created on first use: torch is imported lazily).
+        lora: LoRA settings of the default trainer (a ``LoraSettings`` or its fields as a
+            dict, e.g. ``{"epochs": 1}``); not with ``trainer``.
+        per_predictor: one adapter per predictor instead of one per distinct LM.
+        train_without_demos: render training prompts without the predictors' demos (the tuned
+            LM should then be used zero-shot).
+    """
+
+    name = "finetune"
+
+    def __init__(
+        self,
+        metric: Any,
+        *,
+        trainer: FineTuner | None = None,
+        lora: Any = None,
+        per_predictor: bool = False,
+        train_without_demos: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(metric, **kwargs)
+        if trainer is not None and lora is not None:
+            raise ValueError("give LoRA settings to your trainer, not to BootstrapFinetune")
+        self._trainer = trainer
+        self.lora = dict(lora) if isinstance(lora, Mapping) else lora
+        self.per_predictor = per_predictor
+        self.train_without_demos = train_without_demos
+
+    @property
+    def trainer(self) -> FineTuner:
+        if self._trainer is None:
+            from cotune.finetune import LoraSettings, LoraTrainer
+
+            settings = LoraSettings(**self.lora) if isinstance(self.lora, dict) else self.lora
+            self._trainer = LoraTrainer(settings) if settings is not None else LoraTrainer()
+        return self._trainer
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "per_predictor": self.per_predictor,
+                "train_without_demos": self.train_without_demos,
+                "trainer": describe_trainer(self.trainer)}
+
+    def estimate_cost(self, program, trainset, valset) -> CostEstimate:
+        per_run = len(program.predictors())
+        bootstrap = len(trainset) * per_run
+        evaluation = len(valset or []) * per_run
+        return CostEstimate(bootstrap + evaluation,
+                            {"bootstrap": bootstrap, "evaluation": evaluation})
+
+    def _optimize(self, run, student, trainset, valset) -> None:
+        groups = training_groups(student, per_predictor=self.per_predictor)
+        data = run.journal.memo(
+            "finetune:records", lambda: self._collect_records(run, student, trainset, groups)
+        )
+        if data["passed"] == 0:
+            raise NoTrainingDataError(
+                f"no trace passed the metric (threshold {self.metric_threshold}) on the "
+                f"{data['tried']} training examples tried: nothing to fine-tune on"
+            )
+        adapters = []
+        for n, (group, records) in enumerate(zip(groups, data["records"], strict=True)):
+            if not records:  # these predictors never ran in a passing trace
+                continue
+            tuned = self._tuned_lm(run, n, group, records)
+            for p in _predictors(student, group.predictors):
+                p.lm = tuned
+            adapters.append({"predictors": group.predictors, "records": len(records),
+                             "lm": describe_lm(tuned)})
+        score = run.evaluate(student, valset, "finetune")["score"] if valset else None
+        run.offer(student, score, f"fine-tuned on {data['passed']} passing traces",
+                  adapters=adapters)
+
+    def _collect_records(
+        self, run: OptimizationRun, student: Module, trainset: list[Example],
+        groups: list[TrainingGroup],
+    ) -> dict[str, Any]:
+        run.reporter.message(f"collecting fine-tuning traces on {len(trainset)} examples")
+        traces = collect_successful_traces(
+            student, trainset, run.metric, threshold=self.metric_threshold,
+            num_threads=run.num_threads,
+        )
+        records = training_records(student, traces, with_demos=not self.train_without_demos)
+        group_of = {name: i for i, g in enumerate(groups) for name in g.predictors}
+        grouped: list[list[Record]] = [[] for _ in groups]
+        for name, record in records:
+            grouped[group_of[name]].append(record)
+        return {"tried": len(trainset), "passed": len(traces), "records": grouped}
+
+    def _tuned_lm(
+        self, run: OptimizationRun, n: int, group: TrainingGroup, records: list[Record]
+    ) -> Any:
+        """The LM tuned for ``group``: rebuilt from the journal when a previous attempt
+        trained it, else trained now (and journaled)."""
+        key = f"finetune:adapter{n}"
+        saved = run.journal.get(key)
+        if saved is not None:
+            restored = self._restore(group.lm, saved["lm"], run.reporter)
+            if restored is not None:
+                return restored
+        out_dir = (run.workdir / f"finetune-{n}").resolve()  # recorded in program.json
+        write_records(out_dir / RECORDS_FILE, records)
+        run.reporter.message(
+            f"fine-tuning {getattr(group.lm, 'model', group.lm)} for "
+            f"{', '.join(group.predictors)} on {len(records)} records in {out_dir}"
+        )
+        tuned = self.trainer.fine_tune(group.lm, records, out_dir)
+        run.journal.put(key, {"lm": describe_lm(tuned), "predictors": group.predictors,
+                              "records": len(records)})
+        return tuned
+
+    def _restore(self, base: ChatModel, description: Any, reporter: Reporter) -> Any:
+        load_tuned = getattr(self.trainer, "load_tuned", None)
+        try:
+            if callable(load_tuned):
+                return load_tuned(base, description)
+            return lm_from_description(description, like=base)
+        except (AdapterFileError, FileNotFoundError) as exc:
+            reporter.message(f"cannot reuse the journaled adapter ({exc}); training again")
+            return None
+
+
+# -- training data -------------------------------------------------------------------------------
+
+
+def training_groups(program: Module, *, per_predictor: bool = False) -> list[TrainingGroup]:
+    """Predictors grouped by the LM that answers them (the same LM object), in program order.
+    A predictor without an LM of its own uses the one of the current context."""
+    groups: list[TrainingGroup] = []
+    by_lm: dict[int, TrainingGroup] = {}
+    for name, p in program.named_predictors():
+        lm = p.lm or current_lm()
+        if lm is None:
+            raise ValueError(
+                f"predictor {name!r} has no LM to fine-tune: bind one or use cotune.context(lm=)"
+            )
+        group = None if per_predictor else by_lm.get(id(lm))
+        if group is None:
+            group = TrainingGroup(lm, [])
+            groups.append(group)
+            by_lm[id(lm)] = group
+        group.predictors.append(name)
+    return groups
+
+
+def training_records(
+    program: Module, traces: Sequence[SuccessfulTrace], *, with_demos: bool = True
+) -> list[tuple[str, Record]]:
+    """``(predictor name, chat record)`` for every predictor call of ``traces``, in order.
+
+    The record is the exact prompt the predictor sends at inference (its instruction, its
+    demos minus any demo of this very query, as ``Predict`` drops it) plus the traced answer.
+    """
+    adapter = current_adapter()
+    render = getattr(adapter, "format_training_example", None)
+    if not callable(render):
+        raise TypeError(f"{type(adapter).__name__} cannot render training examples "
+                        "(no format_training_example)")
+    predictors = dict(program.named_predictors())
+    records = []
+    for t in traces:
+        for name, inputs, outputs in t.steps:
+            p = predictors.get(name)
+            if p is None:
+                continue
+            demos = _demos_at_inference(p, inputs) if with_demos else []
+            records.append((name, render(p.active_signature, demos, inputs, outputs)))
+    return records
+
+
+def _demos_at_inference(p: Predict, inputs: Mapping[str, Any]) -> list[Example]:
+    return [d for d in p.demos if any(d.get(k, _ABSENT) != v for k, v in inputs.items())]
+
+
+_ABSENT = object()
+
+
+def write_records(path: Path, records: Sequence[Record]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _predictors(program: Module, names: Sequence[str]) -> list[Predict]:
+    by_name = dict(program.named_predictors())
+    return [by_name[n] for n in names]
+
+
+# -- describing and rebuilding tuned LMs ---------------------------------------------------------
+
+
+def describe_lm(lm: Any) -> Any:
+    describe = getattr(lm, "describe", None)
+    return describe() if callable(describe) else {"model": getattr(lm, "model", None)}
+
+
+def describe_trainer(trainer: Any) -> dict[str, Any]:
+    settings = getattr(trainer, "settings", None)
+    entry: dict[str, Any] = {"class": type(trainer).__name__}
+    if is_dataclass(settings) and not isinstance(settings, type):
+        entry["settings"] = json.loads(json.dumps(asdict(settings), default=str))
+    return entry
+
+
+def lm_from_description(description: Any, *, like: Any = None) -> LlamaCppLM:
+    """A llama.cpp LM with a LoRA adapter, rebuilt from its ``describe()`` after checking that
+    the adapter and base model files are the ones recorded (:class:`AdapterFileError` if not).
+
+    ``like``: the base llama.cpp LM the adapter was trained for; the rebuilt LM then gets its
+    runtime settings (threads, sampling defaults, cache), exactly as the trainer built it.
+    """
+    if not isinstance(description, dict) or description.get("backend") != "llamacpp" \
+            or not description.get("lora_path"):
+        raise AdapterFileError(
+            f"cannot rebuild a fine-tuned LM from {description!r}: only llama.cpp LMs with a "
+            "LoRA adapter can be rebuilt"
+        )
+    lora = Path(description["lora_path"])
+    _check_file(lora, description.get("lora_sha256"), "LoRA adapter")
+    name = description.get("model")
+    model = name if name in MODELS else description.get("path")
+    try:
+        model_path = resolve_model_path(model)
+    except (ModelError, TypeError) as exc:
+        raise AdapterFileError(f"the base model {model!r} of adapter {lora} is missing ({exc})") \
+            from exc
+    _check_file(model_path, description.get("sha256"), "base model")
+    n_ctx = description.get("n_ctx", 2048)
+    if isinstance(like, LlamaCppLM) and like.n_ctx == n_ctx \
+            and file_sha256(like.model_path) == file_sha256(model_path):
+        return with_adapter(like, lora)
+    return LlamaCppLM(model=model, lora_path=lora, n_ctx=n_ctx)
+
+
+def _check_file(path: Path, expected: str | None, what: str) -> None:
+    if not path.is_file():
+        raise AdapterFileError(f"{what} {path} is missing")
+    if expected is not None and file_sha256(path) != expected:
+        raise AdapterFileError(f"{what} {path} has changed since it was recorded (sha256 differs)")

@@ -1,0 +1,418 @@
+"""MIPRO's grounded instruction proposer.
+
+An LM (the *prompt model*) writes new instructions for one predictor of a program.  What makes
+the proposals useful is the context it is given, each part of which can be switched off:
+
+* a summary of the training data (written by the LM from a few batches of examples),
+* a summary of the program (from its source code and signatures) and of the module's role in it,
+* a few demos bootstrapped from the program's own successful runs,
+* a randomly drawn "tip" on how to write the instruction (be concise, be creative, ...).
+
+A switched-off source is left out of the proposer's prompt entirely: its field disappears from
+the signature, so neither its text nor its name reaches the LM.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cotune.adapters.parsing import AdapterParseError
+from cotune.core.example import Example
+from cotune.core.module import Module
+from cotune.core.parallel import imap_unordered
+from cotune.core.predict import Predict
+from cotune.core.runtime import ChatModel, current_adapter
+from cotune.core.signature import Field, Signature
+
+TIPS: dict[str, str] = {
+    "concise": "Keep the instruction short: say what to do in as few words as possible.",
+    "creative": "Feel free to be inventive in how you phrase the instruction.",
+    "description": "Make the instruction detailed and descriptive about the task.",
+    "edge_cases": "Warn the model about tricky inputs and edge cases it should handle with care.",
+    "high_stakes": "Frame the task as a high-stakes situation where a wrong answer is costly.",
+    "persona": "Give the model a persona suited to the task, e.g. 'You are an expert ...'.",
+    "simple": "Use plain, simple wording that a beginner would understand.",
+}
+"""Tips the proposer draws from, by name.  Each nudges proposals in a different direction."""
+
+_MAX_VALUE_CHARS = 400
+_MAX_SOURCE_CHARS = 6000
+
+
+# -- the LM-facing signatures --------------------------------------------------------------------
+
+
+def _text_signature(instruction: str, inputs: Sequence[tuple[str, str]], output: tuple[str, str]
+                    ) -> Signature:
+    """A signature of free-text fields: ``inputs`` and ``output`` are ``(name, description)``."""
+    fields = [Field(name, True, str, desc) for name, desc in inputs]
+    fields.append(Field(output[0], False, str, output[1]))
+    return Signature(fields, instruction)
+
+
+_OBSERVE = _text_signature(
+    "You are shown examples from a dataset. Write down what you notice about it: the task, "
+    "the topics, the form and length of inputs and outputs, and anything unusual.",
+    [("examples", "a batch of examples from the dataset")],
+    ("observations", "what you notice, as a few short sentences"),
+)
+_OBSERVE_MORE = _text_signature(
+    "You are shown more examples from a dataset and the observations made so far. Extend the "
+    "observations with anything new; repeat nothing.",
+    [("prior_observations", "observations made so far"),
+     ("examples", "another batch of examples from the dataset")],
+    ("observations", "the new observations"),
+)
+_SUMMARIZE = _text_signature(
+    "Summarize these observations about a dataset in a few sentences: what the task is and "
+    "what the data looks like.",
+    [("observations", "observations about the dataset")],
+    ("summary", "a short summary of the dataset"),
+)
+_DESCRIBE_PROGRAM = _text_signature(
+    "Below is the code of a program that calls language models, and the signatures of its "
+    "modules. Describe in a few sentences what task the program solves and how.",
+    [("program_code", "the program's source code"),
+     ("module_signatures", "the inputs and outputs of each module")],
+    ("program_description", "what the program does"),
+)
+_DESCRIBE_MODULE = _text_signature(
+    "Given a description of a language-model program, describe the role that one of its "
+    "modules plays in it, in one or two sentences.",
+    [("program_description", "what the program does"),
+     ("module_name", "the module's name in the program"),
+     ("module_signature", "the module's inputs and outputs")],
+    ("module_description", "the module's role in the program"),
+)
+
+_PROPOSE_INSTRUCTION = (
+    "You write instructions for one module of a program that calls language models. The "
+    "instruction will be given to a language model, together with the module's inputs, to "
+    "produce the module's outputs. Use the context below to write an instruction that helps "
+    "the model do this module's task well."
+)
+_PROPOSER_FIELDS: dict[str, str] = {
+    "dataset_summary": "a summary of the data the program runs on",
+    "program_description": "what the whole program does",
+    "module_description": "the role of this module in the program",
+    "module_signature": "the module's input and output fields",
+    "task_demos": "examples of this module's inputs and correct outputs",
+    "current_instruction": "the instruction the module uses now",
+    "tip": "a suggestion for how to write the new instruction",
+}
+_PROPOSED = ("proposed_instruction", "the new instruction, and nothing else")
+
+
+# -- grounding: the context the proposer is given ----------------------------------------------
+
+
+def summarize_dataset(
+    lm: ChatModel,
+    trainset: Sequence[Example],
+    *,
+    batch_size: int = 10,
+    rng: random.Random,
+    max_batches: int = 3,
+) -> str:
+    """Let ``lm`` observe up to ``max_batches`` shuffled batches of ``trainset``, then summarize
+    its observations.  Costs at most ``max_batches + 1`` LM calls."""
+    order = list(trainset)
+    rng.shuffle(order)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)][:max_batches]
+    observations = ""
+    for batch in batches:
+        text = format_examples(batch)
+        if observations:
+            more = _ask(lm, _OBSERVE_MORE, prior_observations=observations, examples=text)
+            observations = f"{observations}\n{more}"
+        else:
+            observations = _ask(lm, _OBSERVE, examples=text)
+    return _ask(lm, _SUMMARIZE, observations=observations)
+
+
+def describe_program(lm: ChatModel, program: Module) -> str:
+    """Let ``lm`` describe what ``program`` does, from its source code and its signatures."""
+    return _ask(
+        lm,
+        _DESCRIBE_PROGRAM,
+        program_code=program_source(program),
+        module_signatures="\n".join(
+            f"{name}: {describe_signature(p)}" for name, p in program.named_predictors()
+        ),
+    )
+
+
+def describe_module(
+    lm: ChatModel, program_description: str, predictor_name: str, predictor: Predict
+) -> str:
+    """Let ``lm`` describe the role of one predictor within the program."""
+    return _ask(
+        lm,
+        _DESCRIBE_MODULE,
+        program_description=program_description,
+        module_name=predictor_name,
+        module_signature=describe_signature(predictor),
+    )
+
+
+def program_source(program: Module) -> str:
+    """The source of the program's class, or a short stand-in when it is not available
+    (classes defined in a REPL or by ``exec`` have no source file)."""
+    try:
+        source = inspect.getsource(type(program))
+    except (OSError, TypeError):
+        names = ", ".join(name for name, _ in program.named_predictors())
+        source = f"class {type(program).__name__}: a program with the modules {names}"
+    return source[:_MAX_SOURCE_CHARS]
+
+
+def describe_signature(predictor: Predict) -> str:
+    sig = predictor.signature
+
+    def part(f: Field) -> str:
+        kind = "" if f.annotation is str else f" ({f.type_name()})"
+        return f"{f.name}{kind}" + (f": {f.description}" if f.description else "")
+
+    inputs = "; ".join(part(f) for f in sig.input_fields)
+    outputs = "; ".join(part(f) for f in sig.output_fields)
+    return f"inputs: {inputs} -> outputs: {outputs}"
+
+
+def format_examples(examples: Sequence[Mapping[str, Any]]) -> str:
+    blocks = []
+    for i, ex in enumerate(examples, 1):
+        lines = [f"Example {i}:"]
+        lines += [f"  {key}: {_short(value)}" for key, value in ex.items()]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+@dataclass
+class Grounding:
+    """The LM-written context shared by every proposal of one optimization (plain data, so an
+    optimizer can journal it)."""
+
+    dataset_summary: str | None = None
+    program_description: str | None = None
+    module_descriptions: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dataset_summary": self.dataset_summary,
+            "program_description": self.program_description,
+            "module_descriptions": dict(self.module_descriptions),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Grounding:
+        return cls(data.get("dataset_summary"), data.get("program_description"),
+                   dict(data.get("module_descriptions") or {}))
+
+
+# -- the proposer ------------------------------------------------------------------------------
+
+
+class GroundedProposer:
+    """Proposes instructions for a predictor with ``prompt_lm``.
+
+    Call :meth:`ground` once (or set ``grounding``) before :meth:`propose` when the dataset or
+    program summary is switched on.  ``tip`` fixes the tip by name instead of drawing one at
+    random for each candidate.
+    """
+
+    def __init__(
+        self,
+        prompt_lm: ChatModel,
+        *,
+        use_dataset_summary: bool = True,
+        use_program_summary: bool = True,
+        use_demos: bool = True,
+        use_tip: bool = True,
+        tip: str | None = None,
+        temperature: float = 1.0,
+        max_demos_shown: int = 3,
+        data_batch_size: int = 10,
+        num_threads: int = 4,
+    ) -> None:
+        if tip is not None and tip not in TIPS:
+            raise ValueError(f"unknown tip {tip!r}; known tips: {sorted(TIPS)}")
+        self.prompt_lm = prompt_lm
+        self.use_dataset_summary = use_dataset_summary
+        self.use_program_summary = use_program_summary
+        self.use_demos = use_demos
+        self.use_tip = use_tip
+        self.tip = tip
+        self.temperature = temperature
+        self.max_demos_shown = max_demos_shown
+        self.data_batch_size = data_batch_size
+        self.num_threads = num_threads
+        self.grounding: Grounding | None = None
+
+    def configured(self, **settings: Any) -> GroundedProposer:
+        """A copy with some settings changed (sharing the grounding): MIPRO++ uses one per
+        proposer configuration it tries."""
+        new = copy.copy(self)
+        for key, value in settings.items():
+            if not hasattr(self, key) or key in {"prompt_lm", "grounding"}:
+                raise TypeError(f"unknown proposer setting {key!r}")
+            setattr(new, key, value)
+        if new.tip is not None and new.tip not in TIPS:
+            raise ValueError(f"unknown tip {new.tip!r}; known tips: {sorted(TIPS)}")
+        return new
+
+    def ground(self, program: Module, trainset: Sequence[Example], rng: random.Random
+               ) -> Grounding:
+        """Write the summaries the switched-on sources need (a few LM calls)."""
+        grounding = Grounding()
+        if self.use_dataset_summary:
+            grounding.dataset_summary = summarize_dataset(
+                self.prompt_lm, trainset, batch_size=self.data_batch_size, rng=rng
+            )
+        if self.use_program_summary:
+            description = describe_program(self.prompt_lm, program)
+            grounding.program_description = description
+            grounding.module_descriptions = {
+                name: describe_module(self.prompt_lm, description, name, p)
+                for name, p in program.named_predictors()
+            }
+        self.grounding = grounding
+        return grounding
+
+    # -- proposing ----------------------------------------------------------------------------
+
+    def propose(
+        self,
+        predictor_name: str,
+        predictor: Predict,
+        demo_sets: Sequence[Sequence[Example]],
+        n: int,
+        rng: random.Random,
+    ) -> list[str]:
+        """Up to ``n`` distinct instructions: the current one first, then ``n - 1`` proposals
+        (fewer when the LM repeats itself).  Candidate ``j`` is shown demos from demo set
+        ``j mod len(demo_sets)`` and is sampled with ``rollout_id=j``."""
+        jobs = [(j, self.pick_demos(demo_sets, j, rng), self.pick_tip(rng)) for j in range(1, n)]
+
+        def run(job: tuple[int, list[Example], str | None]) -> str | None:
+            j, demos, tip = job
+            return self.propose_one(predictor_name, predictor, demos, tip, rollout_id=j)
+
+        results: dict[int, str | None] = {}
+        for index, future in imap_unordered(run, jobs, max(1, self.num_threads)):
+            results[index] = future.result()
+        proposals = [predictor.instruction] + [results[i] or "" for i in range(len(jobs))]
+        return _distinct(proposals)
+
+    def pick_demos(
+        self, demo_sets: Sequence[Sequence[Example]], j: int, rng: random.Random
+    ) -> list[Example]:
+        if not self.use_demos or not demo_sets:
+            return []
+        demos = list(demo_sets[j % len(demo_sets)])
+        return rng.sample(demos, min(self.max_demos_shown, len(demos)))
+
+    def pick_tip(self, rng: random.Random) -> str | None:
+        if not self.use_tip:
+            return None
+        return self.tip if self.tip is not None else rng.choice(sorted(TIPS))
+
+    def propose_one(
+        self,
+        predictor_name: str,
+        predictor: Predict,
+        demos: Sequence[Example],
+        tip: str | None,
+        *,
+        rollout_id: int,
+    ) -> str | None:
+        """One proposal, or None when the LM's answer is empty."""
+        inputs = self.prompt_inputs(predictor_name, predictor, demos, tip)
+        text = _ask(
+            self.prompt_lm, _proposer_signature(inputs), _PROPOSED[0],
+            temperature=self.temperature, rollout_id=rollout_id, **inputs,
+        )
+        text = _clean_instruction(text)
+        return text or None
+
+    def prompt_inputs(
+        self, predictor_name: str, predictor: Predict, demos: Sequence[Example], tip: str | None
+    ) -> dict[str, str]:
+        """The proposer's prompt fields: only the switched-on sources, in a fixed order."""
+        grounding = self._grounding()
+        inputs: dict[str, str] = {}
+        if self.use_dataset_summary and grounding.dataset_summary:
+            inputs["dataset_summary"] = grounding.dataset_summary
+        if self.use_program_summary and grounding.program_description:
+            inputs["program_description"] = grounding.program_description
+            module = grounding.module_descriptions.get(predictor_name)
+            if module:
+                inputs["module_description"] = module
+        inputs["module_signature"] = describe_signature(predictor)
+        if self.use_demos and demos:
+            inputs["task_demos"] = format_examples([d.to_dict() for d in demos])
+        inputs["current_instruction"] = predictor.instruction
+        if self.use_tip and tip is not None:
+            inputs["tip"] = TIPS[tip]
+        return inputs
+
+    def render_prompt(
+        self, predictor_name: str, predictor: Predict, demos: Sequence[Example], tip: str | None
+    ) -> list[dict[str, str]]:
+        """The chat messages :meth:`propose_one` sends, for inspection."""
+        inputs = self.prompt_inputs(predictor_name, predictor, demos, tip)
+        return current_adapter().format(_proposer_signature(inputs), [], inputs)
+
+    def _grounding(self) -> Grounding:
+        if self.grounding is not None:
+            return self.grounding
+        if self.use_dataset_summary or self.use_program_summary:
+            raise RuntimeError(
+                "the proposer has no grounding: call ground(program, trainset, rng) first, "
+                "or switch the dataset and program summaries off"
+            )
+        return Grounding()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _proposer_signature(inputs: Mapping[str, str]) -> Signature:
+    return _text_signature(
+        _PROPOSE_INSTRUCTION, [(name, _PROPOSER_FIELDS[name]) for name in inputs], _PROPOSED
+    )
+
+
+def _ask(lm: ChatModel, signature: Signature, output: str | None = None, **inputs: Any) -> str:
+    """One LM call through a ``Predict``; an unparsable answer is taken whole (free text)."""
+    output = output or signature.output_fields[-1].name
+    try:
+        return str(Predict(signature, lm=lm)(**inputs)[output]).strip()
+    except AdapterParseError as exc:
+        return exc.raw_text.strip()
+
+
+def _clean_instruction(text: str) -> str:
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
+        text = text[1:-1].strip()
+    return text
+
+
+def _distinct(texts: Sequence[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for text in texts:
+        if text and text not in seen:
+            seen.add(text)
+            out.append(text)
+    return out
+
+
+def _short(value: Any) -> str:
+    text = str(value).replace("\n", " ")
+    return text if len(text) <= _MAX_VALUE_CHARS else text[: _MAX_VALUE_CHARS - 3] + "..."

@@ -1,0 +1,141 @@
+"""HotPotQA: the multi-hop retrieval program of the MIPRO and BetterTogether papers.
+
+Two hops of (write a search query from the question and the passages found so far -> retrieve
+the top-k passages with BM25), then answer with chain of thought.  Retrieval runs over
+``hotpotqa/corpus.jsonl``, which holds every paragraph of the data's questions (gold ones and
+distractors).  The metric is exact match of the answer; :func:`gold_titles_recall` also scores
+the retrieval, from the ``retrieved_titles`` the program records on its prediction.
+
+Splits: ``train`` is drawn with the seed from ``train.jsonl``; ``val`` and ``test`` are carved,
+disjoint, from one seeded shuffle of ``dev.jsonl`` (so the three never share a question).
+"""
+
+from __future__ import annotations
+
+from cotune.core.example import Example, Prediction
+from cotune.core.module import Module
+from cotune.core.predict import ChainOfThought
+from cotune.core.signature import InputField, OutputField, Signature
+from cotune.evaluate.metrics import exact_match, get_field
+from cotune.tasks.base import Splits, Task, seeded_split
+from cotune.tasks.data import data_path, read_jsonl
+from cotune.tasks.retrieval import BM25Retriever, Passage, shared_retriever
+
+DEFAULT_SIZES = (200, 100, 200)
+_ROW_FIELDS = {"id": str, "question": str, "answer": str, "type": str, "gold_titles": list[str]}
+NO_PASSAGES = "(no passages yet)"
+
+
+class GenerateSearchQuery(Signature):
+    """Write a simple search query that will help answer a complex question."""
+
+    context: str = InputField(desc="passages found so far; may contain relevant facts")
+    question: str = InputField()
+    search_query: str = OutputField()
+
+
+class GenerateAnswer(Signature):
+    """Answer the question with a short factoid answer."""
+
+    context: str = InputField(desc="may contain relevant facts")
+    question: str = InputField()
+    answer: str = OutputField(desc="often between 1 and 5 words")
+
+
+class MultiHopQA(Module):
+    """``hops`` rounds of query generation and BM25 retrieval, then a chain-of-thought answer.
+
+    Passages are deduplicated by title across hops and cut to ``max_passage_chars`` in the
+    prompt (the corpus' median paragraph is ~490 characters; the cut keeps prompts within a
+    small model's context).  The retriever is shared, never copied, by ``deepcopy``.
+    """
+
+    def __init__(
+        self,
+        retriever: BM25Retriever | None = None,
+        *,
+        hops: int = 2,
+        passages_per_hop: int = 3,
+        max_tokens: int = 256,
+        max_passage_chars: int = 1000,
+    ) -> None:
+        self.retriever = retriever or shared_retriever(data_path("hotpotqa", "corpus.jsonl"))
+        self.passages_per_hop = passages_per_hop
+        self.max_passage_chars = max_passage_chars
+        self.generate_query = [
+            ChainOfThought(GenerateSearchQuery, max_tokens=max_tokens) for _ in range(hops)
+        ]
+        self.generate_answer = ChainOfThought(GenerateAnswer, max_tokens=max_tokens)
+
+    def forward(self, question: str) -> Prediction:
+        passages: list[Passage] = []
+        queries: list[str] = []
+        for generate_query in self.generate_query:
+            context = self.format_context(passages)
+            query = str(generate_query(context=context, question=question).search_query).strip()
+            query = query or question  # an empty query would retrieve nothing
+            queries.append(query)
+            seen = {p.title for p in passages}
+            for passage in self.retriever.search(query, k=self.passages_per_hop):
+                if passage.title not in seen:
+                    passages.append(passage)
+                    seen.add(passage.title)
+        answer = self.generate_answer(context=self.format_context(passages), question=question)
+        return Prediction(
+            answer=answer.answer,
+            reasoning=answer.get("reasoning"),
+            search_queries=queries,
+            retrieved_titles=[p.title for p in passages],
+        )
+
+    def format_context(self, passages: list[Passage]) -> str:
+        if not passages:
+            return NO_PASSAGES
+        lines = []
+        for i, p in enumerate(passages, start=1):
+            text = p.text
+            if len(text) > self.max_passage_chars:
+                text = text[: self.max_passage_chars].rsplit(" ", 1)[0] + " ..."
+            lines.append(f"[{i}] «{p.title}» {text}")
+        return "\n".join(lines)
+
+
+def load_rows(split: str) -> list[dict]:
+    """The raw rows of ``hotpotqa/<split>.jsonl`` (``train`` or ``dev``)."""
+    return read_jsonl(data_path("hotpotqa", f"{split}.jsonl"), _ROW_FIELDS)
+
+
+def to_example(row: dict) -> Example:
+    fields = {k: row[k] for k in ("id", "question", "answer", "type", "gold_titles")}
+    return Example(fields, input_keys=["question"])
+
+
+def load_splits(seed: int = 0, sizes: tuple[int, int, int] | None = None) -> Splits:
+    """Seeded train (from train.jsonl) and val/test (from dev.jsonl); default 200/100/200."""
+    n_train, n_val, n_test = sizes or DEFAULT_SIZES
+    train = seeded_split([to_example(r) for r in load_rows("train")], (n_train, 0, 0), seed)
+    dev = seeded_split([to_example(r) for r in load_rows("dev")], (0, n_val, n_test), seed)
+    return Splits(train.train, dev.val, dev.test)
+
+
+def gold_titles_recall(
+    example: Example, prediction: Prediction | None, trace: object = None
+) -> float:
+    """The fraction of the example's ``gold_titles`` among the prediction's
+    ``retrieved_titles`` (0 when the program recorded none)."""
+    gold = set(get_field(example, "gold_titles") or [])
+    retrieved = set(get_field(prediction, "retrieved_titles") or [])
+    if not gold:
+        return 0.0
+    return len(gold & retrieved) / len(gold)
+
+
+answer_exact_match = exact_match("answer")
+
+TASK = Task(
+    name="hotpotqa",
+    description="HotPotQA multi-hop QA: 2 hops of query + BM25 retrieval, then CoT; answer EM",
+    load_splits=load_splits,
+    make_program=MultiHopQA,
+    metric=answer_exact_match,
+)

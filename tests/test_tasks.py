@@ -1,0 +1,556 @@
+"""The benchmark tasks: data loading and validation, seeded splits, metrics, BM25 retrieval, and
+each program run end to end with a scripted LM."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from cotune import Example, Prediction, ScriptedLM, context
+from cotune.tasks import data as data_module
+from cotune.tasks import get_task, task_names
+from cotune.tasks.data import DataError, data_dir, read_jsonl
+
+BENCHMARKS = ["gsm8k", "hotpotqa", "hotpotqa-conditional", "scone", "heart"]
+
+# task -> (input fields, fields every example has)
+EXPECTED_FIELDS = {
+    "gsm8k": ({"question"}, {"question", "answer", "solution"}),
+    "hotpotqa": ({"question"}, {"id", "question", "answer", "type", "gold_titles"}),
+    "hotpotqa-conditional": (
+        {"question"},
+        {"id", "question", "answer", "type", "gold_titles", "format_rule"},
+    ),
+    "scone": ({"premise", "hypothesis"}, {"premise", "hypothesis", "label"}),
+    "heart": ({"patient"}, {"patient", "heart_disease"}),
+}
+
+
+def shared_data_available() -> bool:
+    try:
+        return (data_dir() / "gsm8k" / "train.jsonl").is_file()
+    except DataError:
+        return False
+
+
+needs_data = pytest.mark.skipif(
+    not shared_data_available(), reason="the shared benchmark data is not available"
+)
+
+
+def content_key(example: Example) -> str:
+    return json.dumps(example.inputs(), sort_keys=True)
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+# -- locating and reading data -------------------------------------------------------------------
+
+
+def test_every_benchmark_is_registered() -> None:
+    assert set(BENCHMARKS) <= set(task_names())
+    for name in BENCHMARKS:
+        task = get_task(name)
+        assert task.name == name
+        assert task.description and "\n" not in task.description
+
+
+def test_data_dir_honours_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COTUNE_DATA_DIR", str(tmp_path))
+    assert data_dir() == tmp_path
+    monkeypatch.setenv("COTUNE_DATA_DIR", str(tmp_path / "absent"))
+    with pytest.raises(DataError, match="COTUNE_DATA_DIR"):
+        data_dir()
+
+
+def test_data_dir_is_found_by_walking_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COTUNE_DATA_DIR", raising=False)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    project = tmp_path / "project" / "sub"
+    project.mkdir(parents=True)
+    monkeypatch.chdir(project)
+    monkeypatch.setattr(data_module, "__file__", str(tmp_path / "elsewhere" / "data.py"))
+    assert data_dir() == tmp_path / "shared" / "data"
+
+
+def test_data_dir_not_found_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COTUNE_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data_module, "__file__", str(tmp_path / "pkg" / "data.py"))
+    if (Path(tmp_path.anchor) / "shared" / "data").is_dir():  # pragma: no cover
+        pytest.skip("a shared/data folder exists at the filesystem root")
+    with pytest.raises(DataError, match="COTUNE_DATA_DIR"):
+        data_dir()
+
+
+def test_read_jsonl_validates_rows(tmp_path: Path) -> None:
+    required = {"question": str, "tags": list[str]}
+    good = write_lines(tmp_path / "good.jsonl", ['{"question": "q", "tags": ["a"]}', "", "  "])
+    assert read_jsonl(good, required) == [{"question": "q", "tags": ["a"]}]
+
+    cases = {
+        '{"question": "q", "tags": [] ': r"bad\.jsonl, line 2: not valid JSON",
+        '["question"]': r"bad\.jsonl, line 2: expected a JSON object",
+        '{"tags": []}': r"bad\.jsonl, line 2: missing fields \['question'\]",
+        '{"question": 3, "tags": []}': r"line 2: field 'question' should be str, got int",
+        '{"question": "q", "tags": [1]}': r"line 2: field 'tags' should be list\[str\]",
+    }
+    for bad_line, message in cases.items():
+        bad = write_lines(tmp_path / "bad.jsonl", ['{"question": "q", "tags": []}', bad_line])
+        with pytest.raises(DataError, match=message):
+            read_jsonl(bad, required)
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"absent\.jsonl.*COTUNE_DATA_DIR"):
+        read_jsonl(tmp_path / "absent.jsonl", {})
+
+
+@pytest.mark.parametrize(
+    ("task", "path", "lines", "message"),
+    [
+        ("gsm8k", "gsm8k/train.jsonl", ['{"question": "q", "answer": "#### 3"}', "{oops"],
+         r"gsm8k/train\.jsonl, line 2: not valid JSON"),
+        ("gsm8k", "gsm8k/train.jsonl", ['{"question": "q"}'],
+         r"line 1: missing fields \['answer'\]"),
+        ("gsm8k", "gsm8k/train.jsonl", ['{"question": "q", "answer": "it is 3"}'],
+         r"line 1: no '####' final answer"),
+        ("scone", "scone/train.jsonl",
+         ['{"premise": "p", "hypothesis": "h", "label": "contradiction"}'],
+         r"scone/train\.jsonl, line 1: label 'contradiction'"),
+        ("heart", "heart/train.jsonl", ['{"age": "54"}'], r"heart/train\.jsonl, line 1: missing"),
+        ("hotpotqa", "hotpotqa/train.jsonl", ['{"id": "x", "question": "q"}'],
+         r"hotpotqa/train\.jsonl, line 1: missing fields \['answer', 'type', 'gold_titles'\]"),
+    ],
+)  # fmt: skip
+def test_loaders_report_malformed_rows(
+    task: str,
+    path: str,
+    lines: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COTUNE_DATA_DIR", str(tmp_path))
+    write_lines(tmp_path / path, lines)
+    with pytest.raises(DataError, match=message):
+        get_task(task).load_splits(seed=0, sizes=(1, 0, 0))
+
+
+@pytest.mark.parametrize("task", BENCHMARKS)
+def test_loaders_report_a_missing_file(
+    task: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COTUNE_DATA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        get_task(task).load_splits(seed=0)
+
+
+# -- the real data -------------------------------------------------------------------------------
+
+
+@needs_data
+def test_pool_sizes_of_the_real_files() -> None:
+    from cotune.tasks import gsm8k, heart, hotpotqa, scone
+
+    assert len(gsm8k.load_examples()) == 7473
+    assert len(scone.load_examples()) == 994  # 6,012 rows: each pair once per category
+    assert len(heart.load_examples()) == 644
+    assert len(hotpotqa.load_rows("train")) == 300
+    assert len(hotpotqa.load_rows("dev")) == 300
+
+
+@needs_data
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_real_splits_are_seeded_and_disjoint(name: str) -> None:
+    task = get_task(name)
+    splits = task.load_splits(seed=0)
+    assert [len(splits.train), len(splits.val), len(splits.test)] == [200, 100, 200]
+    inputs, fields = EXPECTED_FIELDS[name]
+    for example in splits.train + splits.val + splits.test:
+        assert example.input_keys == inputs
+        assert set(example) == fields
+
+    again = task.load_splits(seed=0)
+    assert (again.train, again.val, again.test) == (splits.train, splits.val, splits.test)
+    other = task.load_splits(seed=1)
+    assert other.train != splits.train
+
+    # disjoint, up to records that occur twice in the pool itself (two in heart)
+    pool = Counter(content_key(ex) for ex in splits.train + splits.val + splits.test)
+    duplicated = {key for key, count in pool.items() if count > 1}
+    parts = [{content_key(ex) for ex in part} for part in (splits.train, splits.val, splits.test)]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert parts[i] & parts[j] <= duplicated
+    assert len(duplicated) <= 2
+
+    small = task.load_splits(seed=3, sizes=(5, 4, 3))
+    assert [len(small.train), len(small.val), len(small.test)] == [5, 4, 3]
+    with pytest.raises(ValueError, match="split sizes"):
+        task.load_splits(seed=0, sizes=(100_000, 1, 1))
+
+
+@needs_data
+def test_hotpotqa_val_and_test_come_from_dev() -> None:
+    from cotune.tasks import hotpotqa
+
+    splits = hotpotqa.load_splits(seed=0)
+    train_ids = {r["id"] for r in hotpotqa.load_rows("train")}
+    dev_ids = {r["id"] for r in hotpotqa.load_rows("dev")}
+    assert {ex["id"] for ex in splits.train} <= train_ids
+    assert {ex["id"] for ex in splits.val + splits.test} <= dev_ids
+    assert not {ex["id"] for ex in splits.val} & {ex["id"] for ex in splits.test}
+
+
+# -- gsm8k -------------------------------------------------------------------------------------
+
+
+def test_gsm8k_gold_number() -> None:
+    from cotune.tasks.gsm8k import answer_match, gold_number
+
+    assert gold_number("48/2 = <<48/2=24>>24\n#### 72") == 72
+    assert isinstance(gold_number("#### 72"), int)
+    assert gold_number("a #### b\n#### 1,080") == 1080
+    assert gold_number("#### -3") == -3
+    assert gold_number("#### 2.5") == 2.5
+    with pytest.raises(ValueError, match="####"):
+        gold_number("the answer is 4")
+    with pytest.raises(ValueError, match="no number"):
+        gold_number("#### none")
+
+    gold = Example(question="q", answer=1080).with_inputs("question")
+    assert answer_match(gold, Prediction(answer=1080.0)) == 1.0
+    assert answer_match(gold, Prediction(answer=1081.0)) == 0.0
+    assert answer_match(gold, Prediction()) == 0.0
+
+
+@needs_data
+def test_gsm8k_examples_keep_the_solution() -> None:
+    from cotune.tasks.gsm8k import load_examples
+
+    first = load_examples()[0]
+    assert first["answer"] == 72
+    assert first["solution"].endswith("#### 72")
+
+
+# -- hotpotqa-conditional ------------------------------------------------------------------------
+
+
+def test_iso_dates_and_format_rules() -> None:
+    from cotune.tasks.hotpotqa_conditional import FORMAT_RULES, format_rule, iso_date
+
+    assert iso_date("August 2, 1948") == "1948-08-02"
+    assert iso_date("31 October 1783") == "1783-10-31"
+    assert iso_date("June 1975") == "1975-06"
+    assert iso_date("Sept. 3rd, 2001") == "2001-09-03"
+    assert iso_date("1975") is None
+    assert iso_date("in June 1975 or so") is None
+    assert iso_date("June 45, 1975") is None
+
+    cases = {
+        ("Yes", "comparison"): "yes_no",
+        ("no", "bridge"): "yes_no",
+        ("March 19, 2017", "bridge"): "date",
+        ("1961", "bridge"): "year",
+        ("1988", "comparison"): "year",
+        ("15,023", "bridge"): "number",
+        ("1.7 billion", "bridge"): "bridge_entity",
+        ("2006 season", "bridge"): "bridge_entity",
+        ("Kanichee Mine", "comparison"): "comparison_entity",
+        ("Tulsa", "bridge"): "bridge_entity",
+    }
+    for (answer, kind), rule in cases.items():
+        assert format_rule(answer, kind) == rule, answer
+        assert rule in FORMAT_RULES
+
+
+@pytest.mark.parametrize(
+    ("gold", "kind", "predicted", "score"),
+    [
+        ("yes", "comparison", "yes", 1.0),
+        ("yes", "comparison", "Yes", 0.0),
+        ("yes", "comparison", "yes.", 0.0),
+        ("no", "comparison", "yes", 0.0),
+        ("August 2, 1948", "bridge", "1948-08-02", 1.0),
+        ("August 2, 1948", "bridge", "August 2, 1948", 0.0),
+        ("October 1922", "bridge", "1922-10", 1.0),
+        ("October 1922", "bridge", "1922-10-01", 0.0),
+        ("1961", "bridge", "1961", 1.0),
+        ("1961", "bridge", "in 1961", 0.0),
+        ("15,023", "bridge", "15023", 1.0),
+        ("15,023", "bridge", "15,023", 0.0),
+        ("15", "bridge", "15 animals", 0.0),
+        ("Kanichee Mine", "comparison", "Kanichee Mine", 1.0),
+        ("Kanichee Mine", "comparison", " Kanichee  Mine ", 1.0),
+        ("Kanichee Mine", "comparison", "kanichee mine", 0.0),
+        ("Kanichee Mine", "comparison", "The Kanichee Mine", 0.0),
+        ("Tulsa", "bridge", "tulsa", 1.0),
+        ("Tulsa", "bridge", "Tulsa", 0.0),
+        ("Tulsa", "bridge", "tulsa.", 0.0),
+        ("the heaviest album of all", "bridge", "heaviest album of all", 1.0),
+        ("the heaviest album of all", "bridge", "the heaviest album of all", 0.0),
+        ("Tulsa", "bridge", "boston", 0.0),
+    ],
+)
+def test_conditional_metric_needs_right_and_formatted(
+    gold: str, kind: str, predicted: str, score: float
+) -> None:
+    from cotune.tasks.hotpotqa_conditional import conditional_answer_match
+
+    example = Example(question="q", answer=gold, type=kind).with_inputs("question")
+    assert conditional_answer_match(example, Prediction(answer=predicted)) == score
+
+
+def test_conditional_metric_never_raises_on_sloppy_predictions() -> None:
+    from cotune.tasks.hotpotqa_conditional import conditional_answer_match
+
+    example = Example(question="q", answer="15", type="bridge").with_inputs("question")
+    assert conditional_answer_match(example, None) == 0.0
+    assert conditional_answer_match(example, Prediction()) == 0.0
+    assert conditional_answer_match(example, Prediction(answer="")) == 0.0
+    assert conditional_answer_match(example, Prediction(answer=15)) == 0.0  # not a string
+
+
+# -- heart ------------------------------------------------------------------------------------
+
+
+def test_heart_rendering_of_missing_values() -> None:
+    from cotune.tasks.heart import render_record
+
+    row = {
+        "id": "1", "age": "54", "sex": "Female", "dataset": "VA Long Beach", "cp": "asymptomatic",
+        "trestbps": "", "chol": "0", "fbs": "TRUE", "restecg": "normal", "thalch": "154",
+        "exang": "FALSE", "oldpeak": "0", "slope": "", "ca": "", "thal": "", "num": "1",
+    }  # fmt: skip
+    text = render_record(row)
+    assert text.startswith("Age: 54 years; Sex: female; Hospital: VA Long Beach;")
+    assert "Resting blood pressure: unknown" in text
+    assert "Serum cholesterol: unknown" in text  # 0 means "not measured"
+    assert "Fasting blood sugar above 120 mg/dl: yes" in text
+    assert "Exercise-induced angina: no" in text
+    assert "ST depression induced by exercise: 0 mm" in text  # a real zero stays
+    assert "Thallium stress test: unknown" in text
+    assert "num" not in text and "id" not in text.lower().split(";")[0]
+
+
+@needs_data
+def test_heart_labels_follow_num() -> None:
+    from cotune.tasks.heart import load_examples
+
+    examples = load_examples()
+    rows = read_jsonl(data_dir() / "heart" / "train.jsonl", {"num": str})
+    assert [ex["heart_disease"] for ex in examples] == [
+        "yes" if row["num"] != "0" else "no" for row in rows
+    ]
+    assert any("unknown" in ex["patient"] for ex in examples)
+
+
+# -- BM25 retrieval ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private ``COTUNE_CACHE_DIR`` for this module's BM25 indexes."""
+    return tmp_path_factory.mktemp("cotune_cache")
+
+
+@pytest.fixture(scope="module")
+def bm25_cache(cache_root: Path) -> Path:
+    return cache_root / "bm25"  # where shared_retriever() looks under COTUNE_CACHE_DIR
+
+
+@pytest.fixture(scope="module")
+def retriever(bm25_cache: Path):
+    if not shared_data_available():
+        pytest.skip("the shared benchmark data is not available")
+    pytest.importorskip("bm25s")
+    from cotune.tasks.retrieval import BM25Retriever
+
+    return BM25Retriever(data_dir() / "hotpotqa" / "corpus.jsonl", cache_dir=bm25_cache)
+
+
+def test_retriever_finds_the_gold_paragraph(retriever) -> None:
+    rows = read_jsonl(data_dir() / "hotpotqa" / "train.jsonl", {"id": str, "question": str})
+    row = next(r for r in rows if r["id"] == "5a7555215542996c70cfaee1")
+    assert row["question"].startswith("Which came to market first")
+    top5 = retriever.search(row["question"], k=5)
+    assert len(top5) == 5
+    assert "Hey Pa! There's a Goat on the Roof" in [p.title for p in top5]
+    assert "Poleconomy" in [p.title for p in retriever.search("Poleconomy board game", k=5)]
+    scores = [p.score for p in top5]
+    assert scores == sorted(scores, reverse=True)
+
+    # over many real questions, the question alone finds a gold paragraph most of the time
+    rows = read_jsonl(data_dir() / "hotpotqa" / "train.jsonl", {"gold_titles": list[str]})[:50]
+    hits = sum(
+        bool({p.title for p in retriever.search(r["question"], k=5)} & set(r["gold_titles"]))
+        for r in rows
+    )
+    assert hits >= 40
+
+
+def test_retriever_edge_cases(retriever) -> None:
+    assert len(retriever) == 10785
+    assert retriever.search("the of and", k=3) == []  # only stopwords
+    assert retriever.search("", k=3) == []
+    assert retriever.search("zzqxjv unknownword", k=3) == []
+    assert retriever.search("goat roof", k=0) == []
+
+
+def test_retriever_index_is_cached_on_disk(retriever, tmp_path: Path) -> None:
+    from cotune.tasks.retrieval import BM25Retriever
+
+    corpus = data_dir() / "hotpotqa" / "corpus.jsonl"
+    first = BM25Retriever(corpus, cache_dir=tmp_path)
+    assert first.built_index
+    index_dir = first.index_dir
+    assert index_dir.parent == tmp_path and index_dir.is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == [index_dir.name]  # no temporary leftovers
+    stamp = {p.name: p.stat().st_mtime_ns for p in index_dir.iterdir()}
+
+    again = BM25Retriever(corpus, cache_dir=tmp_path)
+    assert not again.built_index
+    assert again.index_dir == index_dir
+    assert {p.name: p.stat().st_mtime_ns for p in index_dir.iterdir()} == stamp
+    query = "Which retired Argentine footballer played for Valencia CF?"
+    assert again.search(query) == first.search(query) == retriever.search(query)
+
+
+def test_retriever_cache_is_keyed_by_content(tmp_path: Path) -> None:
+    pytest.importorskip("bm25s")
+    from cotune.tasks.retrieval import BM25Retriever
+
+    rows = [
+        {"title": "Goat", "text": "A goat is an animal kept on farms."},
+        {"title": "Roof", "text": "A roof covers the top of a building."},
+        {"title": "Tulsa", "text": "Tulsa is a city in Oklahoma."},
+    ]
+    corpus = write_lines(tmp_path / "corpus.jsonl", [json.dumps(r) for r in rows])
+    first = BM25Retriever(corpus, cache_dir=tmp_path / "cache")
+    assert first.built_index
+    assert [p.title for p in first.search("city in oklahoma", k=2)] == ["Tulsa"]
+    assert not BM25Retriever(corpus, cache_dir=tmp_path / "cache").built_index
+
+    rows.append({"title": "Oklahoma", "text": "Oklahoma is a state; its cities include Tulsa."})
+    write_lines(corpus, [json.dumps(r) for r in rows])
+    changed = BM25Retriever(corpus, cache_dir=tmp_path / "cache")
+    assert changed.built_index and changed.index_dir != first.index_dir
+    assert "Oklahoma" in [p.title for p in changed.search("oklahoma", k=3)]
+
+
+def test_retriever_searches_safely_from_threads(retriever) -> None:
+    rows = read_jsonl(data_dir() / "hotpotqa" / "dev.jsonl", {"question": str})[:40]
+    queries = [r["question"] for r in rows]
+    expected = [retriever.search(q, k=3) for q in queries]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert list(pool.map(lambda q: retriever.search(q, k=3), queries)) == expected
+
+
+def test_program_copies_share_the_retriever(retriever) -> None:
+    from cotune.tasks.hotpotqa import MultiHopQA
+
+    program = MultiHopQA(retriever)
+    assert copy.deepcopy(retriever) is retriever
+    clone = program.deepcopy()
+    assert clone.retriever is retriever
+    assert [name for name, _ in clone.named_predictors()] == [
+        "generate_query[0]", "generate_query[1]", "generate_answer",
+    ]  # fmt: skip
+    clone.generate_answer.instruction = "changed"
+    assert program.generate_answer.instruction != "changed"
+    assert program.reset_copy().retriever is retriever
+
+
+# -- every program end to end, with a scripted LM ------------------------------------------------
+
+
+def scripted_answers(answers: dict[str, str]) -> Callable:
+    """Answer with the text for the first output title that the system prompt asks for."""
+
+    def answer(request) -> str:
+        system = request.messages[0]["content"]
+        form = system.split("Answer in exactly this form", 1)[1]
+        for title, text in answers.items():
+            if f"{title}:" in form:
+                return f"Reasoning: step by step.\n{title}: {text}"
+        raise AssertionError(f"unexpected prompt: {form}")
+
+    return answer
+
+
+@needs_data
+@pytest.mark.parametrize(
+    ("name", "answers"),
+    [
+        ("gsm8k", {"Answer": "72"}),
+        ("scone", {"Label": "neutral"}),
+        ("heart", {"Heart Disease": "yes"}),
+        ("hotpotqa", {"Search Query": "Hey Pa goat roof", "Answer": "Hey Pa!"}),
+        ("hotpotqa-conditional", {"Search Query": "Poleconomy", "Answer": "Poleconomy"}),
+    ],
+)
+def test_programs_run_with_a_scripted_lm(
+    name: str, answers: dict[str, str], cache_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cotune.evaluate import Evaluate
+
+    monkeypatch.setenv("COTUNE_CACHE_DIR", str(cache_root))  # hotpotqa's BM25 index goes here
+    task = get_task(name)
+    devset = task.load_splits(seed=0, sizes=(3, 0, 3)).test
+    lm = ScriptedLM(scripted_answers(answers))
+    with context(lm=lm):
+        result = Evaluate(devset, task.metric, num_threads=2, display_progress=False)(
+            task.make_program()
+        )
+    assert len(result.results) == 3 and result.num_errors == 0, result.results
+    assert all(0.0 <= r.score <= 1.0 for r in result.results)
+    for r in result.results:
+        assert r.prediction is not None and "reasoning" in r.prediction
+
+
+@needs_data
+def test_hotpotqa_program_records_retrieval(retriever) -> None:
+    from cotune.tasks.hotpotqa import MultiHopQA, answer_exact_match, gold_titles_recall
+    from cotune.tasks.hotpotqa_conditional import conditional_answer_match
+
+    queries = iter(["Hey Pa! There's a Goat on the Roof", "Poleconomy board game"])
+
+    def answer(request) -> str:
+        if "Search Query:" in request.messages[0]["content"]:
+            return f"Reasoning: look it up.\nSearch Query: {next(queries)}"
+        context_text = request.messages[-1]["content"]
+        assert "«Hey Pa! There's a Goat on the Roof»" in context_text
+        return "Reasoning: it came first.\nAnswer: Hey Pa! There's a Goat on the Roof"
+
+    example = Example(
+        question='Which came to market first, "Hey Pa! There\'s a Goat on the Roof" or '
+        '"Poleconomy"',
+        answer="Hey Pa! There's a Goat on the Roof",
+        type="comparison",
+        gold_titles=["Hey Pa! There's a Goat on the Roof", "Poleconomy"],
+    ).with_inputs("question")
+    program = MultiHopQA(retriever)
+    with context(lm=ScriptedLM(answer)):
+        prediction = program(**example.inputs())
+    assert prediction["search_queries"] == [
+        "Hey Pa! There's a Goat on the Roof", "Poleconomy board game",
+    ]  # fmt: skip
+    titles = prediction["retrieved_titles"]
+    assert len(titles) == len(set(titles)) <= 6
+    assert gold_titles_recall(example, prediction) == 1.0
+    assert answer_exact_match(example, prediction) == 1.0
+    assert conditional_answer_match(example, prediction) == 1.0
+    assert gold_titles_recall(example, Prediction(answer="x")) == 0.0

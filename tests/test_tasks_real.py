@@ -1,0 +1,69 @@
+"""Every benchmark task's program on 3 test examples with the real SmolLM2-135M (embedded
+llama.cpp), scored by its metric.  SmolLM2 is weak: the point is that the whole pipeline runs
+(prompting, parsing, retrieval, metric), not that it scores well.  Answers that fail to parse are
+recorded by ``Evaluate`` as failures, which is fine here."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cotune import context
+from cotune.evaluate import Evaluate
+from cotune.lm import LlamaCppLM, LMCache
+from cotune.tasks import get_task
+from cotune.tasks.data import DataError, data_dir
+
+BENCHMARKS = ["gsm8k", "hotpotqa", "hotpotqa-conditional", "scone", "heart"]
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private ``COTUNE_CACHE_DIR`` (LM answers, the model's hash marker, the BM25 index)."""
+    root = tmp_path_factory.mktemp("tasks_real_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COTUNE_CACHE_DIR", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_path: Path, cache_root: Path) -> Iterator[LlamaCppLM]:
+    """SmolLM2 loaded once for the module.  A 4k context leaves room for HotPotQA's passages."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python not installed")
+    try:
+        data_dir()
+    except DataError:
+        pytest.skip("the shared benchmark data is not available")
+    lm = LlamaCppLM("smollm2-135m", n_ctx=4096, cache=LMCache(cache_root / "lm.sqlite"))
+    yield lm
+    lm.close()
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_program_runs_and_is_scored(name: str, smol: LlamaCppLM, cache_root: Path) -> None:
+    task = get_task(name)
+    devset = task.load_splits(seed=0, sizes=(0, 0, 3)).test
+    program = task.make_program()
+    with context(lm=smol):
+        result = Evaluate(devset, task.metric, num_threads=1, display_progress=False)(program)
+
+    assert result.complete and len(result.results) == 3
+    for r in result.results:
+        assert isinstance(r.score, float) and 0.0 <= r.score <= 1.0
+        if r.error is None:
+            assert r.prediction is not None
+    assert result.usage.calls > 0
+
+    if name == "hotpotqa":
+        from cotune.tasks.hotpotqa import gold_titles_recall
+
+        for r in result.results:
+            if r.prediction is not None:
+                assert r.prediction["retrieved_titles"]
+                assert 0.0 <= gold_titles_recall(r.example, r.prediction) <= 1.0
