@@ -1,0 +1,245 @@
+"""Run folders: everything one optimization writes, laid out so that a killed run resumes.
+
+::
+
+    RUN/
+      config.json       what was run: task, optimizer settings, model, seed, splits, budget
+      status.json       running | finished | failed | interrupted, the error, the attempt number
+      journal.sqlite    finished steps (bootstraps, evaluations, trials): the resume point
+      lm_cache.sqlite   the LM answer cache, when the run keeps its own (--cache-dir RUN)
+      candidates.json   every candidate: description, validation score, LM calls so far, state
+      trials.json       search trials beyond the fully scored candidates (e.g. MIPRO's)
+      program.json      the final program (load with cotune.load_program)
+      result.json       scores (validation, held-out test), LM usage, wall time, budget stop
+      work/             files the optimizer produces (e.g. LoRA adapters the program uses)
+
+Every JSON file is written atomically (temp file + rename).  A lock file keeps two processes
+from running in the same folder; the OS releases it when its process dies, even by kill -9.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CONFIG = "config.json"
+STATUS = "status.json"
+JOURNAL = "journal.sqlite"
+LM_CACHE = "lm_cache.sqlite"
+CANDIDATES = "candidates.json"
+TRIALS = "trials.json"
+PROGRAM = "program.json"
+RESULT = "result.json"
+LOCK = ".lock"
+WORK = "work"
+
+_RESULTS = (JOURNAL, f"{JOURNAL}-wal", f"{JOURNAL}-shm", CANDIDATES, TRIALS, PROGRAM, RESULT,
+            WORK)
+"""What ``--force`` discards.  The LM cache stays: its answers are keyed by request, never stale."""
+_OURS = {CONFIG, STATUS, LOCK, LM_CACHE, f"{LM_CACHE}-wal", f"{LM_CACHE}-shm", *_RESULTS}
+
+RESUME_FREE = frozenset({"cotune_version", "created", "budget", "threads", "cache",
+                         "optimizer.num_threads"})
+"""Config keys that may change between attempts: they cannot change a finished step's result
+(a resumed run may get a bigger budget or more threads)."""
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import, before any threads
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+class RunFolderError(Exception):
+    """A run folder that is corrupt, in use, not a run folder, or made with another config."""
+
+
+class RunFolder:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def journal_path(self) -> Path:
+        return self.file(JOURNAL)
+
+    @property
+    def program_path(self) -> Path:
+        return self.file(PROGRAM)
+
+    @property
+    def work_path(self) -> Path:
+        return self.file(WORK)
+
+    @property
+    def cache_path(self) -> Path:
+        return self.file(LM_CACHE)
+
+    def exists(self) -> bool:
+        """Whether a run was started here (its config was written)."""
+        return self.file(CONFIG).is_file()
+
+    # -- JSON files --------------------------------------------------------------------------
+
+    def read_json(self, name: str, *, required: bool = True) -> Any:
+        path = self.file(name)
+        if not path.is_file():
+            if required:
+                raise RunFolderError(f"{path} is missing: {self.path} is not a complete run folder")
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RunFolderError(f"{path} is corrupt ({exc})") from exc
+
+    def write_json(self, name: str, data: Any) -> Path:
+        return write_atomic(self.file(name), json.dumps(data, indent=2, ensure_ascii=False))
+
+    def config(self) -> dict[str, Any]:
+        if not self.exists():
+            raise RunFolderError(f"{self.path} is not a cotune run folder (no {CONFIG})")
+        config = self.read_json(CONFIG)
+        if not isinstance(config, dict):
+            raise RunFolderError(f"{self.file(CONFIG)} is corrupt (not a JSON object)")
+        return config
+
+    def status(self) -> dict[str, Any]:
+        status = self.read_json(STATUS, required=False)
+        return status if isinstance(status, dict) else {"state": "unknown", "attempt": 0}
+
+    def set_status(self, state: str, **info: Any) -> None:
+        status = {**self.status(), "state": state, "updated": _now(), "error": None, **info}
+        self.write_json(STATUS, status)
+
+    # -- a run's life ------------------------------------------------------------------------
+
+    @contextmanager
+    def session(self, config: dict[str, Any], *, force: bool = False) -> Iterator[int]:
+        """Lock the folder, check (or write) its config, mark it running; yield the attempt
+        number (1 for a fresh run).  An exception escaping the block marks the run failed."""
+        self._check_is_run_folder()
+        self.path.mkdir(parents=True, exist_ok=True)
+        with _locked(self.file(LOCK)):
+            attempt = self._start(config, force=force)
+            try:
+                yield attempt
+            except KeyboardInterrupt:
+                self.set_status("interrupted", error="interrupted by the user")
+                raise
+            except BaseException as exc:
+                self.set_status("failed", error=f"{type(exc).__name__}: {exc}")
+                raise
+
+    def _start(self, config: dict[str, Any], *, force: bool) -> int:
+        if self.exists():
+            differences = config_differences(self.config(), config)
+            if differences and not force:
+                raise RunFolderError(
+                    f"{self.path} holds a run with a different configuration ("
+                    + "; ".join(differences[:5])
+                    + "): use another --run-dir, or --force to discard that run and start over"
+                )
+            if force:
+                self.discard_results()
+        previous = self.status() if self.exists() else {"attempt": 0}
+        attempt = int(previous.get("attempt", 0)) + 1
+        self.write_json(CONFIG, config)
+        self.write_json(STATUS, {"state": "running", "attempt": attempt, "pid": os.getpid(),
+                                 "started": _now(), "updated": _now(), "error": None})
+        return attempt
+
+    def discard_results(self) -> None:
+        """Forget the journal and outputs of the run here (the LM cache is kept)."""
+        for name in (*_RESULTS, STATUS):
+            path = self.file(name)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+    def _check_is_run_folder(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path} is a file, not a run folder")
+        if self.path.is_dir() and not self.exists():
+            foreign = [p.name for p in self.path.iterdir()
+                       if p.name not in _OURS and not p.name.startswith(".")]
+            if foreign:
+                raise RunFolderError(
+                    f"{self.path} is not empty and not a cotune run folder (it holds "
+                    f"{', '.join(sorted(foreign)[:3])}); choose another --run-dir"
+                )
+
+
+def config_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: saved -> new`` for each setting that differs, ignoring :data:`RESUME_FREE`."""
+    a, b = _flatten(saved), _flatten(new)
+    return [
+        f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}"
+        for key in sorted(a.keys() | b.keys())
+        if a.get(key) != b.get(key) and not _resume_free(key)
+    ]
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temp file and a rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8"
+    ) as tmp:
+        tmp.write(text)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.chmod(tmp.name, 0o666 & ~_UMASK)  # a temp file is private; the result need not be
+    os.replace(tmp.name, path)
+    return path
+
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _resume_free(key: str) -> bool:
+    return any(key == free or key.startswith(free + ".") for free in RESUME_FREE)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` for the block (none where the OS offers no flock)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(
+                f"{path.parent} is in use by another cotune process; wait for it or stop it"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,62 @@
+"""Program files: a program's learnable state as versioned JSON on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cotune.core.module import Module
+from cotune.core.state import StateError, load_state, state_from_json, state_to_json
+
+
+def save_program(program: Module, path: str | os.PathLike[str]) -> Path:
+    """Write atomically (temp file + rename), so a crash never leaves a half-written file."""
+    from cotune.runs.folder import write_atomic
+
+    return write_atomic(Path(path), state_to_json(program.dump_state()))
+
+
+def load_program(
+    program: Module, path: str | os.PathLike[str], *, restore_lms: bool = False
+) -> Module:
+    """Load the state saved at ``path`` into ``program`` (in place) and return it.
+
+    With ``restore_lms``, predictors saved with a fine-tuned LM get it back (see
+    :func:`restore_saved_lms`); otherwise they use whatever LM they are given at run time.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise StateError(f"{path}: not a UTF-8 text file") from exc
+    state = state_from_json(text, source=str(path))
+    load_state(program, state)
+    if restore_lms:
+        restore_saved_lms(program, state)
+    return program
+
+
+def restore_saved_lms(program: Module, state: dict[str, Any], *, like: Any = None) -> Module:
+    """Bind to each predictor the fine-tuned LM its saved state names (a llama.cpp model plus a
+    LoRA adapter), after checking both files against their recorded sha256: a missing or
+    changed file is an ``AdapterFileError`` (a :class:`StateError`).  Predictors sharing an
+    adapter share one loaded LM; those saved without an adapter are left as they are.
+    ``like``: a llama.cpp LM whose runtime settings (threads, cache) the rebuilt LMs copy."""
+    from cotune.optimize.finetune import lm_from_description
+
+    loaded: dict[str, Any] = {}
+    for name, p in program.named_predictors():
+        description = state["predictors"][name].get("lm")
+        if not _has_adapter(description):
+            continue
+        key = json.dumps(description, sort_keys=True)
+        if key not in loaded:
+            loaded[key] = lm_from_description(description, like=like)
+        p.lm = loaded[key]
+    return program
+
+
+def _has_adapter(description: Any) -> bool:
+    return (isinstance(description, dict) and description.get("backend") == "llamacpp"
+            and bool(description.get("lora_path")))
