@@ -118,6 +118,10 @@ def test_show_an_unfinished_run(tmp_path):
         result = cotune("show", run)
     assert result.exit_code == 0, result.output
     assert "status running" in result.output and "no result yet" in result.output
+    assert "no process is running it" not in result.output
+
+    killed = cotune("show", run)  # the session is over, its status still says running
+    assert "status running" in killed.output and "no process is running it" in killed.output
 
 
 def test_show_a_corrupt_run_folder_is_one_clear_error(tmp_path):
@@ -202,16 +206,34 @@ def _mipro_available() -> bool:
     return importlib.util.find_spec("cotune.optimize.mipro") is not None
 
 
+@pytest.mark.skipif(not _mipro_available(), reason="no MIPRO yet")
+def test_show_a_mipro_run_lists_its_trials(tmp_path):
+    run = tmp_path / "run"
+    result = cotune("optimize", "--task", TASK_FILE, "--optimizer", "mipro", "--preset", "light",
+                    "--set", "num_trials=3", "--set", "num_instruction_candidates=2",
+                    "--set", "num_demo_candidates=2", "--set", "minibatch_size=4",
+                    "--threads", "2", "--run-dir", run)
+    assert result.exit_code == 0, result.output
+    shown = cotune("show", run)
+    assert shown.exit_code == 0, shown.output
+    assert "search trials (3" in shown.output and "score path" in shown.output
+
+
 @pytest.mark.real_model
 def test_optimize_iris_with_the_real_model(tmp_path, smollm2_path):
     pytest.importorskip("sklearn")
     pytest.importorskip("llama_cpp")
     run = tmp_path / "run"
     if _mipro_available():
-        optimizer = ["--optimizer", "mipro", "--preset", "light", "--set", "num_trials=2",
-                     "--set", "num_instruction_candidates=2", "--set", "num_demo_candidates=2",
-                     "--set", "minibatch_size=5", "--set", "full_eval_every=2",
-                     "--set", "max_bootstrapped_demos=2", "--set", "max_labeled_demos=2"]
+        # the smallest MIPRO that still bootstraps, proposes, searches and fully evaluates:
+        # about 45 short calls and 2 long proposer calls (~1-2 minutes on 2 idle cores)
+        small = {"num_trials": 2, "num_instruction_candidates": 2, "num_demo_candidates": 2,
+                 "minibatch_size": 5, "full_eval_every": 2, "max_bootstrapped_demos": 1,
+                 "max_labeled_demos": 1, "use_dataset_summary": "false",
+                 "evaluate_baseline": "false"}
+        optimizer = ["--optimizer", "mipro", "--preset", "light"]
+        for key, value in small.items():
+            optimizer += ["--set", f"{key}={value}"]
     else:
         optimizer = ["--optimizer", "random-search", "--set", "num_candidates=1"]
     command = [sys.executable, "-m", "cotune.cli", "optimize", "--task", "iris", *optimizer,

@@ -157,3 +157,11 @@ def test_n_completions_are_all_parsed():
     pred = p(q="x", n=3, temperature=1.0)
     assert [c["answer"] for c in pred.completions] == [1, 2, 3]
     assert pred.answer == 1
+
+
+def test_reset_returns_to_the_instruction_given_at_construction():
+    p = Predict("q -> a", instruction="Be brief.")
+    p.instruction = "optimized"
+    p.demos = [Example(q="x", a="y").with_inputs("q")]
+    p.reset()
+    assert (p.instruction, p.demos) == ("Be brief.", [])

@@ -53,6 +53,8 @@ def test_program_runs_and_is_scored(name: str, smol: LlamaCppLM, cache_root: Pat
     with context(lm=smol):
         result = Evaluate(devset, task.metric, num_threads=1, display_progress=False)(program)
 
+    errors = [f"{r.error_type}: {(r.error or '')[:80]!r}" for r in result.results if r.failed]
+    print(f"{name}: scores {result.scores}, {result.num_errors} failed {errors}")
     assert result.complete and len(result.results) == 3
     for r in result.results:
         assert isinstance(r.score, float) and 0.0 <= r.score <= 1.0

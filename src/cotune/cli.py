@@ -229,31 +229,40 @@ def _score(value: float | None) -> str:
 @app.command()
 def show(run: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
     """Show a run: the winning instruction and demos per predictor, the score path, the cost."""
-    from cotune.runs.folder import CANDIDATES, RESULT, RunFolder
+    from cotune.runs.folder import CANDIDATES, RESULT, TRIALS, RunFolder
 
     folder = RunFolder(run)
     config = _guarded(folder.config)
     status = _guarded(folder.status)
-    candidates = _guarded(lambda: folder.read_json(CANDIDATES, required=False))
-    result = _guarded(lambda: folder.read_json(RESULT, required=False))
+    candidates, result, trials = _guarded(lambda: [
+        folder.read_json(name, required=False) for name in (CANDIDATES, RESULT, TRIALS)
+    ])
     out = Console()
     _show_header(out, run, config, status)
     if not isinstance(candidates, dict) or not isinstance(result, dict):
         out.print("no result yet: the run has not finished (rerun its command to resume it)")
         return
-    _guarded(lambda: _show_run(out, candidates, result))
+    try:
+        _show_run(out, candidates, result, trials if isinstance(trials, list) else [])
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise _fail(f"{run} holds malformed results ({type(exc).__name__}: {exc}); "
+                    "rerun its command to rewrite them") from None
 
 
-def _show_run(out: Console, candidates: dict[str, Any], result: dict[str, Any]) -> None:
+def _show_run(out: Console, candidates: dict[str, Any], result: dict[str, Any],
+              trials: list[Any]) -> None:
     best = candidates.get("best_index")
     found = candidates["candidates"]
     winner = found[best]["state"] if best is not None else None
     _show_predictors(out, candidates.get("original"), winner)
     _show_score_path(out, found, best)
+    _show_trials(out, trials)
     _show_cost(out, result)
 
 
 def _show_header(out: Console, run: Path, config: dict[str, Any], status: dict[str, Any]) -> None:
+    from cotune.runs.folder import RunFolder
+
     optimizer = config.get("optimizer", {})
     model = config.get("model", {})
     out.print(f"[bold]run[/] {run}", highlight=False)
@@ -264,6 +273,8 @@ def _show_header(out: Console, run: Path, config: dict[str, Any], status: dict[s
     state = f"status {status.get('state')} (attempt {status.get('attempt')})"
     if status.get("error"):
         state += f": {status['error']}"
+    if status.get("state") == "running" and not RunFolder(run).in_use():
+        state += ", but no process is running it (killed?): rerun its command to resume"
     out.print(state, highlight=False)
 
 
@@ -280,13 +291,21 @@ def _show_predictors(out: Console, original: Any, winner: Any) -> None:
         out.print(f"\n[bold]predictor {name}[/]")
         before = originals.get(name, {}).get("instruction")
         if before is not None and before != entry["instruction"]:
-            _line(out, f"  original instruction: {before}")
-            _line(out, f"  winning instruction:  {entry['instruction']}")
+            _line(out, _labelled("  original instruction: ", before))
+            _line(out, _labelled("  winning instruction:  ", entry["instruction"]))
         else:
-            _line(out, f"  instruction (unchanged): {entry['instruction']}")
+            _line(out, _labelled("  instruction (unchanged): ", entry["instruction"]))
         _line(out, f"  demos: {len(entry['demos'])}")
         for i, demo in enumerate(entry["demos"], 1):
             _line(out, f"   {i}. {_render_demo(demo)}")
+
+
+def _labelled(label: str, text: str, limit: int = 2000) -> str:
+    """``label`` + ``text``, continuation lines indented under the text; a very long text is cut
+    (program.json has all of it)."""
+    if len(text) > limit:
+        text = text[:limit] + f" ... ({len(text) - limit} more characters in program.json)"
+    return label + text.strip().replace("\n", "\n" + " " * len(label))
 
 
 def _line(out: Console, text: str) -> None:
@@ -321,6 +340,21 @@ def _show_score_path(out: Console, candidates: list[dict[str, Any]], best: int |
     out.print(table)
 
 
+def _show_trials(out: Console, trials: list[Any]) -> None:
+    """Search trials (e.g. MIPRO's mini-batch trials), when the optimizer recorded any."""
+    scored = [t for t in trials if isinstance(t, dict) and "minibatch_score" in t]
+    if not scored:
+        return
+    table = Table(title=f"search trials ({len(scored)}, scored on mini-batches)")
+    for column in ("trial", "LM calls", "mini-batch score", "choice"):
+        table.add_column(column, justify="left" if column == "choice" else "right")
+    for t in scored:
+        choice = ", ".join(f"{k}={v}" for k, v in (t.get("params") or {}).items())
+        table.add_row(str(t.get("trial", "?")), str(t.get("lm_calls", "?")),
+                      _score(t["minibatch_score"]), choice)
+    out.print(table)
+
+
 def _show_cost(out: Console, result: dict[str, Any]) -> None:
     table = Table(title="cost")
     for column in ("", "LM calls", "cache hits", "backend calls", "tokens", "cost"):
@@ -351,6 +385,83 @@ def models() -> None:
 
     for entry in list_models():
         typer.echo(entry)
+
+
+
+@app.command()
+def bench(
+    spec: Annotated[Path | None, typer.Option(
+        help="A bench spec (JSON or TOML): tasks, optimizers, models, seeds, sizes, budget. "
+             "Options given here override it.")] = None,
+    task: Annotated[list[str] | None, typer.Option(
+        "--task", help="A task (repeatable).")] = None,
+    optimizer: Annotated[list[str] | None, typer.Option(
+        "--optimizer", help="NAME[:ARG] (repeatable): vanilla (no optimization), mipro:light, "
+                            "random-search, bettertogether:p->w, ...")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="A model (repeatable; see `cotune models`).")] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="A seed (repeatable).")]
+    = None,
+    base_url: BaseUrlOpt = None,
+    train_size: Annotated[int | None, typer.Option(help="Training examples per task.")] = None,
+    val_size: Annotated[int | None, typer.Option(help="Validation examples per task.")] = None,
+    test_size: Annotated[int | None, typer.Option(help="Test examples per task.")] = None,
+    max_calls: Annotated[int | None, typer.Option(help="LM calls per cell.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Tokens per cell.")] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="Seconds per cell.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Worker threads.")] = None,
+    cache: Annotated[str | None, typer.Option(
+        help="LM cache: cell (one per cell, the default), shared, off.")] = None,
+    out: Annotated[Path, typer.Option(
+        help="The bench folder; a bench already there is resumed (finished cells are kept).")]
+    = Path("runs/bench"),
+) -> None:
+    """Run a grid of tasks x optimizers x models x seeds; write results.json and results.md."""
+    from cotune.optimize.reporting import ConsoleReporter
+    from cotune.runs.bench import RESULTS_MD, resolve_spec, run_bench
+
+    overrides = {"tasks": task, "optimizers": optimizer, "models": model, "seeds": seed,
+                 "base_url": base_url, "train_size": train_size, "val_size": val_size,
+                 "test_size": test_size, "max_calls": max_calls, "max_tokens": max_tokens,
+                 "max_seconds": max_seconds, "threads": threads, "cache": cache}
+    the_spec = _guarded(lambda: resolve_spec(spec, out, overrides))
+    cells = _guarded(the_spec.cells)
+    console.print(f"bench of {len(cells)} cells in {out}", highlight=False)
+    records = _guarded(lambda: run_bench(the_spec, out, reporter=ConsoleReporter(),
+                                         on_cell=_print_cell))
+    Console().print((out / RESULTS_MD).read_text(encoding="utf-8"), markup=False,
+                    highlight=False, soft_wrap=True)
+    Console().print(f"results: {out / RESULTS_MD}  (cotune report {out})", highlight=False)
+    if any(r["status"] != "finished" for r in records):
+        raise _fail("some cells did not finish (see their error above)")
+
+
+def _print_cell(record: dict[str, Any]) -> None:
+    """One line per cell as it ends (the bench can take hours)."""
+    from rich.markup import escape
+
+    if record["status"] == "finished":
+        done = "already finished" if record["skipped"] else "finished"
+        text = (f"[green]{done}[/] {escape(record['cell'])}: test "
+                f"{_score(record['test_score'])}, val {_score(record['val_score'])}, "
+                f"{record['lm_calls']} LM calls")
+    else:
+        error = escape(str(record["error"]))
+        text = f"[red]{record['status']}[/] {escape(record['cell'])}: {error}"
+    console.print(text, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A run folder or a bench folder.")],
+    out: Annotated[Path | None, typer.Option(
+        help="Where to write the page (default RUN/report.html).")] = None,
+) -> None:
+    """Write a self-contained HTML report of a run (or a bench, with a report per cell)."""
+    from cotune.runs.report import write_report
+
+    path = _guarded(lambda: write_report(run, out))
+    typer.echo(str(path))
 
 
 if __name__ == "__main__":  # pragma: no cover

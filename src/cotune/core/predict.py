@@ -38,8 +38,9 @@ class Predict(Module):
         if unknown:
             raise TypeError(f"unknown LM options {sorted(unknown)}; allowed: {sorted(_LM_OPTIONS)}")
         self.signature = ensure_signature(signature)
-        self.original_instruction = self.signature.instruction
         self.instruction = instruction or self.signature.instruction
+        self.original_instruction = self.instruction
+        """What ``reset()`` returns to: the instruction the program was written with."""
         self.demos: list[Example] = []
         self.lm = lm
         self.lm_options = lm_options

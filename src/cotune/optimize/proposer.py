@@ -334,7 +334,8 @@ class GroundedProposer:
         inputs = self.prompt_inputs(predictor_name, predictor, demos, tip)
         text = _ask(
             self.prompt_lm, _proposer_signature(inputs), _PROPOSED[0],
-            temperature=self.temperature, rollout_id=rollout_id, **inputs,
+            temperature=self.temperature, rollout_id=rollout_id,
+            max_tokens=_MAX_INSTRUCTION_TOKENS, **inputs,
         )
         text = _clean_instruction(text)
         return text or None
@@ -396,8 +397,12 @@ def _ask(lm: ChatModel, signature: Signature, output: str | None = None, **input
         return exc.raw_text.strip()
 
 
+_MAX_INSTRUCTION_TOKENS = 256
+"""An instruction is a paragraph; small models otherwise ramble on (or write code) for pages."""
+
+
 def _clean_instruction(text: str) -> str:
-    text = text.strip()
+    text = text.split("```", 1)[0].strip()  # drop code blocks small models like to append
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
         text = text[1:-1].strip()
     return text

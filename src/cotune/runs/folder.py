@@ -160,6 +160,16 @@ class RunFolder:
                                  "started": _now(), "updated": _now(), "error": None})
         return attempt
 
+    def in_use(self) -> bool:
+        """Whether a process is running in this folder now (it holds the lock)."""
+        if not self.file(LOCK).exists():
+            return False
+        try:
+            with _locked(self.file(LOCK)):
+                return False
+        except RunFolderError:
+            return True
+
     def discard_results(self) -> None:
         """Forget the journal and outputs of the run here (the LM cache is kept)."""
         for name in (*_RESULTS, STATUS):

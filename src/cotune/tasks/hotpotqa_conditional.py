@@ -167,7 +167,7 @@ def load_splits(seed: int = 0, sizes: tuple[int, int, int] | None = None) -> Spl
 
 TASK = Task(
     name="hotpotqa-conditional",
-    description="HotPotQA with hidden answer-format rules per question type; right-and-formatted",
+    description="HotPotQA whose answers must also follow hidden per-question-type format rules",
     load_splits=load_splits,
     make_program=hotpotqa.MultiHopQA,
     metric=conditional_answer_match,

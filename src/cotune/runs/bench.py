@@ -1,0 +1,473 @@
+"""Benchmarks: a grid of tasks x optimizers x models x seeds, one resumable run folder per cell.
+
+::
+
+    BENCH/
+      bench.json        the grid as it was run (``cotune bench --out BENCH`` reruns it)
+      results.json      one record per cell: scores, LM usage, training and wall time, status
+      results.md        the same as a Markdown table, sorted by task then optimizer
+      cells/NAME/       each cell's run folder (see :mod:`cotune.runs.folder`)
+
+Every cell goes through :func:`run_optimization`, so a rerun of the same bench skips the
+finished cells and resumes an interrupted one from its journal.  A failing cell is recorded with
+its error and the others still run; Ctrl-C stops the bench (after writing what is done).
+The ``vanilla`` pseudo-optimizer scores the unoptimized program: the baseline row of the table.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cotune.core.module import Module
+from cotune.lm.models import DEFAULT_MODEL
+from cotune.optimize.base import OptimizationRun, Optimizer
+from cotune.optimize.better_together import ARROW
+from cotune.optimize.reporting import CostEstimate, LogReporter, Reporter
+from cotune.runs.folder import RESULT, RunFolder, write_atomic
+from cotune.runs.optimize import OPTIMIZERS, RunSpec, run_optimization
+from cotune.runs.report import format_value, training_seconds
+
+SPEC_FILE = "bench.json"
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+CELLS = "cells"
+VANILLA = "vanilla"
+CACHE_MODES = ("cell", "shared", "off")
+
+
+# -- the baseline ------------------------------------------------------------------------------
+
+
+class Vanilla(Optimizer):
+    """No optimization: the task's program as it comes, scored on the validation set, so that
+    the baseline sits in the same table (and run folder layout) as the optimizers."""
+
+    name = VANILLA
+
+    def estimate_cost(self, program, trainset, valset) -> CostEstimate:
+        calls = len(valset or []) * len(program.predictors())
+        return CostEstimate(calls, {"evaluation": calls})
+
+    def _optimize(self, run: OptimizationRun, student: Module, trainset, valset) -> None:
+        score = run.evaluate(student, valset, VANILLA)["score"] if valset else None
+        run.offer(student, score, "the unoptimized program")
+
+
+OPTIMIZERS.setdefault(VANILLA, (Vanilla, False, "no optimization: the program as it comes"))
+
+
+# -- the grid ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """A task and the split sizes to cut it to (None: the whole split)."""
+
+    name: str
+    train_size: int | None = None
+    val_size: int | None = None
+    test_size: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The registry name, or a task file's stem."""
+        return Path(self.name).stem if self.name.endswith(".py") else self.name
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """An optimizer of the grid: ``NAME[:ARG]`` where ARG is bettertogether's strategy
+    (``bettertogether:p->w``) or a MIPRO preset (``mipro:light``)."""
+
+    name: str
+    strategy: str | None = None
+    preset: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        arg = self.strategy or self.preset
+        return f"{self.name}:{arg.replace(' ', '')}" if arg else self.name
+
+    def run_options(self) -> dict[str, Any]:
+        options = dict(self.options)
+        if self.strategy is not None:
+            options["strategy"] = self.strategy
+        return options
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: TaskEntry
+    optimizer: OptimizerEntry
+    model: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """The cell's folder name: readable, and unique within a grid (checked)."""
+        model = Path(self.model).stem if self.model.endswith(".gguf") else self.model
+        return "-".join(_slug(part) for part in
+                        (self.task.label, self.optimizer.label, model, f"seed{self.seed}"))
+
+
+@dataclass
+class BenchSpec:
+    """What to run: the grid, and the settings every cell shares (a budget per cell)."""
+
+    tasks: list[TaskEntry]
+    optimizers: list[OptimizerEntry]
+    models: list[str] = field(default_factory=lambda: [DEFAULT_MODEL])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    base_url: str | None = None
+    max_calls: int | None = None
+    max_tokens: int | None = None
+    max_seconds: float | None = None
+    threads: int = 4
+    cache: str = "cell"
+    """``cell``: each cell keeps its LM cache in its run folder (independent cells, fair wall
+    times); ``shared``: the user's LM cache; ``off``: no cache."""
+
+    def cells(self) -> list[Cell]:
+        cells = [Cell(t, o, m, s) for t in self.tasks for o in self.optimizers
+                 for m in self.models for s in self.seeds]
+        names = [c.name for c in cells]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"the grid names two cells alike: {', '.join(duplicates)}")
+        return cells
+
+    def run_spec(self, cell: Cell, cell_dir: Path) -> RunSpec:
+        cache_dir = str(cell_dir) if self.cache == "cell" else None
+        return RunSpec(
+            task=cell.task.name, optimizer=cell.optimizer.name, model=cell.model,
+            base_url=self.base_url, seed=cell.seed, train_size=cell.task.train_size,
+            val_size=cell.task.val_size, test_size=cell.task.test_size,
+            preset=cell.optimizer.preset, options=cell.optimizer.run_options(),
+            max_calls=self.max_calls, max_tokens=self.max_tokens, max_seconds=self.max_seconds,
+            threads=self.threads, cache_dir=cache_dir, use_cache=self.cache != "off",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["optimizers"] = [{k: v for k, v in asdict(o).items() if v not in (None, {})}
+                              for o in self.optimizers]
+        data["tasks"] = [{k: v for k, v in asdict(t).items() if v is not None} for t in self.tasks]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchSpec:
+        """From a spec file's content (or CLI options): see :func:`load_spec_file`."""
+        unknown = set(data) - _SPEC_KEYS
+        if unknown:
+            raise ValueError(f"unknown bench setting(s) {sorted(unknown)}; known: "
+                             f"{', '.join(sorted(_SPEC_KEYS))}")
+        sizes = {k: data.get(k) for k in ("train_size", "val_size", "test_size")}
+        tasks = [_task_entry(t, sizes) for t in _as_list(data.get("tasks"), "tasks")]
+        optimizers = [_optimizer_entry(o) for o in _as_list(data.get("optimizers"), "optimizers")]
+        if not tasks or not optimizers:
+            raise ValueError("a bench needs at least one task and one optimizer "
+                             "(e.g. --task iris --optimizer vanilla --optimizer mipro)")
+        settings = {k: data[k] for k in _SETTINGS if data.get(k) is not None}
+        spec = cls(tasks=tasks, optimizers=optimizers, **settings)
+        spec.models = [str(m) for m in spec.models]
+        spec.seeds = [int(s) for s in spec.seeds]
+        if spec.cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, not {spec.cache!r}")
+        return spec
+
+
+_SETTINGS = ("models", "seeds", "base_url", "max_calls", "max_tokens", "max_seconds", "threads",
+             "cache")
+_SPEC_KEYS = {"tasks", "optimizers", "train_size", "val_size", "test_size", *_SETTINGS}
+
+
+def load_spec_file(path: str | Path) -> dict[str, Any]:
+    """A bench spec from JSON or TOML (by extension).  Keys: ``tasks`` (names, or tables with
+    ``name`` and ``train_size``/``val_size``/``test_size``), ``optimizers`` (``NAME[:ARG]``, or
+    tables with ``name``, ``strategy``, ``preset``, ``options``), ``models``, ``seeds``, default
+    split sizes, the per-cell budget (``max_calls``, ``max_tokens``, ``max_seconds``),
+    ``threads``, ``base_url`` and ``cache``."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = _load_toml(text) if path.suffix == ".toml" else json.loads(text)
+    except ValueError as exc:  # both decoders' errors are ValueErrors
+        raise ValueError(f"{path}: not a valid bench spec ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a bench spec is an object of settings")
+    return data
+
+
+def resolve_spec(
+    spec_file: str | Path | None, bench_dir: str | Path, overrides: Mapping[str, Any]
+) -> BenchSpec:
+    """The bench to run: the spec file, else the ``bench.json`` of an earlier run in
+    ``bench_dir`` (so that ``cotune bench --out DIR`` resumes it), with ``overrides`` (CLI
+    options; None means not given) on top."""
+    data: dict[str, Any] = {}
+    previous = Path(bench_dir) / SPEC_FILE
+    if spec_file is not None:
+        data = load_spec_file(spec_file)
+    elif previous.is_file() and not overrides.get("tasks") and not overrides.get("optimizers"):
+        data = load_spec_file(previous)
+    data.update({k: v for k, v in overrides.items() if v not in (None, [])})
+    return BenchSpec.from_dict(data)
+
+
+def _load_toml(text: str) -> Any:
+    try:
+        import tomllib  # Python 3.11+
+    except ImportError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ValueError("reading TOML needs Python 3.11+ (or tomli); write the spec "
+                             "as JSON instead") from None
+    return tomllib.loads(text)
+
+
+def parse_optimizer(text: str) -> OptimizerEntry:
+    """``vanilla``, ``mipro:light``, ``bettertogether:p->w`` (spaces optional)."""
+    name, _, arg = (part.strip() for part in text.partition(":"))
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+    if not arg:
+        return OptimizerEntry(name)
+    if name == "bettertogether":
+        return OptimizerEntry(name, strategy=normalize_strategy(arg))
+    if OPTIMIZERS[name][1]:  # takes a preset
+        return OptimizerEntry(name, preset=arg)
+    raise ValueError(f"optimizer {name!r} takes no ':{arg}' (only bettertogether:STRATEGY "
+                     "and the MIPRO optimizers' :PRESET do)")
+
+
+def normalize_strategy(strategy: str) -> str:
+    """``p->w`` -> ``p -> w``: one spelling per strategy, as BetterTogether records it."""
+    return f" {ARROW} ".join(part.strip() for part in strategy.split(ARROW))
+
+
+def _task_entry(item: Any, sizes: Mapping[str, int | None]) -> TaskEntry:
+    if isinstance(item, str):
+        return TaskEntry(item, **sizes)
+    if isinstance(item, Mapping) and "name" in item:
+        extra = set(item) - {"name", *sizes}
+        if extra:
+            raise ValueError(f"task {item['name']!r}: unknown key(s) {sorted(extra)}")
+        return TaskEntry(**{**sizes, **item})
+    raise ValueError(f"a task is a name or a table with 'name', not {item!r}")
+
+
+def _optimizer_entry(item: Any) -> OptimizerEntry:
+    if isinstance(item, str):
+        return parse_optimizer(item)
+    if isinstance(item, Mapping) and "name" in item:
+        entry = parse_optimizer(str(item["name"]))
+        strategy = item.get("strategy", entry.strategy)
+        return OptimizerEntry(
+            entry.name, strategy=normalize_strategy(strategy) if strategy else None,
+            preset=item.get("preset", entry.preset), options=dict(item.get("options") or {}),
+        )
+    raise ValueError(f"an optimizer is NAME[:ARG] or a table with 'name', not {item!r}")
+
+
+def _as_list(value: Any, name: str) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (str, Mapping)):
+        return [value]
+    if isinstance(value, Sequence):
+        return list(value)
+    raise ValueError(f"{name} must be a list, not {value!r}")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-") or "x"
+
+
+# -- running -----------------------------------------------------------------------------------
+
+CellDone = Callable[[dict[str, Any]], None]
+
+
+def run_bench(
+    spec: BenchSpec,
+    bench_dir: str | Path,
+    *,
+    reporter: Reporter | None = None,
+    on_cell: CellDone | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or resume) every cell of ``spec`` under ``bench_dir``; return the records, also
+    written to ``results.json`` and ``results.md`` after every cell."""
+    bench_dir = Path(bench_dir)
+    cells = spec.cells()
+    write_atomic(bench_dir / SPEC_FILE, json.dumps(spec.to_json(), indent=2, ensure_ascii=False))
+    records: list[dict[str, Any]] = []
+    for cell in cells:
+        record = run_cell(spec, cell, bench_dir, reporter or LogReporter())
+        records.append(record)
+        write_results(bench_dir, records)
+        if on_cell is not None:
+            on_cell(record)
+        if record["status"] == "interrupted":
+            raise KeyboardInterrupt(f"bench interrupted in cell {cell.name}")
+    return sort_records(records)
+
+
+def run_cell(spec: BenchSpec, cell: Cell, bench_dir: Path, reporter: Reporter) -> dict[str, Any]:
+    """One cell's record: read back when the cell already finished, else run (or resume)
+    it.  Errors become the record's ``error``; an interruption its status."""
+    folder = RunFolder(bench_dir / CELLS / cell.name)
+    run_spec = spec.run_spec(cell, folder.path)
+    if _finished_alike(folder, run_spec):
+        return cell_record(cell, folder, bench_dir, skipped=True)
+    started = time.monotonic()
+    try:
+        run_optimization(run_spec, folder.path, reporter=reporter)
+    except KeyboardInterrupt:
+        return cell_record(cell, folder, bench_dir, error="interrupted", state="interrupted",
+                           wall_s=time.monotonic() - started)
+    except Exception as exc:  # one failing cell must not stop the bench
+        return cell_record(cell, folder, bench_dir, error=error_text(exc), state="failed",
+                           wall_s=time.monotonic() - started)
+    return cell_record(cell, folder, bench_dir)
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` (a KeyError's message without the quotes ``str`` adds)."""
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    return f"{type(exc).__name__}: {message}"
+
+
+def _finished_alike(folder: RunFolder, spec: RunSpec) -> bool:
+    """Whether ``folder`` holds a finished run of this very cell (same task, optimizer,
+    model, seed, sizes and budget).  When unsure, say no: the rerun then replays the run from
+    its journal (or refuses a conflicting config), which is slower but never wrong."""
+    if folder.status().get("state") != "finished" or not folder.file(RESULT).is_file():
+        return False
+    try:
+        config = folder.config()
+    except Exception:
+        return False
+    return _config_matches(config, spec)
+
+
+def _config_matches(config: Mapping[str, Any], spec: RunSpec) -> bool:
+    optimizer = config.get("optimizer", {})
+    task = config.get("task", {}).get("name")
+    splits = config.get("splits", {})
+    wanted_task = str(Path(spec.task).resolve()) if spec.task.endswith(".py") else spec.task
+    budget = {"max_calls": spec.max_calls, "max_tokens": spec.max_tokens,
+              "max_seconds": spec.max_seconds}
+    return (
+        task == wanted_task
+        and optimizer.get("name") == spec.optimizer
+        and optimizer.get("preset") == spec.preset
+        and all(optimizer.get(k, v) == v for k, v in spec.options.items())
+        and config.get("model") == {"name": spec.model, "base_url": spec.base_url}
+        and config.get("seed") == spec.seed
+        and config.get("budget") == budget
+        and all(size is None or splits.get(part) == size for part, size in
+                (("train", spec.train_size), ("val", spec.val_size), ("test", spec.test_size)))
+    )
+
+
+# -- records -----------------------------------------------------------------------------------
+
+
+def cell_record(
+    cell: Cell,
+    folder: RunFolder,
+    bench_dir: Path,
+    *,
+    skipped: bool = False,
+    error: str | None = None,
+    state: str | None = None,
+    wall_s: float | None = None,
+) -> dict[str, Any]:
+    """What the results table shows of a cell, read from its run folder."""
+    result = _read_quietly(folder, RESULT) if error is None else None
+    total = (result or {}).get("usage", {}).get("total", {})
+    status = folder.status() if folder.path.is_dir() else {}
+    return {
+        "cell": cell.name,
+        "task": cell.task.name,
+        "optimizer": cell.optimizer.name,
+        "strategy": cell.optimizer.strategy,
+        "preset": cell.optimizer.preset,
+        "label": cell.optimizer.label,
+        "model": cell.model,
+        "seed": cell.seed,
+        "status": state or status.get("state", "unknown"),
+        "error": error or status.get("error"),
+        "test_score": (result or {}).get("test_score"),
+        "val_score": (result or {}).get("val_score"),
+        "lm_calls": total.get("calls"),
+        "backend_calls": total.get("backend_calls"),
+        "cache_hits": total.get("cache_hits"),
+        "tokens": total.get("total_tokens"),
+        "cost": total.get("cost"),
+        "train_s": training_seconds(folder.path),
+        "wall_s": round(wall_s, 3) if wall_s is not None else (result or {}).get("wall_s"),
+        "stopped_by_budget": (result or {}).get("stopped_by_budget"),
+        "attempt": status.get("attempt"),
+        "skipped": skipped,
+        "run_dir": folder.path.relative_to(bench_dir).as_posix(),
+    }
+
+
+def _read_quietly(folder: RunFolder, name: str) -> dict[str, Any] | None:
+    try:
+        data = folder.read_json(name, required=False)
+    except Exception:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def sort_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """By task, then optimizer (vanilla first), then model and seed."""
+    return sorted(records, key=lambda r: (format_value("task", r["task"]), r["task"],
+                                          r["optimizer"] != VANILLA, r["label"], r["model"],
+                                          r["seed"]))
+
+
+def write_results(bench_dir: Path, records: Sequence[dict[str, Any]]) -> None:
+    records = sort_records(records)
+    write_atomic(bench_dir / RESULTS_JSON, json.dumps(records, indent=2, ensure_ascii=False))
+    write_atomic(bench_dir / RESULTS_MD, markdown_table(records))
+
+
+MD_COLUMNS = (
+    ("task", "task"), ("optimizer", "label"), ("model", "model"), ("seed", "seed"),
+    ("test", "test_score"), ("val", "val_score"), ("LM calls", "lm_calls"),
+    ("backend calls", "backend_calls"), ("tokens", "tokens"), ("train s", "train_s"),
+    ("wall s", "wall_s"), ("status", "status"),
+)
+
+
+def markdown_table(records: Sequence[dict[str, Any]]) -> str:
+    """The records as a Markdown table; errors follow it, one line per failed cell."""
+    lines = ["| " + " | ".join(title for title, _ in MD_COLUMNS) + " |",
+             "|" + "|".join("---" if key in ("task", "label", "model", "status") else "---:"
+                            for _, key in MD_COLUMNS) + "|"]
+    for record in records:
+        lines.append("| " + " | ".join(_md_cell(record, key) for _, key in MD_COLUMNS) + " |")
+    errors = [r for r in records if r.get("error")]
+    if errors:
+        lines += ["", "Errors:", ""]
+        lines += [f"- `{r['cell']}`: {_md_escape(r['error'])}" for r in errors]
+    return "\n".join(lines) + "\n"
+
+
+def _md_cell(record: dict[str, Any], key: str) -> str:
+    return _md_escape(format_value(key, record.get(key)))
+
+
+def _md_escape(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")

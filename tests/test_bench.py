@@ -1,0 +1,268 @@
+"""The benchmark runner (`cotune bench`): grids, records, failing cells, resume (scripted LM)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cotune.cli import app
+from cotune.runs.bench import (
+    RESULTS_JSON,
+    RESULTS_MD,
+    SPEC_FILE,
+    BenchSpec,
+    load_spec_file,
+    parse_optimizer,
+    resolve_spec,
+    run_bench,
+)
+from cotune.runs.folder import RunFolder
+
+TASK_FILE = Path(__file__).with_name("scripted_task.py")
+SIZES = {"train_size": 6, "val_size": 4, "test_size": 4}
+RANDOM_SEARCH = {"name": "random-search", "options": {"num_candidates": 3}}
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+scripted = _load(TASK_FILE, "scripted_task_for_bench_tests")
+
+
+class InterruptingLM(scripted.SlowScriptedLM):
+    """The scripted LM; after ``interrupt_after`` backend calls it raises KeyboardInterrupt
+    (Ctrl-C in the middle of a cell)."""
+
+    interrupt_after: int | None = None
+
+    def _complete(self, request):
+        self.backend_calls = getattr(self, "backend_calls", 0) + 1
+        if self.interrupt_after is not None and self.backend_calls > self.interrupt_after:
+            raise KeyboardInterrupt
+        return super()._complete(request)
+
+
+@pytest.fixture
+def made(monkeypatch, tmp_path) -> list[InterruptingLM]:
+    """Every LM a cell makes is the scripted LM; returns the LMs made, in order."""
+    lms: list[InterruptingLM] = []
+
+    def make_lm(model: str = "scripted", base_url: str | None = None, **options):
+        lm = InterruptingLM(scripted.scripted_answer, model=model, cache=options.get("cache"))
+        lms.append(lm)
+        return lm
+
+    monkeypatch.setattr("cotune.lm.factory.make_lm", make_lm)
+    monkeypatch.setenv("COTUNE_CACHE_DIR", str(tmp_path / "shared-cache"))
+    return lms
+
+
+def _spec(**changes) -> BenchSpec:
+    settings = {"tasks": [str(TASK_FILE)], "optimizers": ["vanilla", RANDOM_SEARCH],
+                "threads": 2, **SIZES}
+    return BenchSpec.from_dict({**settings, **changes})
+
+
+# -- the grid ----------------------------------------------------------------------------------
+
+
+def test_optimizer_names_carry_a_strategy_or_a_preset():
+    bt = parse_optimizer("bettertogether:p->w")
+    assert (bt.name, bt.strategy, bt.label) == ("bettertogether", "p -> w", "bettertogether:p->w")
+    assert bt.run_options() == {"strategy": "p -> w"}
+    mipro = parse_optimizer("mipro:light")
+    assert (mipro.preset, mipro.strategy, mipro.label) == ("light", None, "mipro:light")
+    assert parse_optimizer("vanilla").label == "vanilla"
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        parse_optimizer("nope")
+    with pytest.raises(ValueError, match="takes no"):
+        parse_optimizer("bootstrap:light")
+
+
+def test_a_spec_is_a_grid_of_uniquely_named_cells(tmp_path):
+    spec = BenchSpec.from_dict({
+        "tasks": ["iris", {"name": "gsm8k", "train_size": 9}],
+        "optimizers": ["vanilla", "bettertogether:p -> w -> p"],
+        "models": ["a", "b"], "seeds": [0, 1], "train_size": 5, "max_calls": 100,
+    })
+    cells = spec.cells()
+    assert len(cells) == 2 * 2 * 2 * 2
+    assert len({c.name for c in cells}) == len(cells)
+    assert "gsm8k-bettertogether-p-w-p-b-seed1" in {c.name for c in cells}
+    assert {c.task.name: c.task.train_size for c in cells} == {"iris": 5, "gsm8k": 9}
+    run = spec.run_spec(cells[0], tmp_path / "cell")
+    assert (run.max_calls, run.cache_dir) == (100, str(tmp_path / "cell"))
+    with pytest.raises(ValueError, match="unknown bench setting"):
+        BenchSpec.from_dict({"tasks": ["iris"], "optimizers": ["vanilla"], "seed": 1})
+    with pytest.raises(ValueError, match="at least one task"):
+        BenchSpec.from_dict({"optimizers": ["vanilla"]})
+    with pytest.raises(ValueError, match="names two cells alike"):
+        BenchSpec.from_dict({"tasks": ["iris"], "optimizers": ["mipro", "mipro"]}).cells()
+
+
+def test_spec_files_in_json_and_toml(tmp_path):
+    toml = tmp_path / "bench.toml"
+    toml.write_text('optimizers = ["vanilla", "bettertogether:p->w"]\nseeds = [3]\n'
+                    'max_seconds = 60\n\n[[tasks]]\nname = "iris"\ntest_size = 7\n')
+    spec = BenchSpec.from_dict(load_spec_file(toml))
+    assert [o.label for o in spec.optimizers] == ["vanilla", "bettertogether:p->w"]
+    assert (spec.seeds, spec.max_seconds, spec.tasks[0].test_size) == ([3], 60, 7)
+    as_json = tmp_path / "bench.json"
+    as_json.write_text(json.dumps(spec.to_json()))
+    assert BenchSpec.from_dict(load_spec_file(as_json)) == spec
+    # CLI options override the file; an earlier bench's bench.json is reused without one
+    assert resolve_spec(toml, tmp_path / "none", {"seeds": [4], "threads": None}).seeds == [4]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / SPEC_FILE).write_text(json.dumps(spec.to_json()))
+    assert resolve_spec(None, tmp_path / "old", {"max_calls": 5}).max_calls == 5
+    (tmp_path / "bad.toml").write_text("tasks = [")
+    with pytest.raises(ValueError, match="not a valid bench spec"):
+        load_spec_file(tmp_path / "bad.toml")
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def test_a_bench_writes_one_record_per_cell_and_survives_a_failing_cell(tmp_path, made):
+    bench = tmp_path / "bench"
+    spec = _spec(tasks=[str(TASK_FILE), "no-such-task"],
+                 optimizers=["vanilla", RANDOM_SEARCH,
+                             {"name": "bettertogether:p",
+                              "options": {"prompt_options": {"num_candidates": 2}}}])
+    records = run_bench(spec, bench)
+
+    assert json.loads((bench / RESULTS_JSON).read_text()) == records
+    assert [(r["task"], r["label"]) for r in records] == [
+        ("no-such-task", "vanilla"), ("no-such-task", "bettertogether:p"),
+        ("no-such-task", "random-search"),
+        (str(TASK_FILE), "vanilla"), (str(TASK_FILE), "bettertogether:p"),
+        (str(TASK_FILE), "random-search"),
+    ]
+    failed, finished = records[:3], records[3:]
+    for r in failed:
+        assert r["status"] == "failed" and "unknown task 'no-such-task'" in r["error"]
+        assert r["test_score"] is None
+    for r in finished:
+        assert r["status"] == "finished" and r["error"] is None, r
+        assert 0 <= r["test_score"] <= 1 and 0 <= r["val_score"] <= 1
+        assert r["lm_calls"] >= r["backend_calls"] > 0 and r["tokens"] > 0
+        assert r["wall_s"] >= 0 and r["train_s"] is None and r["skipped"] is False
+        assert (bench / r["run_dir"] / "program.json").is_file()
+    vanilla, bt = finished[0], finished[1]
+    assert (bt["optimizer"], bt["strategy"]) == ("bettertogether", "p")
+    state = RunFolder(bench / vanilla["run_dir"]).read_json("candidates.json")
+    assert [c["description"] for c in state["candidates"]] == ["the unoptimized program"]
+    assert state["candidates"][0]["state"] == state["original"]  # nothing was optimized
+    assert vanilla["lm_calls"] == SIZES["val_size"] + SIZES["test_size"]
+
+    table = (bench / RESULTS_MD).read_text()
+    lines = table.splitlines()
+    assert lines[0].startswith("| task | optimizer | model | seed | test | val | LM calls")
+    rows = [line for line in lines[2:] if line.startswith("| scripted_task |")]
+    assert [row.split(" | ")[1] for row in rows] == ["vanilla", "bettertogether:p",
+                                                     "random-search"]
+    assert f"| {vanilla['test_score']:.3f} | {vanilla['val_score']:.3f} |" in rows[0]
+    assert "Errors:" in table and "no-such-task-vanilla-smollm2-135m-seed0" in table
+
+
+def test_a_cell_budget_stops_the_cell_cleanly(tmp_path, made):
+    records = run_bench(_spec(optimizers=[RANDOM_SEARCH], max_calls=12), tmp_path / "bench")
+    assert records[0]["status"] == "finished" and records[0]["stopped_by_budget"] is True
+
+
+def test_training_time_is_read_from_the_run_folder(tmp_path, made):
+    from cotune.finetune.trainer import RESULT_FILE
+    from cotune.runs.report import LORA_RESULT
+
+    assert LORA_RESULT == RESULT_FILE
+    bench = tmp_path / "bench"
+    record = run_bench(_spec(optimizers=["vanilla"]), bench)[0]
+    adapter = bench / record["run_dir"] / "work" / "step1-w" / "finetune-0"
+    adapter.mkdir(parents=True)
+    (adapter / LORA_RESULT).write_text(json.dumps({"seconds": 12.25, "steps": 3}))
+    assert run_bench(_spec(optimizers=["vanilla"]), bench)[0]["train_s"] == 12.25
+
+
+def test_a_rerun_skips_finished_cells_and_resumes_an_interrupted_one(tmp_path, made):
+    spec = _spec()
+    reference = run_bench(spec, tmp_path / "reference")  # uninterrupted, for comparison
+    rs_calls = made[-1].backend_calls
+    made.clear()
+
+    bench = tmp_path / "bench"
+
+    def arm(record) -> None:  # vanilla is done: the next cell's LM is interrupted midway
+        InterruptingLM.interrupt_after = rs_calls // 2
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_bench(spec, bench, on_cell=arm)
+    finally:
+        InterruptingLM.interrupt_after = None
+    records = json.loads((bench / RESULTS_JSON).read_text())
+    assert [r["status"] for r in records] == ["finished", "interrupted"]
+    vanilla_dir, rs_dir = (bench / r["run_dir"] for r in records)
+    assert RunFolder(rs_dir).status()["state"] == "interrupted"
+    finished_mtime = (vanilla_dir / "result.json").stat().st_mtime_ns
+
+    made.clear()
+    again = run_bench(spec, bench)
+    assert [r["status"] for r in again] == ["finished", "finished"]
+    assert len(made) == 1  # only the interrupted cell made an LM: vanilla was not rerun
+    assert again[0]["skipped"] and not again[1]["skipped"]
+    assert (vanilla_dir / "result.json").stat().st_mtime_ns == finished_mtime
+    result = RunFolder(rs_dir).read_json("result.json")
+    assert result["attempt"] == 2 and result["replayed"]["steps"] > 0
+    assert made[0].backend_calls < rs_calls  # the finished LM work came back, not redone
+    for got, want in zip(again, reference, strict=True):
+        assert (got["test_score"], got["val_score"]) == (want["test_score"], want["val_score"])
+    assert ((rs_dir / "program.json").read_text()
+            == (tmp_path / "reference" / records[1]["run_dir"] / "program.json").read_text())
+
+
+# -- the command line and the script -----------------------------------------------------------
+
+
+def _cotune(*args) -> object:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cotune_bench_runs_resumes_and_fails_loudly(tmp_path, made):
+    bench = tmp_path / "bench"
+    args = ["--task", TASK_FILE, "--optimizer", "vanilla", "--optimizer", "bettertogether:p",
+            "--train-size", 6, "--val-size", 4, "--test-size", 4, "--threads", 2]
+    result = _cotune("bench", *args, "--out", bench)
+    assert result.exit_code == 0, result.output
+    assert "finished scripted_task-vanilla-smollm2-135m-seed0" in result.output
+    assert "| scripted_task | vanilla |" in result.output
+    assert len(json.loads((bench / RESULTS_JSON).read_text())) == 2
+
+    again = _cotune("bench", "--out", bench)  # the same bench, from its bench.json
+    assert again.exit_code == 0, again.output
+    assert again.output.count("already finished") == 2
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"tasks": ["no-such-task"], "optimizers": ["vanilla"]}))
+    failing = _cotune("bench", "--spec", spec, "--out", tmp_path / "other")
+    assert failing.exit_code == 1
+    assert "unknown task 'no-such-task'" in failing.output
+    assert "some cells did not finish" in failing.output
+    bad = _cotune("bench", "--task", "iris", "--optimizer", "nope", "--out", tmp_path / "x")
+    assert bad.exit_code == 1 and "unknown optimizer 'nope'" in bad.output
+
+
+def test_the_benchmark_script_runs_a_spec_and_writes_the_report(tmp_path, made):
+    script = _load(Path(__file__).parents[1] / "benchmarks" / "run.py", "bench_script")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"tasks": [str(TASK_FILE)], "optimizers": ["vanilla"],
+                                "threads": 2, **SIZES}))
+    assert script.main([str(spec), "--out", str(tmp_path / "bench")]) == 0
+    assert (tmp_path / "bench" / "report.html").is_file()
