@@ -41,3 +41,8 @@ class TestBetterTogether(OptimizerSuite):
                                   num_threads=2)
         return BetterTogether(metric, strategy="p -> w -> p", prompt_optimizer=p,
                               trainer=StubTrainer(saveable=False), seed=seed, num_threads=2)
+
+
+class TestVanilla(OptimizerSuite):
+    def make_optimizer(self, metric, seed):
+        return Vanilla(metric, seed=seed)

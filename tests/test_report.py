@@ -119,10 +119,16 @@ def test_a_run_report_shows_the_score_path_steps_winner_and_loss(bt_run):
     assert html.escape(winner["instruction"]) in page
     assert "Say whether the number is even or odd." in page  # the original, beside it
     assert all(html.escape(d["fields"]["text"]) in page for d in winner["demos"])
-    steps = page.split("<h2>BetterTogether steps</h2>")[1].split("</table>")[0]
-    assert [re.sub("<[^>]+>", "", row).split("-&gt;")[0] for row in
-            re.findall(r"<tr><td class=\"num\">\d.*?</tr>", steps)] == ["0pp", "1wp ", "2pp "]
-    assert ">12.5<" in steps  # the training seconds of the w step
+    steps = _rows(page, "BetterTogether steps")
+    assert [row[:3] for row in steps] == [["0", "p", "p"], ["1", "w", "p -&gt; w"],
+                                          ["2", "p", "p -&gt; w -&gt; p"]]
+    assert [row[7] for row in steps] == ["-", "12.5", "-"]  # training seconds of the w step
+
+
+def _rows(page: str, section: str) -> list[list[str]]:
+    """The body cells of the first table after the heading ``section``."""
+    table = page.split(f"<h2>{section}</h2>")[1].split("</table>")[0].split("<tbody>")[1]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr.*?</tr>", table)]
 
 
 def test_a_mipro_report_plots_every_trial_and_full_evaluation(mipro_run):
@@ -201,7 +207,10 @@ def test_nice_ticks():
     assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert nice_ticks(0, 136) == [0, 50, 100, 150]
     assert nice_ticks(0.31, 2.2) == [0, 0.5, 1.0, 1.5, 2.0, 2.5]
-    assert nice_ticks(3, 3) == [2.5, 3.0, 3.5]
+    assert nice_ticks(0, 12, integer=True) == [0, 5, 10, 15]
+    assert nice_ticks(0, 3, integer=True) == [0, 1, 2, 3]
+    flat = nice_ticks(3, 3)  # one value: a range around it
+    assert flat[0] < 3 < flat[-1] and len(flat) >= 3
 
 
 # -- a real browser ----------------------------------------------------------------------------

@@ -10,8 +10,10 @@ from cotune.optimize.proposer import TIPS, GroundedProposer, Grounding
 from cotune.optimize.random_search import BootstrapRandomSearch
 from cotune.optimize.reporting import ConsoleReporter, CostEstimate, LogReporter, Reporter
 from cotune.optimize.traces import SuccessfulTrace, collect_successful_traces
+from cotune.optimize.vanilla import Vanilla
 
 __all__ = [
+    "Vanilla",
     "MIPRO",
     "TIPS",
     "BayesianBootstrap",

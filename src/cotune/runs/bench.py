@@ -24,12 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cotune.core.module import Module
 from cotune.lm.models import DEFAULT_MODEL
-from cotune.optimize.base import OptimizationRun, Optimizer
 from cotune.optimize.better_together import ARROW
-from cotune.optimize.reporting import CostEstimate, LogReporter, Reporter
-from cotune.runs.folder import RESULT, RunFolder, write_atomic
+from cotune.optimize.reporting import LogReporter, Reporter
+from cotune.runs.folder import CONFIG, RESULT, STATUS, RunFolder, RunFolderError, write_atomic
 from cotune.runs.optimize import OPTIMIZERS, RunSpec, run_optimization
 from cotune.runs.report import format_value, training_seconds
 
@@ -39,27 +37,6 @@ RESULTS_MD = "results.md"
 CELLS = "cells"
 VANILLA = "vanilla"
 CACHE_MODES = ("cell", "shared", "off")
-
-
-# -- the baseline ------------------------------------------------------------------------------
-
-
-class Vanilla(Optimizer):
-    """No optimization: the task's program as it comes, scored on the validation set, so that
-    the baseline sits in the same table (and run folder layout) as the optimizers."""
-
-    name = VANILLA
-
-    def estimate_cost(self, program, trainset, valset) -> CostEstimate:
-        calls = len(valset or []) * len(program.predictors())
-        return CostEstimate(calls, {"evaluation": calls})
-
-    def _optimize(self, run: OptimizationRun, student: Module, trainset, valset) -> None:
-        score = run.evaluate(student, valset, VANILLA)["score"] if valset else None
-        run.offer(student, score, "the unoptimized program")
-
-
-OPTIMIZERS.setdefault(VANILLA, (Vanilla, False, "no optimization: the program as it comes"))
 
 
 # -- the grid ----------------------------------------------------------------------------------
@@ -308,9 +285,10 @@ def run_bench(
     bench_dir = Path(bench_dir)
     cells = spec.cells()
     write_atomic(bench_dir / SPEC_FILE, json.dumps(spec.to_json(), indent=2, ensure_ascii=False))
+    reporter = reporter or LogReporter()
     records: list[dict[str, Any]] = []
     for cell in cells:
-        record = run_cell(spec, cell, bench_dir, reporter or LogReporter())
+        record = run_cell(spec, cell, bench_dir, reporter)
         records.append(record)
         write_results(bench_dir, records)
         if on_cell is not None:
@@ -349,13 +327,11 @@ def _finished_alike(folder: RunFolder, spec: RunSpec) -> bool:
     """Whether ``folder`` holds a finished run of this very cell (same task, optimizer,
     model, seed, sizes and budget).  When unsure, say no: the rerun then replays the run from
     its journal (or refuses a conflicting config), which is slower but never wrong."""
-    if folder.status().get("state") != "finished" or not folder.file(RESULT).is_file():
+    status = _read_quietly(folder, STATUS) or {}
+    if status.get("state") != "finished" or not folder.file(RESULT).is_file():
         return False
-    try:
-        config = folder.config()
-    except Exception:
-        return False
-    return _config_matches(config, spec)
+    config = _read_quietly(folder, CONFIG)
+    return config is not None and _config_matches(config, spec)
 
 
 def _config_matches(config: Mapping[str, Any], spec: RunSpec) -> bool:
@@ -394,7 +370,7 @@ def cell_record(
     """What the results table shows of a cell, read from its run folder."""
     result = _read_quietly(folder, RESULT) if error is None else None
     total = (result or {}).get("usage", {}).get("total", {})
-    status = folder.status() if folder.path.is_dir() else {}
+    status = _read_quietly(folder, STATUS) or {}
     return {
         "cell": cell.name,
         "task": cell.task.name,
@@ -423,9 +399,10 @@ def cell_record(
 
 
 def _read_quietly(folder: RunFolder, name: str) -> dict[str, Any] | None:
+    """A run folder's JSON object; None when missing or corrupt (a record is still made)."""
     try:
         data = folder.read_json(name, required=False)
-    except Exception:
+    except (RunFolderError, OSError):
         return None
     return data if isinstance(data, dict) else None
 

@@ -51,6 +51,8 @@ def _lazy(module: str, name: str) -> OptimizerFactory:
 
 OPTIMIZERS: dict[str, tuple[OptimizerFactory, bool, str]] = {
     # name: (factory, takes a --preset, description)
+    "vanilla": (_lazy("cotune.optimize.vanilla", "Vanilla"), False,
+                "no optimization: the program as it comes"),
     "labeled": (_lazy("cotune.optimize.bootstrap", "LabeledFewShot"), False,
                 "labelled demos sampled from the training set"),
     "bootstrap": (_lazy("cotune.optimize.bootstrap", "BootstrapFewShot"), False,

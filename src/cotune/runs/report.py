@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cotune.runs.folder import CANDIDATES, CONFIG, RESULT, TRIALS, RunFolder, write_atomic
+from cotune.runs.folder import (
+    CANDIDATES,
+    CONFIG,
+    RESULT,
+    STATUS,
+    TRIALS,
+    RunFolder,
+    write_atomic,
+)
 
 REPORT_FILE = "report.html"
 TRAINING_LOG = "training_log.jsonl"
@@ -88,8 +96,7 @@ class RunData:
 
     @classmethod
     def load(cls, path: Path) -> RunData:
-        folder = RunFolder(path)
-        return cls(path, _read_dict(path / CONFIG), folder.status(),
+        return cls(path, _read_dict(path / CONFIG), _read_dict(path / STATUS),
                    _read_dict(path / CANDIDATES), _read_list(path / TRIALS),
                    _read_dict(path / RESULT))
 
@@ -175,7 +182,7 @@ def _score_section(data: RunData) -> str:
     series = [
         Series("trial (mini-batch score)", trial_points, TRIAL_COLOR, "points"),
         Series("full evaluation (validation score)", eval_points, EVAL_COLOR, "points"),
-        Series("best so far", _best_so_far(eval_points), BEST_COLOR, "step"),
+        Series("best so far", _best_so_far(eval_points, trial_points), BEST_COLOR, "step"),
         Series("winner", winner, BEST_COLOR, "ring"),
     ]
     if not trial_points and not eval_points:
@@ -405,7 +412,7 @@ def line_plot(series: Sequence[Series], *, x_label: str, y_label: str, title: st
     ys = [y for s in series for _, y in s.points]
     y_lo = 0.0 if y_from_zero and min(ys) >= 0 else min(ys)
     y_hi = 1.0 if y_from_zero and min(ys) >= 0 and max(ys) <= 1 else max(ys)
-    frame = Frame(nice_ticks(min(0.0, min(xs)), max(xs)), nice_ticks(y_lo, y_hi))
+    frame = Frame(nice_ticks(min(0.0, min(xs)), max(xs), integer=True), nice_ticks(y_lo, y_hi))
     parts = [_axes(frame, x_label, y_label)]
     parts += [_draw(frame, s) for s in series]
     parts.append(_legend(series, frame))
@@ -421,12 +428,12 @@ def _axes(frame: Frame, x_label: str, y_label: str) -> str:
         y = f.y(t)
         out.append(f'<line class="grid" x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}"/>'
                    f'<text class="tick" x="{x0 - 8}" y="{y + 4:.1f}" text-anchor="end">'
-                   f"{_tick(t, f.y_ticks)}</text>")
+                   f"{_tick(t)}</text>")
     for t in f.x_ticks:
         x = f.x(t)
         out.append(f'<line class="grid" x1="{x:.1f}" y1="{y0}" x2="{x:.1f}" y2="{y1}"/>'
                    f'<text class="tick" x="{x:.1f}" y="{y0 + 18}" text-anchor="middle">'
-                   f"{_tick(t, f.x_ticks)}</text>")
+                   f"{_tick(t)}</text>")
     out.append(f'<line class="axis" x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}"/>'
                f'<line class="axis" x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}"/>')
     out.append(f'<text class="label" x="{(x0 + x1) / 2:.1f}" y="{f.height - 10}" '
@@ -444,7 +451,6 @@ def _draw(frame: Frame, s: Series) -> str:
         path = [f"M{pts[0][0]:.1f},{pts[0][1]:.1f}"]
         for px, py, _, _ in pts[1:]:
             path.append(f"H{px:.1f}V{py:.1f}")
-        path.append(f"H{frame.width - frame.right}")
         return (f'<path d="{"".join(path)}" fill="none" stroke="{s.color}" stroke-width="2">'
                 f"<title>{tip}</title></path>")
     marks = []
@@ -490,7 +496,7 @@ def bar_chart(bars: Sequence[tuple[str, float | None, str]], *, x_label: str,
         x = frame.x(t)
         out.append(f'<line class="grid" x1="{x:.1f}" y1="{frame.top}" x2="{x:.1f}" '
                    f'y2="{y_axis}"/><text class="tick" x="{x:.1f}" y="{y_axis + 18}" '
-                   f'text-anchor="middle">{_tick(t, frame.x_ticks)}</text>')
+                   f'text-anchor="middle">{_tick(t)}</text>')
     for i, (label, value, group) in enumerate(bars):
         y = frame.top + 26 * i + 4
         out.append(f'<text class="tick" x="{frame.left - 8}" y="{y + 14}" text-anchor="end">'
@@ -513,15 +519,18 @@ def bar_chart(bars: Sequence[tuple[str, float | None, str]], *, x_label: str,
     return _svg(frame.width, frame.height, title, out)
 
 
-def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """Round tick values (1, 2, 2.5 or 5 times a power of ten) covering ``[lo, hi]``."""
+def nice_ticks(lo: float, hi: float, count: int = 5, *, integer: bool = False) -> list[float]:
+    """Round tick values (1, 2, 2.5 or 5 times a power of ten; no 2.5 and no fractions for
+    ``integer`` data such as LM calls or steps) covering ``[lo, hi]``."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         lo, hi = 0.0, 1.0
     if hi - lo < 1e-12:
         lo, hi = lo - 0.5 if lo else 0.0, hi + 0.5 if hi else 1.0
     raw = (hi - lo) / count
     magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    multiples = (1, 2, 5, 10) if integer else (1, 2, 2.5, 5, 10)
+    step = next(m * magnitude for m in multiples if m * magnitude >= raw)
+    step = max(step, 1) if integer else step
     start = math.floor(lo / step + 1e-9) * step
     ticks = [start]
     while ticks[-1] < hi - 1e-9 * step:
@@ -535,13 +544,8 @@ def _svg(width: int, height: int, title: str, parts: Iterable[str]) -> str:
             f"<title>{esc(title)}</title>{''.join(parts)}</svg>")
 
 
-def _tick(value: float, ticks: Sequence[float]) -> str:
-    """A tick label with as many decimals as the tick spacing needs."""
-    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
-    if step >= 1:
-        return f"{value:.0f}"
-    decimals = -math.floor(math.log10(step)) + 1
-    return f"{value:.{decimals}f}".rstrip("0").rstrip(".")
+def _tick(value: float) -> str:
+    return f"{round(value, 6):.7g}"
 
 
 def _points(pairs: Iterable[tuple[Any, Any]]) -> list[tuple[float, float]]:
@@ -550,11 +554,16 @@ def _points(pairs: Iterable[tuple[Any, Any]]) -> list[tuple[float, float]]:
             if _is_number(x) and _is_number(y) and math.isfinite(x) and math.isfinite(y)]
 
 
-def _best_so_far(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+def _best_so_far(evals: Sequence[tuple[float, float]],
+                 others: Sequence[tuple[float, float]] = ()) -> list[tuple[float, float]]:
+    """The staircase of the best full evaluation so far, drawn up to the last point plotted."""
     best: list[tuple[float, float]] = []
-    for x, y in sorted(points, key=lambda p: p[0]):
+    for x, y in sorted(evals, key=lambda p: p[0]):
         if not best or y > best[-1][1]:
             best.append((x, y))
+    last_x = max(x for x, _ in [*evals, *others]) if evals else None
+    if best and last_x is not None and last_x > best[-1][0]:
+        best.append((last_x, best[-1][1]))
     return best
 
 
@@ -627,13 +636,14 @@ section { margin-top: 28px; }
 .card .value { font-size: 22px; font-weight: 600; font-variant-numeric: tabular-nums; }
 .card .label { color: var(--muted); font-size: 12px; }
 .note { color: var(--muted); font-size: 13px; margin: 4px 0 10px; }
-.error { color: #cf222e; white-space: pre-wrap; }
+.error { color: #cf222e; white-space: pre-wrap; font-size: 13px; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line);
   vertical-align: top; }
 th { background: var(--bg); font-weight: 600; white-space: nowrap; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.num:first-child, th.num:first-child { width: 1%; }
 tbody tr:nth-child(even) { background: #fbfcfd; }
 tr.best { background: #fff8c5 !important; }
 .predictor { border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px;
