@@ -9,6 +9,7 @@ from cotune.optimize import (
     BootstrapFinetune,
     BootstrapRandomSearch,
     LabeledFewShot,
+    Vanilla,
 )
 
 
