@@ -17,6 +17,7 @@ allowed choice named, the last number).  Anything else raises :class:`AdapterPar
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -55,13 +56,7 @@ class ChatAdapter:
     # -- rendering ---------------------------------------------------------------------------
 
     def system_prompt(self, signature: Signature) -> str:
-        lines = [signature.instruction.strip(), "", "Inputs:"]
-        lines += [f"- {_describe(f)}" for f in signature.input_fields]
-        lines += ["Outputs:"]
-        lines += [f"- {_describe(f)}" for f in signature.output_fields]
-        lines += ["", "Answer in exactly this form, one field per line:"]
-        lines += [f"{f.title}: <{f.name}>" for f in signature.output_fields]
-        return "\n".join(lines)
+        return _system_prompt(signature)
 
     def render_inputs(self, signature: Signature, values: Mapping[str, Any]) -> str:
         return "\n".join(
@@ -95,6 +90,17 @@ class ChatAdapter:
         return {f.name: coerce(f, raw[f.name], text) for f in outputs}
 
 
+@functools.lru_cache(maxsize=512)
+def _system_prompt(signature: Signature) -> str:
+    lines = [signature.instruction.strip(), "", "Inputs:"]
+    lines += [f"- {_describe(f)}" for f in signature.input_fields]
+    lines += ["Outputs:"]
+    lines += [f"- {_describe(f)}" for f in signature.output_fields]
+    lines += ["", "Answer in exactly this form, one field per line:"]
+    lines += [f"{f.title}: <{f.name}>" for f in signature.output_fields]
+    return "\n".join(lines)
+
+
 def _describe(f: Field) -> str:
     parts = [f.title]
     if f.choices is not None:
@@ -115,6 +121,7 @@ def _render_value(value: Any) -> str:
     return str(value)
 
 
+@functools.lru_cache(maxsize=512)
 def _marker_pattern(signature: Signature) -> re.Pattern[str]:
     names = set()
     for f in signature.fields:

@@ -48,7 +48,11 @@ class Predict(Module):
     @property
     def active_signature(self) -> Signature:
         """The signature with the current (possibly optimized) instruction."""
-        return self.signature.with_instruction(self.instruction)
+        cached = self.__dict__.get("_active_signature")
+        if cached is None or cached.instruction != self.instruction:
+            cached = self.signature.with_instruction(self.instruction)
+            self.__dict__["_active_signature"] = cached
+        return cached
 
     def reset(self) -> None:
         self.instruction = self.original_instruction

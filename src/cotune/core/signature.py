@@ -13,6 +13,7 @@ Two ways to declare one::
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import typing
 from dataclasses import dataclass, replace
@@ -41,7 +42,7 @@ class Field:
     annotation: Any = str
     description: str = ""
 
-    @property
+    @functools.cached_property
     def title(self) -> str:
         """How the field is named in prompts: ``question_text`` -> ``Question Text``."""
         return " ".join(part.capitalize() for part in self.name.split("_") if part)
