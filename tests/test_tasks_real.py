@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from cotune import context
+from cotune import Example, context
 from cotune.evaluate import Evaluate
 from cotune.lm import LlamaCppLM, LMCache
 from cotune.tasks import get_task
 from cotune.tasks.data import DataError, data_dir
+from cotune.tasks.hotpotqa import NO_PASSAGES, MultiHopQA
 
 BENCHMARKS = ["gsm8k", "hotpotqa", "hotpotqa-conditional", "scone", "heart"]
 
@@ -45,11 +46,41 @@ def smol(smollm2_path: Path, cache_root: Path) -> Iterator[LlamaCppLM]:
     lm.close()
 
 
+def add_format_demos(program: MultiHopQA) -> None:
+    """One hand-written demo per HotPotQA predictor.  Zero-shot, SmolLM2 rarely writes the
+    ``Reasoning: ... / Search Query: ...`` form, so every example would fail at its first call
+    and retrieval and the later steps would never run."""
+    paris = "[1] «Eiffel Tower» The Eiffel Tower is a wrought-iron tower in Paris, France."
+    first_hop = Example(
+        context=NO_PASSAGES,
+        question="Which river flows through the city where the Eiffel Tower stands?",
+        reasoning="I should first find where the Eiffel Tower is.",
+        search_query="Eiffel Tower location",
+    ).with_inputs("context", "question")
+    second_hop = first_hop.with_fields(
+        context=paris,
+        reasoning="Passage [1] says the tower is in Paris; now I need the river of Paris.",
+        search_query="Paris river",
+    )
+    for predictor in program.generate_query:
+        predictor.demos = [first_hop, second_hop]
+    program.generate_answer.demos = [
+        Example(
+            context=paris,
+            question="In which city is the Eiffel Tower?",
+            reasoning="Passage [1] says the tower is in Paris.",
+            answer="Paris",
+        ).with_inputs("context", "question")
+    ]
+
+
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_program_runs_and_is_scored(name: str, smol: LlamaCppLM, cache_root: Path) -> None:
     task = get_task(name)
     devset = task.load_splits(seed=0, sizes=(0, 0, 3)).test
     program = task.make_program()
+    if isinstance(program, MultiHopQA):
+        add_format_demos(program)
     with context(lm=smol):
         result = Evaluate(devset, task.metric, num_threads=1, display_progress=False)(program)
 

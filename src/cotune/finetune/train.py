@@ -13,8 +13,9 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -170,8 +171,11 @@ def train_lora(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     start = time.perf_counter()
     try:
-        model = _lora_model(checkpoint, settings, device)
-        losses = _train_loop(model, encoded, pad_id, settings, device, out_dir, on_step, progress)
+        with _cpu_threads(settings.num_threads if device.type == "cpu" else None):
+            model = _lora_model(checkpoint, settings, device)
+            losses = _train_loop(
+                model, encoded, pad_id, settings, device, out_dir, on_step, progress
+            )
         model.save_pretrained(out_dir / "adapter")
     except (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)) as e:
         raise _out_of_memory(e, settings) from e
@@ -206,6 +210,38 @@ def resolve_device(device: str) -> Any:
     return torch.device("cpu")
 
 
+def idle_cores() -> int:
+    """CPU cores that other work leaves idle right now, at least one.
+
+    Linux reports the runnable threads in ``/proc/loadavg``; a few samples, minus this
+    thread, say how many cores are taken.  Elsewhere: every core.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    samples = []
+    try:
+        for _ in range(5):
+            samples.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]))
+            time.sleep(0.02)
+    except (OSError, IndexError, ValueError):
+        return cores
+    busy_elsewhere = sorted(samples)[len(samples) // 2] - 1
+    return max(1, min(cores, cores - busy_elsewhere))
+
+
+@contextmanager
+def _cpu_threads(num_threads: int | None) -> Iterator[None]:
+    """Train with ``num_threads`` torch threads (default: the idle cores), then restore."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads or idle_cores())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _lora_model(checkpoint: Path, settings: LoraSettings, device: Any) -> Any:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -222,7 +258,9 @@ def _lora_model(checkpoint: Path, settings: LoraSettings, device: Any) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config).to(device)
+    with warnings.catch_warnings():  # peft probes an attribute that transformers deprecated
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        return get_peft_model(model, config).to(device)
 
 
 def _train_loop(

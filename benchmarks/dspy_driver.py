@@ -1,0 +1,172 @@
+"""DSPy's side of ``benchmarks/vs_dspy.py``; runs inside the DSPy venv (``dspy==3.4.1``).
+
+Only DSPy's public API and the standard library: no cotune here.
+
+    python dspy_driver.py optimize --split split.json --api-base URL --model openai/NAME \\
+        --optimizer zero-shot|random-search|mipro-light --out result.json
+    python dspy_driver.py overhead --api-base STUB_URL -n 2000 --threads 1 8 --out result.json
+
+``optimize`` builds the Iris program (one ``dspy.Predict``, the same fields and instruction as
+cotune's), optimizes it on the split's train/val examples, scores it with ``dspy.Evaluate`` on
+val and test, and writes accuracies and wall time as JSON.  ``overhead`` times ``dspy.Evaluate``
+of ``Predict("question -> answer")`` against an instant stub server.  DSPy's cache is off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
+os.environ.setdefault("DSPY_CACHEDIR", tempfile.mkdtemp(prefix="dspy-cache-"))
+
+import dspy  # noqa: E402 - after the environment it reads
+
+OPTIMIZERS = ("zero-shot", "random-search", "mipro-light")
+
+
+class ClassifyIris(dspy.Signature):
+    """Given the petal and sepal dimensions in cm, predict the iris species."""
+
+    petal_length: float = dspy.InputField()
+    petal_width: float = dspy.InputField()
+    sepal_length: float = dspy.InputField()
+    sepal_width: float = dspy.InputField()
+    species: Literal["setosa", "versicolor", "virginica"] = dspy.OutputField()
+
+
+def species_match(example: dspy.Example, prediction: Any, trace: Any = None) -> float:
+    return float(getattr(prediction, "species", None) == example.species)
+
+
+def load_split(path: Path) -> dict[str, list[dspy.Example]]:
+    """``{"input_keys": [...], "train": [{...}], "val": [...], "test": [...]}`` -> Examples."""
+    data = json.loads(path.read_text())
+    keys = data["input_keys"]
+    return {
+        name: [dspy.Example(**row).with_inputs(*keys) for row in data[name]]
+        for name in ("train", "val", "test")
+    }
+
+
+def disable_cache() -> None:
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+
+
+def accuracy(program: dspy.Module, examples: list[dspy.Example], threads: int) -> float | None:
+    if not examples:
+        return None
+    evaluate = dspy.Evaluate(devset=examples, metric=species_match, num_threads=threads,
+                             display_progress=False, max_errors=len(examples) + 1)
+    result = evaluate(program)
+    return sum(float(score) for _, _, score in result.results) / len(examples)
+
+
+def compile_program(name: str, program: dspy.Module, split: dict, threads: int, seed: int):
+    """The optimizer's program (zero-shot: the program as it comes)."""
+    train, val = split["train"], split["val"] or None
+    max_errors = len(split["train"]) + len(split["val"]) + 1  # never stop on parse failures
+    if name == "zero-shot":
+        return program
+    if name == "random-search":
+        optimizer = dspy.BootstrapFewShotWithRandomSearch(
+            metric=species_match, num_threads=threads, max_errors=max_errors)
+        return optimizer.compile(program, trainset=train, valset=val)
+    if name == "mipro-light":
+        optimizer = dspy.MIPROv2(metric=species_match, auto="light", num_threads=threads,
+                                 seed=seed, max_errors=max_errors)
+        minibatch_size = min(35, len(val or train))  # DSPy's default, or the whole valset
+        return optimizer.compile(program, trainset=train, valset=val,
+                                 minibatch_size=minibatch_size)
+    raise ValueError(f"unknown optimizer {name!r}; use one of {OPTIMIZERS}")
+
+
+def run_optimize(args: argparse.Namespace) -> dict[str, Any]:
+    disable_cache()
+    split = load_split(args.split)
+    lm = dspy.LM(args.model, api_base=args.api_base, api_key="EMPTY", temperature=0.0,
+                 cache=False)
+    dspy.configure(lm=lm)
+    started = time.perf_counter()
+    program = compile_program(args.optimizer, dspy.Predict(ClassifyIris), split,
+                              args.threads, args.seed)
+    optimized_s = time.perf_counter() - started
+    val = accuracy(program, split["val"], args.threads)
+    test = accuracy(program, split["test"], args.threads)
+    predictor = program.predictors()[0]
+    return {
+        "optimizer": args.optimizer,
+        "dspy_version": dspy.__version__,
+        "val_accuracy": val,
+        "test_accuracy": test,
+        "optimize_s": round(optimized_s, 3),
+        "wall_s": round(time.perf_counter() - started, 3),
+        "instruction": predictor.signature.instructions,
+        "demos": len(predictor.demos),
+    }
+
+
+def run_overhead(args: argparse.Namespace) -> dict[str, Any]:
+    disable_cache()
+    lm = dspy.LM("openai/stub", api_base=args.api_base, api_key="EMPTY", temperature=0.0,
+                 cache=False)
+    program = dspy.Predict("question -> answer")
+    devset = [dspy.Example(question=f"What is {i} plus {i}?", answer="42").with_inputs("question")
+              for i in range(args.examples)]
+
+    def metric(example: dspy.Example, prediction: Any, trace: Any = None) -> bool:
+        return prediction.answer == example.answer
+
+    rows = []
+    with dspy.context(lm=lm):
+        for threads in args.threads:
+            def evaluate(examples: list, t: int = threads) -> float:
+                return dspy.Evaluate(devset=examples, metric=metric, num_threads=t,
+                                     display_progress=False)(program).score
+
+            evaluate(devset[:50])  # warm up: connections, imports
+            best = None
+            for _ in range(args.repeats):
+                wall0, cpu0 = time.perf_counter(), time.process_time()
+                score = evaluate(devset)
+                wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+                if best is None or wall < best["wall_s"]:
+                    best = {"case": "dspy.Evaluate + dspy.LM", "threads": threads,
+                            "examples_per_s": args.examples / wall,
+                            "cpu_ms_per_example": 1e3 * cpu / args.examples,
+                            "wall_s": wall, "score": score}
+            rows.append(best)
+            lm.history.clear()  # DSPy keeps every call: don't let memory grow across rows
+    return {"dspy_version": dspy.__version__, "examples": args.examples,
+            "repeats": args.repeats, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    opt = commands.add_parser("optimize", help="optimize and score the Iris program")
+    opt.add_argument("--split", type=Path, required=True, help="the split as JSON")
+    opt.add_argument("--api-base", required=True, help="the OpenAI-compatible base URL (…/v1)")
+    opt.add_argument("--model", required=True, help="LiteLLM-style name, e.g. openai/qwen")
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, required=True)
+    opt.add_argument("--threads", type=int, default=2)
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--out", type=Path, required=True)
+    over = commands.add_parser("overhead", help="examples/s of dspy.Evaluate on a stub server")
+    over.add_argument("--api-base", required=True)
+    over.add_argument("-n", "--examples", type=int, default=2000)
+    over.add_argument("--threads", type=int, nargs="+", default=[1, 8])
+    over.add_argument("--repeats", type=int, default=3)
+    over.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    result = run_optimize(args) if args.command == "optimize" else run_overhead(args)
+    args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
