@@ -90,7 +90,7 @@ def run_optimize(args: argparse.Namespace) -> dict[str, Any]:
     disable_cache()
     split = load_split(args.split)
     lm = dspy.LM(args.model, api_base=args.api_base, api_key="EMPTY", temperature=0.0,
-                 cache=False)
+                 max_tokens=args.max_tokens, cache=False)
     dspy.configure(lm=lm)
     started = time.perf_counter()
     program = compile_program(args.optimizer, dspy.Predict(ClassifyIris), split,
@@ -156,6 +156,7 @@ def main() -> None:
     opt.add_argument("--optimizer", choices=OPTIMIZERS, required=True)
     opt.add_argument("--threads", type=int, default=2)
     opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--max-tokens", type=int, help="the LM's cap per answer (default: none)")
     opt.add_argument("--out", type=Path, required=True)
     over = commands.add_parser("overhead", help="examples/s of dspy.Evaluate on a stub server")
     over.add_argument("--api-base", required=True)

@@ -10,13 +10,18 @@ tokens per run and renames DSPy's ``max_completion_tokens`` to ``max_tokens``.  
 * ``mipro-light``: cotune ``mipro`` preset light / DSPy ``MIPROv2(auto="light")``;
 * ``bettertogether``: not applicable here (see ``NOT_APPLICABLE``).
 
-Each side uses its own defaults otherwise.  Every run scores on val and test; its LM calls are
-everything it sent (optimization and both evaluations).  Caches are off on both sides.
+Each side uses its own defaults otherwise, except that DSPy's LM gets ``max_tokens=512``
+(``--dspy-max-tokens``; cotune's LM default cap: its Iris predictor asks for 32, its instruction
+proposer 256): DSPy sends no cap by default, and llama.cpp then generates until the model stops
+or the context is full.  Every run scores on val and test; its LM calls are everything it sent
+(optimization and both evaluations).  Caches are off on both sides.  Wall time is the run's own
+(cotune: ``run_optimization``; DSPy: optimize + evaluate, without the interpreter's start-up).
 
-DSPy (``dspy==3.4.1``) runs in its own venv, ``benchmarks/.dspy-venv`` (created on first use),
-through ``benchmarks/dspy_driver.py``; the split travels to it as JSON.  The framework-overhead
-part times ``Evaluate`` of a one-predictor program against ``benchmarks/stub_server.py`` (an
-instant server) at 1 and 8 threads: cotune's rows come from ``benchmarks/eval_overhead.py``.
+DSPy (``dspy[optuna]==3.4.1``) runs in its own venv, ``benchmarks/.dspy-venv`` (created on first
+use), through ``benchmarks/dspy_driver.py``; the split travels to it as JSON.  The
+framework-overhead part times ``Evaluate`` of a one-predictor program against
+``benchmarks/stub_server.py`` (an instant server) at 1 and 8 threads: cotune's rows come from
+``benchmarks/eval_overhead.py``.
 
     python benchmarks/vs_dspy.py                          # everything (~1 h of CPU with Qwen)
     python benchmarks/vs_dspy.py --limit 5 --optimizers zero-shot --model smollm2-135m
@@ -48,7 +53,8 @@ from cotune.tasks.registry import get_task
 
 HERE = Path(__file__).resolve().parent
 DSPY_VENV = HERE / ".dspy-venv"
-DSPY_REQUIREMENT = "dspy==3.4.1"
+DSPY_VERSION = "3.4.1"
+DSPY_REQUIREMENT = f"dspy[optuna]=={DSPY_VERSION}"  # MIPROv2 needs optuna
 DRIVER = HERE / "dspy_driver.py"
 SYSTEMS = ("cotune", "dspy")
 DSPY_STUB_ANSWER = "[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]"
@@ -88,13 +94,13 @@ log = logging.getLogger("vs_dspy")
 def dspy_python() -> Path:
     """The DSPy venv's interpreter, creating the venv and installing DSPy on first use."""
     python = DSPY_VENV / "bin" / "python"
-    version = DSPY_REQUIREMENT.split("==")[1]
-    check = f"import dspy, sys; sys.exit(dspy.__version__ != {version!r})"
+    check = f"import dspy, optuna, sys; sys.exit(dspy.__version__ != {DSPY_VERSION!r})"
     if python.exists() and subprocess.run([python, "-c", check],
                                           capture_output=True).returncode == 0:
         return python
-    log.info("creating %s with %s (a few minutes)", DSPY_VENV, DSPY_REQUIREMENT)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", DSPY_VENV], check=True)
+    log.info("installing %s into %s (a few minutes)", DSPY_REQUIREMENT, DSPY_VENV)
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", DSPY_VENV], check=True)
     subprocess.run([python, "-m", "pip", "install", "-q", DSPY_REQUIREMENT], check=True)
     return python
 
@@ -188,6 +194,8 @@ def run_dspy(
     command = [python, DRIVER, "optimize", "--split", split, "--api-base", proxy.base_url(phase),
                "--model", f"openai/{args.model}", "--optimizer", COUNTERPARTS[name].dspy,
                "--threads", str(args.threads), "--seed", str(args.seed), "--out", out]
+    if args.dspy_max_tokens:
+        command += ["--max-tokens", str(args.dspy_max_tokens)]
     started = time.perf_counter()
     with log_file.open("w") as log_out:
         done = subprocess.run(command, stdout=log_out, stderr=subprocess.STDOUT, env=dspy_env())
@@ -240,8 +248,7 @@ def results_table(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r.get("not_applicable"):
-            lines.append(f"| {r['optimizer']} | {r['system']} | n/a: {r['not_applicable']} "
-                         "| | | | | | | |")
+            lines.append(f"| {r['optimizer']} | {r['system']} | n/a (see below) | | | | | | | |")
             continue
         if r.get("error"):
             lines.append(f"| {r['optimizer']} | {r['system']} | {r['method']} | failed: "
@@ -252,6 +259,8 @@ def results_table(rows: list[dict[str, Any]]) -> str:
             f"| {_fmt(r['val_accuracy'], '.2f')} | {_fmt(r['test_accuracy'], '.2f')} "
             f"| {r['requests']:,} | {r['errors']:,} | {r['prompt_tokens']:,} "
             f"| {r['completion_tokens']:,} | {r['wall_s']:,.1f} |")
+    reasons = {r["optimizer"]: r["not_applicable"] for r in rows if r.get("not_applicable")}
+    lines += [f"\n{name} is not applicable: it {reason}." for name, reason in reasons.items()]
     return "\n".join(lines)
 
 
@@ -279,6 +288,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="client threads, both sides")
     parser.add_argument("--server-threads", type=int, default=2, help="llama.cpp threads")
+    parser.add_argument("--dspy-max-tokens", type=int, default=512,
+                        help="DSPy LM's max_tokens (0: DSPy's default, no cap)")
     parser.add_argument("--no-overhead", dest="overhead", action="store_false",
                         help="skip the framework-overhead comparison")
     parser.add_argument("--overhead-only", action="store_true",

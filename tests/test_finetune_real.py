@@ -115,7 +115,7 @@ def run(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     start = time.perf_counter()
     llama_before = llama_answers(base)
     llama_before_s = time.perf_counter() - start
-    settings = LoraSettings(learning_rate=1e-3, epochs=2, batch_size=4, max_seq_len=256)
+    settings = LoraSettings(learning_rate=5e-4, epochs=2, batch_size=4, max_seq_len=256)
     trainer = LoraTrainer(settings, progress=False)
     tuned = trainer.fine_tune(base, records, out_dir)
     result = trainer.last_result
