@@ -182,7 +182,7 @@ def test_malformed_records_are_refused(bad: dict[str, Any]) -> None:
 
 
 def test_records_too_long_are_dropped_and_all_too_long_is_an_error() -> None:
-    from cotune.finetune.train import encode_records
+    from cotune.finetune.records import encode_records
 
     tokenizer = tiny_tokenizer()
     short, long = record("Label: zeta"), record("Label: " + "zeta " * 50)

@@ -12,8 +12,9 @@ from cotune.finetune.errors import (
     SequenceTooLongError,
 )
 from cotune.finetune.export import export_lora_to_gguf
+from cotune.finetune.records import encode_record
 from cotune.finetune.settings import LoraSettings
-from cotune.finetune.train import TrainedLora, encode_record, train_lora
+from cotune.finetune.train import TrainedLora, train_lora
 from cotune.finetune.trainer import LoraTrainer
 
 __all__ = [

@@ -37,7 +37,7 @@ class LoraSettings:
     dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
     epochs: int = 2
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     batch_size: int = 4
     max_seq_len: int = 512
     seed: int = 0

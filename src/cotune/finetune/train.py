@@ -1,35 +1,30 @@
 """Train a LoRA adapter on chat records with peft and a plain AdamW loop.
 
-Each record is ``{"messages": [...]}`` whose last message is the assistant's answer (what
-``ChatAdapter.format_training_example`` renders).  It becomes the token sequence the model sees
-at inference: the prompt rendered by the model's own chat template (the one llama.cpp uses) with
-the generation prompt, tokenized as llama.cpp tokenizes it, followed by the answer's tokens up to
-and including the end-of-turn token.  The loss covers only those answer tokens.
+The records become token sequences exactly as at inference (see :mod:`cotune.finetune.records`);
+the loss covers only the final answer.  Randomness (LoRA init, dropout, record order) comes from
+``settings.seed``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cotune.finetune.errors import (
-    OUT_OF_MEMORY_ADVICE,
-    FineTuneError,
-    NoTrainingDataError,
-    SequenceTooLongError,
-)
+from cotune.finetune.device import cpu_threads, resolve_device
+from cotune.finetune.errors import OUT_OF_MEMORY_ADVICE, FineTuneError, NoTrainingDataError
+from cotune.finetune.records import Encoded, collate, encode_records
 from cotune.finetune.settings import LoraSettings
 
-IGNORE_INDEX = -100
-"""Label of tokens that carry no loss (torch's cross-entropy default ``ignore_index``)."""
+logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, float], None]
 """``on_step(step, total_steps, loss)``, called after every optimizer step."""
@@ -47,6 +42,9 @@ class TrainedLora:
     """Training loss of every optimizer step."""
     steps: int
     seconds: float
+    """Wall time of the whole run: loading the model, training, saving the adapter."""
+    step_seconds: float
+    """Mean wall time of one optimizer step."""
     records_used: int
     records_dropped: int
     """Records left out for being longer than ``max_seq_len``."""
@@ -55,91 +53,11 @@ class TrainedLora:
     gguf_path: Path | None = None
     """The adapter as a llama.cpp GGUF LoRA, once exported."""
 
-    @property
-    def seconds_per_step(self) -> float:
-        return self.seconds / self.steps if self.steps else 0.0
-
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         for key in ("adapter_dir", "checkpoint", "gguf_path"):
             data[key] = str(data[key]) if data[key] is not None else None
         return data
-
-
-# -- turning chat records into training sequences -----------------------------------------------
-
-
-def encode_record(tokenizer: Any, record: Mapping[str, Any]) -> tuple[list[int], list[int]]:
-    """``(input_ids, labels)`` of one chat record; labels are :data:`IGNORE_INDEX` except on the
-    final assistant message's tokens (and the end-of-turn token that closes it)."""
-    messages = _messages(record)
-    prompt_text = tokenizer.apply_chat_template(
-        messages[:-1], tokenize=False, add_generation_prompt=True
-    )
-    full_text = tokenizer.apply_chat_template(messages, tokenize=False)
-    if not full_text.startswith(prompt_text):
-        raise FineTuneError(
-            "the model's chat template does not render the answer after the prompt it renders "
-            "for generation, so the training text cannot match inference"
-        )
-    # Tokenized separately, as at inference: llama.cpp tokenizes the prompt, then generates.
-    prompt_ids = _token_ids(tokenizer, prompt_text)
-    answer_ids = _through_end_of_turn(
-        _token_ids(tokenizer, full_text[len(prompt_text) :]), _special_ids(tokenizer)
-    )
-    return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
-
-
-def _messages(record: Mapping[str, Any]) -> list[dict[str, str]]:
-    messages = record.get("messages") if isinstance(record, Mapping) else None
-    if not isinstance(messages, list) or not messages:
-        raise FineTuneError(f"a training record must be {{'messages': [...]}}, got {record!r:.200}")
-    for m in messages:
-        if not isinstance(m, Mapping) or not isinstance(m.get("content"), str) or "role" not in m:
-            raise FineTuneError(f"malformed chat message {m!r:.200}")
-    if messages[-1]["role"] != "assistant":
-        raise FineTuneError("the last message of a training record must be the assistant's answer")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
-
-
-def _token_ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _special_ids(tokenizer: Any) -> set[int]:
-    ids = set(tokenizer.all_special_ids)
-    ids.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
-    return ids
-
-
-def _through_end_of_turn(ids: list[int], special: set[int]) -> list[int]:
-    """Cut after the first special token (``<|im_end|>``, ``<|eot_id|>``...): generation stops
-    there, so what a template renders after it (a newline) is never produced at inference."""
-    for i, token in enumerate(ids):
-        if token in special:
-            return ids[: i + 1]
-    return ids
-
-
-def encode_records(
-    tokenizer: Any, records: Sequence[Mapping[str, Any]], max_seq_len: int
-) -> tuple[list[tuple[list[int], list[int]]], int]:
-    """Encoded records that fit in ``max_seq_len`` tokens, and how many did not."""
-    if not records:
-        raise NoTrainingDataError("no training records: nothing to fine-tune on")
-    encoded = [encode_record(tokenizer, r) for r in records]
-    kept = [e for e in encoded if len(e[0]) <= max_seq_len]
-    if not kept:
-        longest = max(len(e[0]) for e in encoded)
-        shortest = min(len(e[0]) for e in encoded)
-        raise SequenceTooLongError(
-            f"all {len(encoded)} training records are longer than max_seq_len={max_seq_len} "
-            f"tokens ({shortest} to {longest}); raise max_seq_len or shorten the prompts"
-        )
-    return kept, len(encoded) - len(kept)
-
-
-# -- training -----------------------------------------------------------------------------------
 
 
 def train_lora(
@@ -164,6 +82,11 @@ def train_lora(
         raise NoTrainingDataError("no training records: nothing to fine-tune on")
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     encoded, dropped = encode_records(tokenizer, records, settings.max_seq_len)
+    if dropped:
+        logger.warning(
+            "left out %d of %d training records longer than max_seq_len=%d tokens",
+            dropped, len(records), settings.max_seq_len,
+        )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_jsonl(out_dir / "train_records.jsonl", records)
 
@@ -171,11 +94,13 @@ def train_lora(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     start = time.perf_counter()
     try:
-        with _cpu_threads(settings.num_threads if device.type == "cpu" else None):
+        with cpu_threads(settings.num_threads if device.type == "cpu" else None):
             model = _lora_model(checkpoint, settings, device)
+            loop_start = time.perf_counter()
             losses = _train_loop(
                 model, encoded, pad_id, settings, device, out_dir, on_step, progress
             )
+            step_seconds = (time.perf_counter() - loop_start) / max(1, len(losses))
         model.save_pretrained(out_dir / "adapter")
     except (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)) as e:
         raise _out_of_memory(e, settings) from e
@@ -189,57 +114,12 @@ def train_lora(
         losses=losses,
         steps=len(losses),
         seconds=time.perf_counter() - start,
+        step_seconds=step_seconds,
         records_used=len(encoded),
         records_dropped=dropped,
         device=str(device),
         settings=settings,
     )
-
-
-def resolve_device(device: str) -> Any:
-    """``"auto"``: CUDA if present, else Apple MPS, else the CPU."""
-    import torch
-
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def idle_cores() -> int:
-    """CPU cores that other work leaves idle right now, at least one.
-
-    Linux reports the runnable threads in ``/proc/loadavg``; a few samples, minus this
-    thread, say how many cores are taken.  Elsewhere: every core.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
-    samples = []
-    try:
-        for _ in range(5):
-            samples.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]))
-            time.sleep(0.02)
-    except (OSError, IndexError, ValueError):
-        return cores
-    busy_elsewhere = sorted(samples)[len(samples) // 2] - 1
-    return max(1, min(cores, cores - busy_elsewhere))
-
-
-@contextmanager
-def _cpu_threads(num_threads: int | None) -> Iterator[None]:
-    """Train with ``num_threads`` torch threads (default: the idle cores), then restore."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(num_threads or idle_cores())
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _lora_model(checkpoint: Path, settings: LoraSettings, device: Any) -> Any:
@@ -265,7 +145,7 @@ def _lora_model(checkpoint: Path, settings: LoraSettings, device: Any) -> Any:
 
 def _train_loop(
     model: Any,
-    encoded: list[tuple[list[int], list[int]]],
+    encoded: list[Encoded],
     pad_id: int,
     settings: LoraSettings,
     device: Any,
@@ -292,7 +172,7 @@ def _train_loop(
             order = torch.randperm(len(encoded), generator=order_rng).tolist()
             for b in range(0, len(order), settings.batch_size):
                 batch = [encoded[i] for i in order[b : b + settings.batch_size]]
-                inputs = {k: v.to(device) for k, v in _collate(batch, pad_id).items()}
+                inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
                 loss = model(**inputs).loss
                 loss.backward()
                 optimizer.step()
@@ -318,21 +198,6 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
-    import torch
-
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (seq, lab) in enumerate(batch):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        labels[row, : len(lab)] = torch.tensor(lab)
-        mask[row, : len(seq)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def _progress_bar(enabled: bool, total: int) -> AbstractContextManager[Any]:

@@ -1,0 +1,56 @@
+"""Where training runs: the device, and how many CPU threads it may use."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def resolve_device(device: str) -> Any:
+    """``"auto"``: CUDA if present, else Apple MPS, else the CPU."""
+    import torch
+
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def idle_cores() -> int:
+    """CPU cores that other work leaves idle right now, at least one.
+
+    Linux reports the runnable threads in ``/proc/loadavg``; a few samples, minus this
+    thread, say how many cores are taken.  Elsewhere: every core.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    samples = []
+    try:
+        for _ in range(5):
+            samples.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]))
+            time.sleep(0.02)
+    except (OSError, IndexError, ValueError):
+        return cores
+    busy_elsewhere = sorted(samples)[len(samples) // 2] - 1
+    return max(1, min(cores, cores - busy_elsewhere))
+
+
+@contextmanager
+def cpu_threads(num_threads: int | None) -> Iterator[None]:
+    """Train with ``num_threads`` torch threads (default: the idle cores), then restore."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(num_threads or idle_cores())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
