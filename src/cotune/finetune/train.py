@@ -94,7 +94,8 @@ def train_lora(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     start = time.perf_counter()
     try:
-        with cpu_threads(settings.num_threads if device.type == "cpu" else None):
+        threads = cpu_threads(settings.num_threads) if device.type == "cpu" else nullcontext()
+        with threads:
             model = _lora_model(checkpoint, settings, device)
             loop_start = time.perf_counter()
             losses = _train_loop(
