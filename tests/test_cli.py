@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import scripted_task as scripted  # tests/ is on pytest's path (pyproject)
 from typer.testing import CliRunner
 
 from cotune import load_program
@@ -18,15 +19,6 @@ from cotune.runs.folder import RunFolder
 
 TASK_FILE = Path(__file__).with_name("scripted_task.py")
 
-
-def _load_scripted_task():
-    spec = importlib.util.spec_from_file_location("scripted_task_for_cli_tests", TASK_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-scripted = _load_scripted_task()
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ by a real headless Chromium (scripted LM, stub trainer)."""
 from __future__ import annotations
 
 import html
-import importlib.util
 import json
 import math
 import re
@@ -13,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import scripted_task as scripted  # tests/ is on pytest's path (pyproject)
 from typer.testing import CliRunner
 
 from cotune.cli import app
@@ -28,15 +28,6 @@ CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium")
                  if p and Path(p).is_file()), None)
 MALICIOUS = "<script>alert(1)</script>"
 
-
-def _load_scripted_task():
-    spec = importlib.util.spec_from_file_location("scripted_task_for_report_tests", TASK_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-scripted = _load_scripted_task()
 
 
 class TunedLM(scripted.SlowScriptedLM):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import scripted_task as scripted  # tests/ is on pytest's path (pyproject)
 
 from cotune import Budget, LMCache, load_program
 from cotune.core.runtime import context
@@ -28,15 +28,6 @@ from cotune.tasks.user import UserTaskError, load_user_task
 
 TASK_FILE = Path(__file__).with_name("scripted_task.py")
 
-
-def _load_scripted_task():
-    spec = importlib.util.spec_from_file_location("scripted_task_for_tests", TASK_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-scripted = _load_scripted_task()
 
 
 def _spec(**changes) -> RunSpec:
