@@ -29,6 +29,34 @@ def test_a_missing_lora_file_is_reported_before_loading(smollm2_path: Path, tmp_
         LlamaCppLM(smollm2_path, lora_path=tmp_path / "absent.gguf", cache=None)
 
 
+def test_thread_count_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cotune.lm.llamacpp import THREADS_ENV, default_threads
+
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert default_threads() == 3
+    monkeypatch.delenv(THREADS_ENV)
+    assert default_threads() >= 1
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(THREADS_ENV, bad)
+        with pytest.raises(ValueError, match=THREADS_ENV):
+            default_threads()
+
+
+@pytest.mark.real_model
+def test_the_environment_sets_the_threads_of_a_loaded_model(
+    smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python not installed")
+    monkeypatch.setenv("COTUNE_LLAMA_THREADS", "1")
+    lm = LlamaCppLM(smollm2_path, n_ctx=256, cache=None)
+    try:
+        assert lm.n_threads == 1
+        assert lm.chat(QUESTION, max_tokens=4).text.strip()
+    finally:
+        lm.close()
+
+
 @pytest.fixture(scope="module")
 def smol(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppLM]:
     """SmolLM2 loaded once for the module, with a private cache that tests opt into."""

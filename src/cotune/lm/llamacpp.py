@@ -18,6 +18,24 @@ from cotune.lm.base import LM
 from cotune.lm.models import DEFAULT_MODEL, MODELS, file_sha256, resolve_model_path
 from cotune.lm.types import Choice, LMRequest, LMRequestError, LMResponse, TokenUsage
 
+THREADS_ENV = "COTUNE_LLAMA_THREADS"
+
+
+def default_threads() -> int:
+    """``COTUNE_LLAMA_THREADS`` if set, else the cores this process may run on."""
+    setting = os.environ.get(THREADS_ENV, "").strip()
+    if setting:
+        try:
+            threads = int(setting)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            raise ValueError(f"{THREADS_ENV} must be a whole number >= 1, got {setting!r}")
+        return threads
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
 
 class LlamaCppLM(LM):
     """A GGUF model run in-process by llama.cpp.
@@ -25,7 +43,10 @@ class LlamaCppLM(LM):
     Args:
         model: a registered model name (see :func:`cotune.lm.list_models`) or a GGUF file path.
         n_ctx: context length in tokens; a longer prompt is an :class:`LMRequestError`.
-        n_threads: CPU threads for prompt processing and generation (default: all cores).
+        n_threads: CPU threads for prompt processing and generation (default: the
+            ``COTUNE_LLAMA_THREADS`` environment variable, else every core this process may use).
+            On a machine shared with other jobs, fewer threads than cores is much faster:
+            llama.cpp's threads wait on each other, so one descheduled thread stalls them all.
         lora_path: a GGUF LoRA adapter applied on top of the model.
         seed: seeds the sampler of calls that give no seed of their own (temperature > 0).
         verbose: let llama.cpp log to stderr.
@@ -50,7 +71,7 @@ class LlamaCppLM(LM):
         if self.lora_path is not None and not self.lora_path.is_file():
             raise FileNotFoundError(f"LoRA adapter not found: {self.lora_path}")
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads or default_threads()
         self.seed = seed
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
