@@ -21,6 +21,7 @@ from typing import Any
 from cotune.core.example import Example, Prediction
 from cotune.core.parallel import imap_unordered
 from cotune.core.predict import NoLMError
+from cotune.core.progress import progress_bar
 from cotune.lm.types import BudgetExceeded
 from cotune.lm.usage import UsageSnapshot, track_usage
 
@@ -246,45 +247,22 @@ class Evaluate:
         if not self.display_progress:
             yield None
             return
-        from rich.errors import LiveError
-        from rich.progress import (  # lazy: rich costs ~50 ms to import
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("score {task.fields[score]:.3f}  errors {task.fields[errors]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            refresh_per_second=4,  # rendering runs in rich's own thread, 4 times a second
-        )
-        task = bar.add_task(self.description, total=total, score=0.0, errors=0)
-        try:
-            bar.start()
-        except LiveError:  # another live display (e.g. an optimizer's) owns the terminal
-            yield None
-            return
-        next_push = 0.0
-
-        def show(done: int, score_sum: float, errors: int, final: bool = False) -> None:
-            nonlocal next_push
-            now = time.monotonic()
-            if now < next_push and not final:
+        with progress_bar(self.description, "score {task.fields[score]:.3f}  errors "
+                          "{task.fields[errors]}", total, score=0.0, errors=0) as update:
+            if update is None:
+                yield None
                 return
-            next_push = now + _PROGRESS_INTERVAL_S
-            bar.update(task, completed=done, score=score_sum / done, errors=errors)
+            next_push = 0.0
 
-        try:
+            def show(done: int, score_sum: float, errors: int, final: bool = False) -> None:
+                nonlocal next_push
+                now = time.monotonic()
+                if now < next_push and not final:
+                    return
+                next_push = now + _PROGRESS_INTERVAL_S
+                update(done, score=score_sum / done, errors=errors)
+
             yield show
-        finally:
-            bar.stop()
 
 
 def _inputs_of(index: int, example: Any) -> dict[str, Any]:

@@ -13,12 +13,13 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cotune.core.progress import progress_bar
 from cotune.finetune.device import cpu_threads, resolve_device
 from cotune.finetune.errors import OUT_OF_MEMORY_ADVICE, FineTuneError, NoTrainingDataError
 from cotune.finetune.records import Encoded, collate, encode_records
@@ -201,36 +202,14 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _progress_bar(enabled: bool, total: int) -> AbstractContextManager[Any]:
-    """A context giving ``show(step, loss)`` (a rich progress bar) or None when disabled."""
+@contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int, float], None] | None]:
+    """A context giving ``show(step, loss)`` (a progress bar) or None when disabled."""
     if not enabled:
-        return nullcontext(None)
-    return _RichBar(total)
-
-
-class _RichBar:
-    def __init__(self, total: int) -> None:
-        from rich.progress import (  # lazy: rich costs ~50 ms to import
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("LoRA training"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        )  # fmt: skip
-        self._task = self._bar.add_task("train", total=total, loss="-")
-
-    def __enter__(self) -> Callable[[int, float], None]:
-        self._bar.start()
-        return lambda step, loss: self._bar.update(self._task, completed=step, loss=f"{loss:.4f}")
-
-    def __exit__(self, *exc: object) -> None:
-        self._bar.stop()
+        yield None
+        return
+    with progress_bar("LoRA training", "loss {task.fields[loss]}", total, loss="-") as update:
+        yield None if update is None else (lambda step, loss: update(step, loss=f"{loss:.4f}"))
 
 
 def _out_of_memory(error: BaseException, settings: LoraSettings) -> FineTuneError:
