@@ -108,6 +108,24 @@ def test_a_spec_is_a_grid_of_uniquely_named_cells(tmp_path):
         BenchSpec.from_dict({"tasks": ["iris"], "optimizers": ["mipro", "mipro"]}).cells()
 
 
+def test_a_label_tells_apart_two_entries_of_the_same_optimizer(tmp_path):
+    spec = BenchSpec.from_dict({"tasks": ["iris"], "optimizers": [
+        {"name": "labeled", "options": {"k": 4}, "label": "4 demos"},
+        {"name": "labeled", "options": {"k": 16}, "label": "16 demos"},
+    ]})
+    assert [c.name for c in spec.cells()] == ["iris-4-demos-smollm2-135m-seed0",
+                                              "iris-16-demos-smollm2-135m-seed0"]
+    assert [o.run_options() for o in spec.optimizers] == [{"k": 4}, {"k": 16}]
+    as_json = tmp_path / "bench.json"
+    as_json.write_text(json.dumps(spec.to_json()))
+    assert BenchSpec.from_dict(load_spec_file(as_json)) == spec
+    for bad in ({"name": "labeled", "label": ""}, {"name": "labeled", "label": 3}):
+        with pytest.raises(ValueError, match="label must be a non-empty string"):
+            BenchSpec.from_dict({"tasks": ["iris"], "optimizers": [bad]})
+    with pytest.raises(ValueError, match="unknown optimizer setting"):
+        BenchSpec.from_dict({"tasks": ["iris"], "optimizers": [{"name": "mipro", "k": 4}]})
+
+
 def test_spec_files_in_json_and_toml(tmp_path):
     toml = tmp_path / "bench.toml"
     toml.write_text('optimizers = ["vanilla", "bettertogether:p->w"]\nseeds = [3]\n'

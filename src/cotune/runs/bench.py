@@ -60,15 +60,19 @@ class TaskEntry:
 @dataclass(frozen=True)
 class OptimizerEntry:
     """An optimizer of the grid: ``NAME[:ARG]`` where ARG is bettertogether's strategy
-    (``bettertogether:p->w``) or a MIPRO preset (``mipro:light``)."""
+    (``bettertogether:p->w``) or a MIPRO preset (``mipro:light``).  ``tag`` names the entry in
+    tables and folders where the grid has the same optimizer twice with other options."""
 
     name: str
     strategy: str | None = None
     preset: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    tag: str | None = None
 
     @property
     def label(self) -> str:
+        if self.tag:
+            return self.tag
         arg = self.strategy or self.preset
         return f"{self.name}:{arg.replace(' ', '')}" if arg else self.name
 
@@ -133,8 +137,10 @@ class BenchSpec:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["optimizers"] = [{k: v for k, v in asdict(o).items() if v not in (None, {})}
-                              for o in self.optimizers]
+        data["optimizers"] = [
+            {("label" if k == "tag" else k): v for k, v in asdict(o).items() if v not in (None, {})}
+            for o in self.optimizers
+        ]
         data["tasks"] = [{k: v for k, v in asdict(t).items() if v is not None} for t in self.tasks]
         return data
 
@@ -168,7 +174,8 @@ _SPEC_KEYS = {"tasks", "optimizers", "train_size", "val_size", "test_size", *_SE
 def load_spec_file(path: str | Path) -> dict[str, Any]:
     """A bench spec from JSON or TOML (by extension).  Keys: ``tasks`` (names, or tables with
     ``name`` and ``train_size``/``val_size``/``test_size``), ``optimizers`` (``NAME[:ARG]``, or
-    tables with ``name``, ``strategy``, ``preset``, ``options``), ``models``, ``seeds``, default
+    tables with ``name``, ``strategy``, ``preset``, ``options`` and a ``label`` for the
+    tables), ``models``, ``seeds``, default
     split sizes, the per-cell budget (``max_calls``, ``max_tokens``, ``max_seconds``),
     ``threads``, ``base_url`` and ``cache``."""
     path = Path(path)
@@ -247,9 +254,17 @@ def _optimizer_entry(item: Any) -> OptimizerEntry:
     if isinstance(item, Mapping) and "name" in item:
         entry = parse_optimizer(str(item["name"]))
         strategy = item.get("strategy", entry.strategy)
+        unknown = set(item) - {"name", "strategy", "preset", "options", "label"}
+        if unknown:
+            raise ValueError(f"unknown optimizer setting(s) {sorted(unknown)} in {dict(item)!r}; "
+                             "known: name, strategy, preset, options, label")
+        label = item.get("label")
+        if label is not None and (not isinstance(label, str) or not label.strip()):
+            raise ValueError(f"an optimizer's label must be a non-empty string, not {label!r}")
         return OptimizerEntry(
             entry.name, strategy=normalize_strategy(strategy) if strategy else None,
             preset=item.get("preset", entry.preset), options=dict(item.get("options") or {}),
+            tag=label.strip() if label else None,
         )
     raise ValueError(f"an optimizer is NAME[:ARG] or a table with 'name', not {item!r}")
 
