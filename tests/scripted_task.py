@@ -60,6 +60,14 @@ def metric(example: Example, prediction: Prediction, trace: Any = None) -> float
     return float(prediction.get("parity") == example["parity"])
 
 
+def said_odd(example: Example, prediction: Prediction, trace: Any = None) -> float:
+    """Reported beside the metric: how often the program answers "odd"."""
+    return float(prediction.get("parity") == "odd")
+
+
+extra_metrics = {"said_odd": said_odd}
+
+
 # -- the scripted LM ---------------------------------------------------------------------------
 
 _FIELD = re.compile(r"^(.+): <(\w+)>$", re.MULTILINE)

@@ -183,11 +183,15 @@ def test_a_bench_writes_one_record_per_cell_and_survives_a_failing_cell(tmp_path
 
     table = (bench / RESULTS_MD).read_text()
     lines = table.splitlines()
-    assert lines[0].startswith("| task | optimizer | model | seed | test | val | LM calls")
+    assert lines[0].startswith("| task | optimizer | model | seed | test | other test metrics "
+                               "| val | LM calls")
     rows = [line for line in lines[2:] if line.startswith("| scripted_task |")]
     assert [row.split(" | ")[1] for row in rows] == ["vanilla", "bettertogether:p",
                                                      "random-search"]
-    assert f"| {vanilla['test_score']:.3f} | {vanilla['val_score']:.3f} |" in rows[0]
+    said_odd = vanilla["test_metrics"]["said_odd"]  # the task file's extra metric
+    assert f"| {vanilla['test_score']:.3f} | said_odd {said_odd:.3f} | " \
+           f"{vanilla['val_score']:.3f} |" in rows[0]
+    assert all(r["test_metrics"] is None for r in failed)
     assert "Errors:" in table and "no-such-task-vanilla-smollm2-135m-seed0" in table
 
 

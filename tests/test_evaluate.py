@@ -243,6 +243,28 @@ def test_progress_bar_runs():
     assert result.score == pytest.approx(0.8)
 
 
+def test_another_metric_is_averaged_over_the_same_predictions():
+    def length_of_answer(example, prediction, trace=None):
+        if example.question == "q1":
+            raise ValueError("a metric that breaks on one example")
+        return len(prediction.answer) / 10
+
+    calls = []
+    program = Predict("question -> answer", lm=answering_lm(wrong={0}))
+
+    def run(question):
+        calls.append(question)
+        if question == "q3":
+            raise RuntimeError("the program fails on q3")
+        return program(question=question)
+
+    result = evaluate(make_devset(4), num_threads=2)(run)
+    # answers "1000", "1" (its metric raises: 0), "2", none (the program failed: 0)
+    assert result.mean_of(length_of_answer) == pytest.approx((0.4 + 0 + 0.1 + 0) / 4)
+    assert result.mean_of(lambda ex, pred: 1.0) == 0.75
+    assert len(calls) == 4  # the program ran once per example, not again per metric
+
+
 def test_evaluate_is_reusable_across_programs():
     ev = evaluate(make_devset(5), num_threads=2)
     assert ev(Predict("question -> answer", lm=answering_lm())).score == 1.0

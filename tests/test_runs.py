@@ -132,6 +132,9 @@ def test_get_task_loads_a_task_file():
          "trainset = [Example(a=1, b=2)]\n", "no inputs marked"),
         ("program = 42\nmetric = len\ntrainset = []\n", "`program` is a int"),
         ("raise RuntimeError('boom')\n", "failed to import .*boom"),
+        ("from cotune import Predict, Example\nprogram = Predict('a -> b')\nmetric = len\n"
+         "trainset = [Example(a=1, b=2).with_inputs('a')]\nextra_metrics = [len]\n",
+         "`extra_metrics` must be a dict"),
     ],
 )
 def test_task_file_errors_are_clear(tmp_path, source, error):
@@ -190,6 +193,10 @@ def test_run_folder_is_complete_after_a_run(tmp_path):
 
         test = Evaluate(scripted.testset, scripted.metric, display_progress=False)(program)
     assert test.score == result["test_score"]
+    # the task's extra metric is scored on the same test predictions, not optimized
+    said_odd = sum(r.prediction["parity"] == "odd" for r in test.results) / len(test.results)
+    assert result["test"]["metrics"] == {"said_odd": said_odd}
+    assert result["test_metrics"] == summary.test_metrics == {"said_odd": said_odd}
 
 
 def test_rerunning_a_finished_run_replays_it_without_lm_calls(tmp_path):

@@ -93,10 +93,16 @@ def test_program_runs_and_is_scored(name: str, smol: LlamaCppLM, cache_root: Pat
             assert r.prediction is not None
     assert result.usage.calls > 0
 
-    if name == "hotpotqa":
+    if name.startswith("hotpotqa"):
         from cotune.tasks.hotpotqa import gold_titles_recall
 
+        assert set(task.extra_metrics) == {"retrieval_recall"}
+        recalls = []
         for r in result.results:
+            recall = 0.0
             if r.prediction is not None:
                 assert r.prediction["retrieved_titles"]
-                assert 0.0 <= gold_titles_recall(r.example, r.prediction) <= 1.0
+                recall = gold_titles_recall(r.example, r.prediction)
+                assert 0.0 <= recall <= 1.0
+            recalls.append(recall)
+        assert result.mean_of(task.extra_metrics["retrieval_recall"]) == sum(recalls) / 3

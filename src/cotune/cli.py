@@ -89,6 +89,8 @@ def evaluate(
         str(u.cache_hits), str(u.total_tokens), f"{result.elapsed_s:.1f}",
     )
     Console().print(table)
+    for name, metric in the_task.extra_metrics.items():
+        console.print(f"{name}: {result.mean_of(metric):.3f}")
     if out is not None:
         out.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
         console.print(f"per-example results written to {out}")
@@ -217,6 +219,10 @@ def _print_summary(summary: Any) -> None:
                   str(total["total_tokens"]), f"{summary.wall_s:.1f}")
     out = Console()
     out.print(table)
+    if summary.test_metrics:
+        from cotune.runs.report import format_metrics
+
+        out.print(f"other test metrics: {format_metrics(summary.test_metrics)}")
     if summary.stopped_by_budget:
         out.print("stopped by the budget: the program is the best found before it ran out")
     out.print(f"run folder: {summary.run_dir}  (cotune show {summary.run_dir})", highlight=False)
@@ -364,7 +370,10 @@ def _show_cost(out: Console, result: dict[str, Any]) -> None:
                       str(u["total_tokens"]), f"{u['cost']:.4f}")
     out.print(table)
     out.print(f"validation score {_score(result.get('val_score'))}, held-out test score "
-              f"{_score(result.get('test_score'))}, wall time {result.get('wall_s', 0):.1f} s"
+              f"{_score(result.get('test_score'))}"
+              + "".join(f", test {name} {value:.3f}"
+                        for name, value in (result.get("test_metrics") or {}).items())
+              + f", wall time {result.get('wall_s', 0):.1f} s"
               + (", stopped by the budget" if result.get("stopped_by_budget") else ""),
               highlight=False)
 

@@ -87,6 +87,23 @@ class EvaluationResult:
     def scores(self) -> list[float]:
         return [r.score for r in self.results]
 
+    def mean_of(self, metric: Callable[..., Any]) -> float:
+        """Another metric's mean over the same predictions, without calling the program again
+        (e.g. retrieval recall next to answer accuracy).  A failed example counts 0, and so
+        does an example whose metric raises."""
+        if not self.results:
+            return 0.0
+        total = 0.0
+        for r in self.results:
+            if r.failed or r.prediction is None:
+                continue
+            try:
+                total += float(metric(r.example, r.prediction))
+            except Exception:  # noqa: BLE001 - a secondary metric must not sink the report
+                logger.warning("secondary metric %s raised on an example",
+                               getattr(metric, "__name__", metric), exc_info=True)
+        return total / len(self.results)
+
     def to_json(self, *, include_results: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
             "score": self.score,

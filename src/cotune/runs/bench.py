@@ -29,7 +29,7 @@ from cotune.optimize.better_together import ARROW
 from cotune.optimize.reporting import LogReporter, Reporter
 from cotune.runs.folder import CONFIG, RESULT, STATUS, RunFolder, RunFolderError, write_atomic
 from cotune.runs.optimize import OPTIMIZERS, RunSpec, run_optimization
-from cotune.runs.report import format_value, training_seconds
+from cotune.runs.report import TEXT_COLUMNS, columns_in_use, format_value, training_seconds
 
 SPEC_FILE = "bench.json"
 RESULTS_JSON = "results.json"
@@ -398,6 +398,7 @@ def cell_record(
         "status": state or status.get("state", "unknown"),
         "error": error or status.get("error"),
         "test_score": (result or {}).get("test_score"),
+        "test_metrics": (result or {}).get("test_metrics") or None,
         "val_score": (result or {}).get("val_score"),
         "lm_calls": total.get("calls"),
         "backend_calls": total.get("backend_calls"),
@@ -437,19 +438,19 @@ def write_results(bench_dir: Path, records: Sequence[dict[str, Any]]) -> None:
 
 MD_COLUMNS = (
     ("task", "task"), ("optimizer", "label"), ("model", "model"), ("seed", "seed"),
-    ("test", "test_score"), ("val", "val_score"), ("LM calls", "lm_calls"),
-    ("backend calls", "backend_calls"), ("tokens", "tokens"), ("train s", "train_s"),
-    ("wall s", "wall_s"), ("status", "status"),
+    ("test", "test_score"), ("other test metrics", "test_metrics"), ("val", "val_score"),
+    ("LM calls", "lm_calls"), ("backend calls", "backend_calls"), ("tokens", "tokens"),
+    ("train s", "train_s"), ("wall s", "wall_s"), ("status", "status"),
 )
 
 
 def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     """The records as a Markdown table; errors follow it, one line per failed cell."""
-    lines = ["| " + " | ".join(title for title, _ in MD_COLUMNS) + " |",
-             "|" + "|".join("---" if key in ("task", "label", "model", "status") else "---:"
-                            for _, key in MD_COLUMNS) + "|"]
+    columns = columns_in_use(MD_COLUMNS, records)
+    lines = ["| " + " | ".join(title for title, _ in columns) + " |",
+             "|" + "|".join("---" if key in TEXT_COLUMNS else "---:" for _, key in columns) + "|"]
     for record in records:
-        lines.append("| " + " | ".join(_md_cell(record, key) for _, key in MD_COLUMNS) + " |")
+        lines.append("| " + " | ".join(_md_cell(record, key) for _, key in columns) + " |")
     errors = [r for r in records if r.get("error")]
     if errors:
         lines += ["", "Errors:", ""]

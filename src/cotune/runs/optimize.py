@@ -146,6 +146,8 @@ class RunSummary:
     attempt: int
     num_candidates: int
     best_index: int | None
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    """The task's extra metrics on the test split (e.g. hotpotqa's ``retrieval_recall``)."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -188,12 +190,13 @@ def run_optimization(
                 workdir=folder.work_path,
             )
             _write_search(folder, program, result)
-            test, test_usage = _evaluate_test(result.program, splits.test, task.metric,
+            test, test_usage = _evaluate_test(result.program, splits.test, task,
                                               spec.threads, journal, reporter)
             summary = RunSummary(
                 run_dir=folder.path,
                 val_score=result.best_score,
                 test_score=test["score"] if test else None,
+                test_metrics=dict((test or {}).get("metrics") or {}),
                 usage=_usage_report(result.usage, test_usage),
                 wall_s=round(time.monotonic() - started, 3),
                 stopped_by_budget=result.stopped_by_budget,
@@ -294,12 +297,13 @@ def _write_search(folder: RunFolder, original: Module, result: OptimizationResul
 def _evaluate_test(
     program: Module,
     testset: list[Example],
-    metric: Metric,
+    task: Task,
     threads: int,
     journal: SQLiteJournal,
     reporter: Reporter,
 ) -> tuple[dict[str, Any] | None, UsageSnapshot]:
-    """The final program's score on the held-out test split (journaled: not redone)."""
+    """The final program's score on the held-out test split, and the task's extra metrics on
+    the same predictions (journaled: not redone)."""
     if not testset:
         return None, UsageSnapshot()
     from cotune.evaluate import Evaluate
@@ -309,9 +313,11 @@ def _evaluate_test(
 
     def compute() -> dict[str, Any]:
         reporter.message(f"evaluating the final program on {len(testset)} test examples")
-        result = Evaluate(testset, metric, num_threads=threads, display_progress=False)(program)
+        result = Evaluate(testset, task.metric, num_threads=threads,
+                          display_progress=False)(program)
+        extra = {name: result.mean_of(metric) for name, metric in task.extra_metrics.items()}
         return {"score": result.score, "examples": len(result.results),
-                "errors": result.num_errors}
+                "errors": result.num_errors, **({"metrics": extra} if extra else {})}
 
     with track_usage() as meter:
         test = journal.memo(key, compute)

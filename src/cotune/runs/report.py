@@ -149,12 +149,19 @@ def _run_header(data: RunData) -> str:
             f'<p class="path">{esc(data.path)}</p>{_facts(facts)}{error}</header>')
 
 
+def format_metrics(metrics: Mapping[str, float] | None) -> str:
+    """A task's extra test metrics in one line: ``retrieval_recall 0.583``; "" when none."""
+    return ", ".join(f"{name} {value:.3f}" for name, value in (metrics or {}).items())
+
+
 def _summary_cards(data: RunData) -> str:
     r = data.result
     total = (r.get("usage") or {}).get("total") or {}
     cards = [
         ("validation score", _score(r.get("val_score"))),
         ("held-out test score", _score(r.get("test_score"))),
+        *((f"test {name}", _score(value))
+          for name, value in (r.get("test_metrics") or {}).items()),
         ("LM calls", _num(total.get("calls"))),
         ("backend calls", _num(total.get("backend_calls"))),
         ("tokens", _num(total.get("total_tokens"))),
@@ -320,9 +327,22 @@ def _usage_section(result: Mapping[str, Any]) -> str:
 # -- a bench -----------------------------------------------------------------------------------
 
 BENCH_COLUMNS = (("task", "task"), ("optimizer", "label"), ("model", "model"), ("seed", "seed"),
-                 ("test", "test_score"), ("val", "val_score"), ("LM calls", "lm_calls"),
+                 ("test", "test_score"), ("other test metrics", "test_metrics"),
+                 ("val", "val_score"), ("LM calls", "lm_calls"),
                  ("backend calls", "backend_calls"), ("tokens", "tokens"),
                  ("train s", "train_s"), ("wall s", "wall_s"), ("status", "status"))
+
+
+TEXT_COLUMNS = frozenset({"task", "label", "model", "status", "test_metrics"})
+"""Bench columns that are left-aligned."""
+
+
+def columns_in_use(
+    columns: Sequence[tuple[str, str]], records: Sequence[Mapping[str, Any]]
+) -> list[tuple[str, str]]:
+    """The bench columns to show: "other test metrics" only where some cell has them."""
+    return [(title, key) for title, key in columns
+            if key != "test_metrics" or any(r.get(key) for r in records)]
 
 
 def bench_report_html(bench_dir: str | os.PathLike[str], links: Mapping[str, str]) -> str:
@@ -331,10 +351,11 @@ def bench_report_html(bench_dir: str | os.PathLike[str], links: Mapping[str, str
     bars = [(_bar_label(r), r.get("test_score"), r.get("label", "?")) for r in records]
     chart = (bar_chart(bars, x_label="held-out test score", title="Test score per cell")
              if records else '<p class="note">No cell has run yet.</p>')
-    head = [title for title, _ in BENCH_COLUMNS] + ["report"]
+    columns = columns_in_use(BENCH_COLUMNS, records)
+    head = [title for title, _ in columns] + ["report"]
     rows = []
     for r in records:
-        row = [format_value(key, r.get(key)) for _, key in BENCH_COLUMNS]
+        row = [format_value(key, r.get(key)) for _, key in columns]
         link = links.get(str(r.get("cell")))
         rows.append([*row, _Html(f'<a href="{esc(link)}">report</a>') if link else "-"])
     errors = [f"<li><code>{esc(r.get('cell'))}</code>: {esc(r['error'])}</li>"
@@ -343,7 +364,9 @@ def bench_report_html(bench_dir: str | os.PathLike[str], links: Mapping[str, str
     sections = [
         _bench_header(bench_dir, records),
         _section("Test scores", chart, "Bars share a colour per optimizer."),
-        _section("Cells", _table(head, rows, numeric={3, 4, 5, 6, 7, 8, 9, 10}) + error_list),
+        _section("Cells", _table(head, rows, numeric={
+            i for i, (_, key) in enumerate(columns) if key not in TEXT_COLUMNS
+        }) + error_list),
     ]
     return _page("cotune bench", sections)
 
@@ -719,6 +742,8 @@ def format_value(key: str, value: Any) -> str:
         return "-"
     if key == "task" and isinstance(value, str) and value.endswith(".py"):
         return Path(value).stem
+    if key == "test_metrics" and isinstance(value, Mapping):
+        return format_metrics(value) or "-"
     if key.endswith("_score") and _is_number(value):
         return f"{value:.3f}"
     if key.endswith("_s") and _is_number(value):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from cotune.core.example import Example
@@ -27,11 +27,15 @@ class Splits:
 
 @dataclass(frozen=True)
 class Task:
+    """``metric`` is what optimizers maximize; ``extra_metrics`` are reported beside it on the
+    test split (computed from the same predictions, never optimized)."""
+
     name: str
     description: str
     load_splits: Callable[..., Splits]
     make_program: Callable[[], Module]
     metric: Metric
+    extra_metrics: Mapping[str, Metric] = field(default_factory=dict)
 
 
 def seeded_split(

@@ -138,4 +138,5 @@ TASK = Task(
     load_splits=load_splits,
     make_program=MultiHopQA,
     metric=answer_exact_match,
+    extra_metrics={"retrieval_recall": gold_titles_recall},
 )

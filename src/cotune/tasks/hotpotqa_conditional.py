@@ -171,4 +171,5 @@ TASK = Task(
     load_splits=load_splits,
     make_program=hotpotqa.MultiHopQA,
     metric=conditional_answer_match,
+    extra_metrics={"retrieval_recall": hotpotqa.gold_titles_recall},
 )

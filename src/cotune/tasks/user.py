@@ -6,7 +6,9 @@ The file exposes (module-level names):
 * ``trainset``, ``valset``, ``testset`` (lists of :class:`~cotune.core.example.Example` with their
   inputs marked; ``valset`` and ``testset`` are optional), or ``load_splits(seed)`` returning a
   :class:`~cotune.tasks.base.Splits` or a ``(train, val, test)`` tuple;
-* ``metric(example, prediction, trace=None)`` returning a float or bool.
+* ``metric(example, prediction, trace=None)`` returning a float or bool;
+* optionally ``extra_metrics``, a dict of name -> metric reported beside ``metric`` on the test
+  split (never optimized).
 
 Its docstring's first line is the task's description.
 """
@@ -50,6 +52,11 @@ def load_user_task(path: str | Path) -> Task:
     metric = getattr(module, "metric", None)
     if not callable(metric):
         raise UserTaskError(f"{path}: defines no `metric(example, prediction, trace=None)`")
+    extra_metrics = getattr(module, "extra_metrics", None) or {}
+    if not isinstance(extra_metrics, dict) or not all(
+        isinstance(name, str) and callable(m) for name, m in extra_metrics.items()
+    ):
+        raise UserTaskError(f"{path}: `extra_metrics` must be a dict of name -> metric function")
     doc = (inspect.getdoc(module) or "").strip()
     return Task(
         name=str(path),
@@ -57,6 +64,7 @@ def load_user_task(path: str | Path) -> Task:
         load_splits=load_splits,
         make_program=make_program,
         metric=metric,
+        extra_metrics=extra_metrics,
     )
 
 
