@@ -23,7 +23,7 @@ framework-overhead part times ``Evaluate`` of a one-predictor program against
 ``benchmarks/stub_server.py`` (an instant server) at 1 and 8 threads: cotune's rows come from
 ``benchmarks/eval_overhead.py``.
 
-    python benchmarks/vs_dspy.py                          # everything (~1 h of CPU with Qwen)
+    python benchmarks/vs_dspy.py                          # everything (~2 h with Qwen on 2 cores)
     python benchmarks/vs_dspy.py --limit 5 --optimizers zero-shot --model smollm2-135m
     python benchmarks/vs_dspy.py --only dspy --no-overhead --out vs.json
 """
