@@ -29,7 +29,13 @@ from cotune.optimize.better_together import ARROW
 from cotune.optimize.reporting import LogReporter, Reporter
 from cotune.runs.folder import CONFIG, RESULT, STATUS, RunFolder, RunFolderError, write_atomic
 from cotune.runs.optimize import OPTIMIZERS, RunSpec, run_optimization
-from cotune.runs.report import TEXT_COLUMNS, columns_in_use, format_value, training_seconds
+from cotune.runs.report import (
+    BENCH_COLUMNS,
+    TEXT_COLUMNS,
+    columns_in_use,
+    format_value,
+    training_seconds,
+)
 
 SPEC_FILE = "bench.json"
 RESULTS_JSON = "results.json"
@@ -175,9 +181,8 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
     """A bench spec from JSON or TOML (by extension).  Keys: ``tasks`` (names, or tables with
     ``name`` and ``train_size``/``val_size``/``test_size``), ``optimizers`` (``NAME[:ARG]``, or
     tables with ``name``, ``strategy``, ``preset``, ``options`` and a ``label`` for the
-    tables), ``models``, ``seeds``, default
-    split sizes, the per-cell budget (``max_calls``, ``max_tokens``, ``max_seconds``),
-    ``threads``, ``base_url`` and ``cache``."""
+    tables), ``models``, ``seeds``, default split sizes, the per-cell budget (``max_calls``,
+    ``max_tokens``, ``max_seconds``), ``threads``, ``base_url`` and ``cache``."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     try:
@@ -436,17 +441,9 @@ def write_results(bench_dir: Path, records: Sequence[dict[str, Any]]) -> None:
     write_atomic(bench_dir / RESULTS_MD, markdown_table(records))
 
 
-MD_COLUMNS = (
-    ("task", "task"), ("optimizer", "label"), ("model", "model"), ("seed", "seed"),
-    ("test", "test_score"), ("other test metrics", "test_metrics"), ("val", "val_score"),
-    ("LM calls", "lm_calls"), ("backend calls", "backend_calls"), ("tokens", "tokens"),
-    ("train s", "train_s"), ("wall s", "wall_s"), ("status", "status"),
-)
-
-
 def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     """The records as a Markdown table; errors follow it, one line per failed cell."""
-    columns = columns_in_use(MD_COLUMNS, records)
+    columns = columns_in_use(BENCH_COLUMNS, records)
     lines = ["| " + " | ".join(title for title, _ in columns) + " |",
              "|" + "|".join("---" if key in TEXT_COLUMNS else "---:" for _, key in columns) + "|"]
     for record in records:

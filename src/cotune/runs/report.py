@@ -326,11 +326,12 @@ def _usage_section(result: Mapping[str, Any]) -> str:
 
 # -- a bench -----------------------------------------------------------------------------------
 
-BENCH_COLUMNS = (("task", "task"), ("optimizer", "label"), ("model", "model"), ("seed", "seed"),
-                 ("test", "test_score"), ("other test metrics", "test_metrics"),
-                 ("val", "val_score"), ("LM calls", "lm_calls"),
-                 ("backend calls", "backend_calls"), ("tokens", "tokens"),
-                 ("train s", "train_s"), ("wall s", "wall_s"), ("status", "status"))
+BENCH_COLUMNS = (  # a bench's table, in results.md and on its report page
+    ("task", "task"), ("optimizer", "label"), ("model", "model"), ("seed", "seed"),
+    ("test", "test_score"), ("other test metrics", "test_metrics"), ("val", "val_score"),
+    ("LM calls", "lm_calls"), ("backend calls", "backend_calls"), ("tokens", "tokens"),
+    ("train s", "train_s"), ("wall s", "wall_s"), ("status", "status"),
+)
 
 
 TEXT_COLUMNS = frozenset({"task", "label", "model", "status", "test_metrics"})
