@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import scripted_task as scripted  # tests/ is on pytest's path (pyproject)
 from typer.testing import CliRunner
 
 from cotune.cli import app
@@ -34,7 +35,6 @@ def _load(path: Path, name: str):
     return module
 
 
-scripted = _load(TASK_FILE, "scripted_task_for_bench_tests")
 
 
 class InterruptingLM(scripted.SlowScriptedLM):
