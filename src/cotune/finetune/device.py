@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from cotune.lm.llamacpp import usable_cores
 
 
 def resolve_device(device: str) -> Any:
@@ -30,8 +31,7 @@ def idle_cores() -> int:
     Linux reports the runnable threads in ``/proc/loadavg``; a few samples, minus this
     thread, say how many cores are taken.  Elsewhere: every core.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
+    cores = usable_cores()
     samples = []
     try:
         for _ in range(5):

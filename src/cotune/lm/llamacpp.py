@@ -21,6 +21,13 @@ from cotune.lm.types import Choice, LMRequest, LMRequestError, LMResponse, Token
 THREADS_ENV = "COTUNE_LLAMA_THREADS"
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def default_threads() -> int:
     """``COTUNE_LLAMA_THREADS`` if set, else the cores this process may run on."""
     setting = os.environ.get(THREADS_ENV, "").strip()
@@ -32,9 +39,7 @@ def default_threads() -> int:
         if threads < 1:
             raise ValueError(f"{THREADS_ENV} must be a whole number >= 1, got {setting!r}")
         return threads
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return usable_cores()
 
 
 class LlamaCppLM(LM):
