@@ -369,10 +369,11 @@ def _show_cost(out: Console, result: dict[str, Any]) -> None:
         table.add_row(part, str(u["calls"]), str(u["cache_hits"]), str(u["backend_calls"]),
                       str(u["total_tokens"]), f"{u['cost']:.4f}")
     out.print(table)
+    from cotune.runs.report import format_metrics
+
+    other = format_metrics(result.get("test_metrics"))
     out.print(f"validation score {_score(result.get('val_score'))}, held-out test score "
-              f"{_score(result.get('test_score'))}"
-              + "".join(f", test {name} {value:.3f}"
-                        for name, value in (result.get("test_metrics") or {}).items())
+              f"{_score(result.get('test_score'))}" + (f" ({other})" if other else "")
               + f", wall time {result.get('wall_s', 0):.1f} s"
               + (", stopped by the budget" if result.get("stopped_by_budget") else ""),
               highlight=False)
