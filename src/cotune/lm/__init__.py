@@ -10,12 +10,15 @@ from cotune.lm.scripted import ScriptedLM
 from cotune.lm.types import (
     BudgetExceeded,
     Choice,
+    ContextOverflow,
     LMError,
+    LMInvalidResponse,
     LMRequest,
     LMRequestError,
     LMResponse,
     LMTransientError,
     TokenUsage,
+    is_infrastructure_error,
 )
 from cotune.lm.usage import UsageMeter, UsageSnapshot, track_usage
 
@@ -24,8 +27,10 @@ __all__ = [
     "Budget",
     "BudgetExceeded",
     "Choice",
+    "ContextOverflow",
     "LMCache",
     "LMError",
+    "LMInvalidResponse",
     "LMRequest",
     "LMRequestError",
     "LMResponse",
@@ -39,6 +44,7 @@ __all__ = [
     "budget",
     "cache_disabled",
     "default_cache_dir",
+    "is_infrastructure_error",
     "list_models",
     "resolve_model_path",
     "track_usage",

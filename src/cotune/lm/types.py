@@ -89,11 +89,28 @@ class LMResponse:
 
 
 class LMError(Exception):
-    """Base class of every error raised by an LM call."""
+    """Base class of every error raised by an LM call.
+
+    Two kinds matter to everything above the LM layer (see :func:`is_infrastructure_error`):
+    an *infrastructure* failure (the endpoint is unreachable, slow, misconfigured or answers
+    nonsense) is never one example's fault and must never become a score, while a failure of
+    *this request's content* (the prompt does not fit the context) is a recorded failure of the
+    one example that made it.
+    """
 
 
 class LMTransientError(LMError):
     """A failure worth retrying: timeout, connection error, HTTP 429 or 5xx."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds the server asked us to wait (``Retry-After``), when it said."""
+
+
+class LMInvalidResponse(LMTransientError):
+    """The endpoint answered, but not with a usable completion (no choices, no text, a body
+    that is not the API's shape).  Retried like a transient failure and never cached."""
 
 
 class LMRequestError(LMError):
@@ -104,5 +121,20 @@ class LMRequestError(LMError):
         self.status_code = status_code
 
 
+class ContextOverflow(LMRequestError):
+    """This request's prompt (plus its max_tokens) does not fit the model's context window.
+
+    A property of one example's prompt, not of the endpoint: recorded as that example's
+    failure, never the end of a run."""
+
+
 class BudgetExceeded(LMError):
     """Raised before an LM call that would exceed an LM-call or token budget."""
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """True for an LM failure that says nothing about the example being answered: the
+    endpoint, the network, the configuration or the cache failed.  Such a failure must stop
+    an evaluation instead of scoring 0.  False for a content failure (:class:`ContextOverflow`)
+    and for a spent budget (which stops a run for its own reason)."""
+    return isinstance(exc, LMError) and not isinstance(exc, (ContextOverflow, BudgetExceeded))
