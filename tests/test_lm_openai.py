@@ -11,7 +11,14 @@ import threading
 
 import pytest
 
-from cotune.lm import LMCache, LMRequestError, LMTransientError, OpenAILM, track_usage
+from cotune.lm import (
+    LMCache,
+    LMInvalidResponse,
+    LMRequestError,
+    LMTransientError,
+    OpenAILM,
+    track_usage,
+)
 
 MESSAGES = [{"role": "user", "content": "Say hi."}]
 
@@ -76,9 +83,11 @@ def test_answer_is_parsed(fake_openai_server, make_lm):
     assert not response.cached
 
 
-def test_null_content_becomes_empty_text(fake_openai_server, make_lm):
-    fake_openai_server.answer = None
-    assert make_lm().chat(MESSAGES).text == ""
+def test_null_content_is_an_invalid_answer_retried_then_raised(fake_openai_server, make_lm):
+    fake_openai_server.answer = None  # content null, finish_reason "stop": no text at all
+    with pytest.raises(LMInvalidResponse, match="without text"):
+        make_lm(max_retries=2).chat(MESSAGES)
+    assert fake_openai_server.attempts == 3
 
 
 def test_request_body(fake_openai_server, make_lm):

@@ -1,8 +1,16 @@
 """The LM interface: the one choke point every LM call in cotune passes through.
 
 ``LM.chat()`` builds an :class:`LMRequest`, then in this order: checks the budgets, looks in the
-persistent cache, calls the backend (retrying transient failures with exponential backoff),
-stores the answer, and records usage.  Backends only implement ``_complete()``.
+persistent cache, calls the backend (retrying transient failures with exponential backoff, or
+after the ``Retry-After`` the server asked for), checks that the answer is a usable completion,
+stores it, and records usage.  Backends only implement ``_complete()``.
+
+An answer is stored only once it is known to be usable (at least one choice, every choice's
+text a string): an invalid one is an :class:`LMInvalidResponse`, retried like a timeout and
+never cached; a cached entry that is not usable is a miss.  A request that still fails once
+its retries are spent is counted as a failed call in the active usage meters (journals use
+that to refuse to record a step computed while the LM was failing) and carries ``lm`` (which
+LM) and ``attempts``.
 """
 
 from __future__ import annotations
@@ -16,8 +24,21 @@ from typing import Any
 
 from cotune.lm.budget import Budget, active_budgets
 from cotune.lm.cache import LMCache, cache_globally_enabled, shared_cache
-from cotune.lm.types import LMRequest, LMResponse, LMTransientError, Message
-from cotune.lm.usage import UsageMeter, UsageSnapshot, record_in_active_meters
+from cotune.lm.types import (
+    LMError,
+    LMInvalidResponse,
+    LMRequest,
+    LMResponse,
+    LMTransientError,
+    Message,
+    is_infrastructure_error,
+)
+from cotune.lm.usage import (
+    UsageMeter,
+    UsageSnapshot,
+    record_failure_in_active_meters,
+    record_in_active_meters,
+)
 
 _USE_SHARED_CACHE = object()
 
@@ -29,7 +50,10 @@ class LM(ABC):
         model: the model name sent to (or loaded by) the backend.
         temperature, max_tokens: defaults for calls that do not set them.
         cache: an :class:`LMCache`, ``None`` for no cache; by default the shared on-disk cache.
-        max_retries: retries of transient failures (timeouts, 429, 5xx) before giving up.
+        max_retries: retries of transient failures (timeouts, 429, 5xx, invalid answers)
+            before giving up.
+        retry_initial_delay, retry_max_delay: the exponential backoff between retries (s).
+        retry_after_cap: the longest wait a server's ``Retry-After`` is honoured for (s).
         budget: a :class:`Budget` that applies to this LM alone (``budget()`` blocks apply too).
         price_per_million: ``(prompt, completion)`` price per million tokens, for cost accounting.
     """
@@ -44,6 +68,7 @@ class LM(ABC):
         max_retries: int = 4,
         retry_initial_delay: float = 0.5,
         retry_max_delay: float = 20.0,
+        retry_after_cap: float = 60.0,
         budget: Budget | None = None,
         price_per_million: tuple[float, float] | None = None,
     ) -> None:
@@ -56,6 +81,7 @@ class LM(ABC):
         self.max_retries = max_retries
         self.retry_initial_delay = retry_initial_delay
         self.retry_max_delay = retry_max_delay
+        self.retry_after_cap = retry_after_cap
         self.budget = budget
         self.price_per_million = price_per_million
         self.meter = UsageMeter()
@@ -64,7 +90,9 @@ class LM(ABC):
 
     @abstractmethod
     def _complete(self, request: LMRequest) -> LMResponse:
-        """Answer one request.  Raise LMTransientError for failures worth retrying."""
+        """Answer one request.  Raise LMTransientError for failures worth retrying (with
+        ``retry_after`` when the server said how long to wait), LMInvalidResponse for an
+        answer that is not a usable completion."""
 
     def identity(self) -> dict[str, Any]:
         """Everything about this LM that changes its answers; part of the cache key."""
@@ -110,25 +138,22 @@ class LM(ABC):
                 b.release_call()
             raise
 
-        store = self._active_cache() if cache else None
-        key = request.fingerprint(self.identity()) if store is not None else ""
-        response: LMResponse | None = None
-        if store is not None:
-            hit = store.get(key)
-            if hit is not None:
-                try:
-                    response = LMResponse.from_json(hit, cached=True)
-                except (KeyError, TypeError, ValueError):
-                    response = None  # a damaged entry is a miss; the fresh answer replaces it
-        if response is None:
-            try:
+        try:
+            store = self._active_cache() if cache else None
+            key = request.fingerprint(self.identity()) if store is not None else ""
+            response = self._cached(store, key) if store is not None else None
+            if response is None:
                 response = self._complete_with_retries(request)
-            except BaseException:
-                for b in reserved:
-                    b.release_call()
-                raise
-            if store is not None:
-                store.put(key, response.to_json())
+                if store is not None:
+                    store.put(key, response.to_json())
+        except BaseException as exc:
+            for b in reserved:
+                b.release_call()
+            if isinstance(exc, LMError) and is_infrastructure_error(exc):
+                if exc.lm is None:
+                    exc.lm = repr(self)
+                record_failure_in_active_meters()
+            raise
 
         for b in reserved:
             b.record(response)
@@ -137,7 +162,27 @@ class LM(ABC):
         record_in_active_meters(response, cost)
         return response
 
+    def check(self) -> None:
+        """Make sure the LM answers at all before a long job starts (a wrong URL, an unknown
+        model, a dead endpoint): raises the :class:`LMError` that says why.  Backends that
+        talk to an endpoint send one tiny uncached request; an in-process model that loaded
+        is ready, so the default does nothing."""
+        return None
+
     # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _cached(store: LMCache, key: str) -> LMResponse | None:
+        """The cached answer, or None when there is none or it is not a usable completion
+        (an entry that an older cotune stored from a broken answer): the fresh answer then
+        replaces it."""
+        hit = store.get(key)
+        if hit is None:
+            return None
+        try:
+            return validated(LMResponse.from_json(hit, cached=True))
+        except (KeyError, TypeError, ValueError, AttributeError, LMInvalidResponse):
+            return None
 
     @property
     def usage(self) -> UsageSnapshot:
@@ -168,13 +213,33 @@ class LM(ABC):
         attempt = 0
         while True:
             try:
-                return self._complete(request)
-            except LMTransientError:
+                return validated(self._complete(request))
+            except LMTransientError as exc:
                 if attempt >= self.max_retries:
+                    exc.attempts = attempt + 1
                     raise
-                delay = min(self.retry_max_delay, self.retry_initial_delay * 2**attempt)
-                time.sleep(delay * (0.5 + random.random() / 2))  # jitter spreads out retries
+                time.sleep(self._retry_delay(attempt, exc.retry_after))
                 attempt += 1
+
+    def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
+        """The server's ``Retry-After`` (capped), else exponential backoff with jitter."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.retry_after_cap)
+        delay = min(self.retry_max_delay, self.retry_initial_delay * 2**attempt)
+        return delay * (0.5 + random.random() / 2)  # jitter spreads out retries
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r})"
+
+
+def validated(response: LMResponse) -> LMResponse:
+    """``response`` if it is a usable completion (at least one choice, every text a string),
+    else :class:`LMInvalidResponse`."""
+    if not response.choices:
+        raise LMInvalidResponse(f"the answer of {response.model or 'the LM'} has no choices")
+    for i, choice in enumerate(response.choices):
+        if not isinstance(choice.text, str):
+            raise LMInvalidResponse(
+                f"choice {i} of the answer has no text ({type(choice.text).__name__})"
+            )
+    return response

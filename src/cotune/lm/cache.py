@@ -3,6 +3,10 @@
 Location: ``$COTUNE_CACHE_DIR/lm_cache.sqlite``, default ``~/.cache/cotune``.  Set
 ``COTUNE_CACHE=off`` or use ``with cache_disabled():`` to bypass it globally, or pass
 ``cache=False`` to a single call.
+
+A cache file that cannot be used (not SQLite, damaged, unwritable, locked for a minute) is an
+:class:`LMCacheError` naming the file: an infrastructure failure like an unreachable endpoint,
+never a silent miss (a damaged *entry* is a miss; the fresh answer replaces it).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+from cotune.lm.types import LMError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     key TEXT PRIMARY KEY,
@@ -30,30 +36,50 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("COTUNE_CACHE_DIR", Path.home() / ".cache" / "cotune"))
 
 
+class LMCacheError(LMError):
+    """The LM cache file cannot be used: not SQLite, damaged, unwritable or locked."""
+
+
 class LMCache:
     """Maps a request fingerprint to a JSON answer.  One SQLite connection per thread."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else default_cache_dir() / "lm_cache.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._unusable(exc) from exc
         self._connect()  # create the schema now, so that errors show up at construction
 
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=60000")
-            conn.execute(_SCHEMA)
+            try:
+                conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA busy_timeout=60000")
+                conn.execute(_SCHEMA)
+            except sqlite3.Error as exc:
+                raise self._unusable(exc) from exc
             self._local.conn = conn
         return conn
 
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        try:
+            return self._connect().execute(sql, params)
+        except sqlite3.Error as exc:
+            raise self._unusable(exc) from exc
+
+    def _unusable(self, exc: Exception) -> LMCacheError:
+        return LMCacheError(
+            f"the LM cache {self.path} is not usable ({type(exc).__name__}: {exc}); move it "
+            "away, or use another cache (--cache-dir) or none (--no-cache)"
+        )
+
     def get(self, key: str) -> dict[str, Any] | None:
-        row = self._connect().execute(
-            "SELECT response FROM answers WHERE key = ?", (key,)
-        ).fetchone()
+        row = self._execute("SELECT response FROM answers WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         try:
@@ -62,16 +88,16 @@ class LMCache:
             return None  # a damaged entry is a miss; the fresh answer overwrites it
 
     def put(self, key: str, response: dict[str, Any]) -> None:
-        self._connect().execute(
+        self._execute(
             "INSERT OR REPLACE INTO answers (key, response) VALUES (?, ?)",
             (key, json.dumps(response, ensure_ascii=False)),
         )
 
     def __len__(self) -> int:
-        return self._connect().execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        return self._execute("SELECT COUNT(*) FROM answers").fetchone()[0]
 
     def clear(self) -> None:
-        self._connect().execute("DELETE FROM answers")
+        self._execute("DELETE FROM answers")
 
 
 _shared_caches: dict[Path, LMCache] = {}

@@ -16,7 +16,14 @@ from typing import Any
 
 from cotune.lm.base import LM
 from cotune.lm.models import DEFAULT_MODEL, MODELS, file_sha256, resolve_model_path
-from cotune.lm.types import Choice, LMRequest, LMRequestError, LMResponse, TokenUsage
+from cotune.lm.types import (
+    Choice,
+    ContextOverflow,
+    LMRequest,
+    LMRequestError,
+    LMResponse,
+    TokenUsage,
+)
 
 THREADS_ENV = "COTUNE_LLAMA_THREADS"
 
@@ -47,7 +54,8 @@ class LlamaCppLM(LM):
 
     Args:
         model: a registered model name (see :func:`cotune.lm.list_models`) or a GGUF file path.
-        n_ctx: context length in tokens; a longer prompt is an :class:`LMRequestError`.
+        n_ctx: context length in tokens; a longer prompt is a :class:`ContextOverflow` (a
+            recorded failure of that one example).
         n_threads: CPU threads for prompt processing and generation (default: the
             ``COTUNE_LLAMA_THREADS`` environment variable, else every core this process may use).
             On a machine shared with other jobs, fewer threads than cores is much faster:
@@ -144,9 +152,8 @@ class LlamaCppLM(LM):
                         seed=seed,
                     )
                 except ValueError as e:  # e.g. "Requested tokens (N) exceed context window of M"
-                    raise LMRequestError(
-                        f"llama.cpp ({self.model}, n_ctx={self.n_ctx}): {e}"
-                    ) from e
+                    error = ContextOverflow if "context" in str(e).lower() else LMRequestError
+                    raise error(f"llama.cpp ({self.model}, n_ctx={self.n_ctx}): {e}") from e
             choice = out["choices"][0]
             choices.append(
                 Choice(

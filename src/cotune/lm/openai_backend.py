@@ -20,17 +20,23 @@ Two transports send the requests:
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
+import re
 import socket
 import threading
+import time
 import urllib.request
+from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from cotune.lm.base import LM
 from cotune.lm.types import (
     Choice,
+    ContextOverflow,
+    LMInvalidResponse,
     LMRequest,
     LMRequestError,
     LMResponse,
@@ -43,6 +49,14 @@ Transport = Literal["auto", "sdk", "http"]
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _TRANSIENT_STATUS = {408, 409, 429}
 """Besides 5xx: request timeout, conflict (lock contention) and rate limit, as the SDK retries."""
+_CONTEXT_STATUS = {400, 413, 422}
+_CONTEXT_OVERFLOW = re.compile(
+    r"context.{0,20}(length|window|size)|exceed.{0,40}context|context_length_exceeded|"
+    r"too many tokens|prompt is too long",
+    re.IGNORECASE,
+)
+"""How OpenAI, vLLM, SGLang, llama.cpp's server and llama-cpp-python's say that a prompt does
+not fit the model's context: a failure of that request, not of the endpoint."""
 
 
 def _is_local(base_url: str | None) -> bool:
@@ -69,7 +83,8 @@ class OpenAILM(LM):
         api_key: default the environment variable named by ``api_key_env``; a local server
             (localhost / 127.0.0.1) needs none.  The key is never part of ``identity()`` or
             ``describe()``, so it never reaches the cache or a saved program.
-        timeout: seconds per HTTP request; a timeout is a transient error (retried).
+        timeout: seconds per HTTP request (connecting, and waiting for the answer); a timeout
+            is a transient error (retried).
         max_concurrency: most requests this object has in flight at once.
         lora: name of a LoRA adapter served next to the base model (vLLM serves adapters by
             name): sent as the request's ``model`` and part of the cache key.
@@ -156,64 +171,126 @@ class OpenAILM(LM):
         body = self._body(request)
         with self._slots:
             if self._http is not None:
-                status, payload = self._http.post(body)
+                status, payload, headers = self._http.post(body)
                 if status >= 400:
-                    raise _status_error(status, _error_message(payload), self.base_url)
+                    raise _status_error(status, _error_message(payload), self.base_url,
+                                        retry_after(headers))
             else:
                 payload = self._post_with_sdk(body)
         return self._parse(payload)
+
+    def check(self) -> None:
+        """One tiny request past the cache (one token of answer), so that a wrong URL, an
+        unknown model or a dead endpoint is an error now rather than after a first phase."""
+        self.complete(
+            LMRequest(messages=({"role": "user", "content": "Say OK."},), max_tokens=1),
+            cache=False,
+        )
 
     def _post_with_sdk(self, body: dict[str, Any]) -> str:
         openai = self._openai
         try:
             # cast_to=str: the SDK returns the body as it came, without its pydantic parsing
             return self._client.post("/chat/completions", body=body, cast_to=str)
-        except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as e:
+        except openai.APIConnectionError as e:  # timeouts included
             raise LMTransientError(f"{type(e).__name__} from {self.base_url}: {e}") from e
         except openai.APIStatusError as e:
-            raise _status_error(e.status_code, e.message, self.base_url) from e
+            raise _status_error(e.status_code, e.message, self.base_url,
+                                retry_after(e.response.headers)) from e
 
     def _parse(self, payload: bytes | str) -> LMResponse:
+        """The completion in a 200 answer; :class:`LMInvalidResponse` for anything that is not
+        a usable one (a truncated or garbled body, no choices, a choice without text)."""
         try:
             data = json.loads(payload)
         except ValueError as e:  # a truncated body: the connection broke mid-answer
-            raise LMTransientError(f"invalid JSON from {self.base_url}: {payload[:200]!r}") from e
+            raise LMInvalidResponse(
+                f"invalid JSON from {self.base_url}: {payload[:200]!r}") from e
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             error = data.get("error") if isinstance(data, dict) else None
-            raise LMRequestError(f"unexpected answer from {self.base_url}: {error or data!r}")
+            raise LMInvalidResponse(
+                f"not a chat completion from {self.base_url}: {error or data!r:.500}")
+        raw_choices = data["choices"]
+        if not raw_choices:
+            raise LMInvalidResponse(f"a completion without choices from {self.base_url}")
         try:
-            raw_choices = data["choices"]
             if len(raw_choices) > 1:
                 raw_choices = sorted(raw_choices, key=lambda c: c.get("index") or 0)
-            choices = tuple(
-                Choice(
-                    text=(c.get("message") or {}).get("content") or "",
-                    finish_reason=c.get("finish_reason"),
-                )
-                for c in raw_choices
-            )
+            choices = tuple(self._choice(c) for c in raw_choices)
             usage = data.get("usage") or {}
             return LMResponse(
                 choices=choices,
                 usage=TokenUsage(
-                    prompt_tokens=usage.get("prompt_tokens") or 0,
-                    completion_tokens=usage.get("completion_tokens") or 0,
+                    prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                    completion_tokens=int(usage.get("completion_tokens") or 0),
                 ),
-                model=data.get("model") or self.model,
+                model=str(data.get("model") or self.model),
             )
-        except (AttributeError, TypeError) as e:  # e.g. a choice that is not an object
-            raise LMRequestError(f"unexpected answer from {self.base_url}: {data!r:.500}") from e
+        except (AttributeError, TypeError, ValueError) as e:  # e.g. a choice that is no object
+            raise LMInvalidResponse(
+                f"not a chat completion from {self.base_url}: {data!r:.500}") from e
+
+    def _choice(self, raw: Mapping[str, Any]) -> Choice:
+        """One choice.  Its text must be there: a string, or null only where the model gave
+        none of its own accord (it ran out of tokens, or refused)."""
+        message = raw["message"] if isinstance(raw.get("message"), dict) else None
+        if message is None:
+            raise LMInvalidResponse(f"a choice without a message from {self.base_url}: "
+                                    f"{raw!r:.300}")
+        content, finish = message.get("content"), raw.get("finish_reason")
+        if content is None and (finish == "length" or message.get("refusal")):
+            content = ""
+        if not isinstance(content, str):
+            raise LMInvalidResponse(f"a choice without text from {self.base_url}: "
+                                    f"{raw!r:.300}")
+        return Choice(text=content, finish_reason=finish)
 
     def __repr__(self) -> str:
         lora = f", lora={self.lora!r}" if self.lora else ""
         return f"OpenAILM(model={self.model!r}, base_url={self.base_url!r}{lora})"
 
 
-def _status_error(status: int, message: str, base_url: str) -> LMTransientError | LMRequestError:
+def _status_error(
+    status: int, message: str, base_url: str, wait: float | None = None
+) -> LMTransientError | LMRequestError:
     text = f"HTTP {status} from {base_url}: {message}"
     if status in _TRANSIENT_STATUS or status >= 500:
-        return LMTransientError(text)
+        return LMTransientError(text, retry_after=wait)
+    if status in _CONTEXT_STATUS and _CONTEXT_OVERFLOW.search(message):
+        return ContextOverflow(text, status_code=status)
     return LMRequestError(text, status_code=status)
+
+
+def retry_after(headers: Mapping[str, Any] | None) -> float | None:
+    """Seconds to wait that the answer's headers ask for: ``retry-after-ms``, or
+    ``Retry-After`` as seconds or as an HTTP date; None when they do not say (or say nonsense).
+    """
+    if not headers:
+        return None
+    lowered = {_text(k).lower(): v for k, v in headers.items()}
+    value = lowered.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(_text(value)) / 1000)
+        except ValueError:
+            pass
+    value = lowered.get("retry-after")
+    if value is None:
+        return None
+    text = _text(value).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if seconds == seconds else None  # NaN says nothing
+
+
+def _text(value: Any) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
 def _error_message(payload: bytes) -> str:
@@ -302,9 +379,9 @@ class _Connection:
             if self._read_line():
                 raise _ProtocolError("chunk not followed by CRLF")
 
-    def exchange(self, request: bytes) -> tuple[int, bytes]:
-        """Send a request; read the answer's status and body (Content-Length, chunked, or up
-        to the close of the connection)."""
+    def exchange(self, request: bytes) -> tuple[int, bytes, dict[bytes, bytes]]:
+        """Send a request; read the answer's status, body (Content-Length, chunked, or up
+        to the close of the connection) and headers (names and values lowercased)."""
         assert self.sock is not None
         self.received = False
         self.sock.sendall(request)
@@ -326,11 +403,11 @@ class _Connection:
         elif b"content-length" in headers:
             body = self._read_exact(int(headers[b"content-length"]))
         else:
-            return status, self._read_to_close()
+            return status, self._read_to_close(), headers
         connection = headers.get(b"connection", b"")
         if b"close" in connection or (version == b"HTTP/1.0" and b"keep-alive" not in connection):
             self.close()
-        return status, body
+        return status, body, headers
 
 
 _MAX_HEAD = 1 << 16
@@ -360,7 +437,7 @@ class _KeepAliveHTTP:
         self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
         self._local = threading.local()
 
-    def post(self, body: dict[str, Any]) -> tuple[int, bytes]:
+    def post(self, body: dict[str, Any]) -> tuple[int, bytes, dict[bytes, bytes]]:
         data = json.dumps(body).encode()
         request = b"%b%d\r\n\r\n%b" % (self._head, len(data), data)
         conn: _Connection | None = getattr(self._local, "conn", None)

@@ -98,6 +98,17 @@ class LMError(Exception):
     one example that made it.
     """
 
+    lm: str | None = None
+    """The LM that raised it (its ``repr``: backend, model, endpoint), set at the choke point."""
+    attempts: int = 1
+    """Requests sent before giving up (1 + the retries spent)."""
+
+    def describe(self) -> str:
+        """One line for a person: which LM failed, how, and after how many attempts."""
+        where = f"{self.lm}: " if self.lm else ""
+        tries = f" (after {self.attempts} attempts)" if self.attempts > 1 else ""
+        return f"{where}{type(self).__name__}: {self}{tries}"
+
 
 class LMTransientError(LMError):
     """A failure worth retrying: timeout, connection error, HTTP 429 or 5xx."""

@@ -20,6 +20,9 @@ class UsageSnapshot:
     completion_tokens: int = 0
     cost: float = 0.0
     """In the currency of the LM's price table; 0 when no price is known."""
+    failed_calls: int = 0
+    """Requests that failed for an infrastructure reason once their retries were spent (not
+    in ``calls``).  A journal never records a step during which this grew."""
 
     @property
     def backend_calls(self) -> int:
@@ -38,6 +41,7 @@ class UsageSnapshot:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost": self.cost,
+            "failed_calls": self.failed_calls,
         }
 
 
@@ -57,6 +61,10 @@ class UsageMeter:
             t.prompt_tokens += response.usage.prompt_tokens
             t.completion_tokens += response.usage.completion_tokens
             t.cost += cost
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self._totals.failed_calls += 1
 
     def snapshot(self) -> UsageSnapshot:
         with self._lock:
@@ -81,3 +89,9 @@ def track_usage() -> Iterator[UsageMeter]:
 def record_in_active_meters(response: LMResponse, cost: float) -> None:
     for meter in _active_meters.get():
         meter.record(response, cost)
+
+
+def record_failure_in_active_meters() -> None:
+    """Count one request that failed for an infrastructure reason (see ``failed_calls``)."""
+    for meter in _active_meters.get():
+        meter.record_failure()
