@@ -20,9 +20,11 @@ from cotune.evaluate import (
     Evaluate,
     EvaluationAborted,
     EvaluationResult,
+    LMUnavailable,
     exact_match,
     numeric_match,
 )
+from cotune.lm import ContextOverflow, LMInvalidResponse, LMRequestError, LMTransientError
 
 
 def question_of(request) -> str:
@@ -232,7 +234,9 @@ def test_to_json_is_serializable():
         "score": 1.0,
         "error": None,
         "error_type": None,
+        "lm_error": False,
     }
+    assert data["num_lm_errors"] == 0
     assert "results" not in result.to_json(include_results=False)
 
 
@@ -286,3 +290,82 @@ def test_programs_may_return_plain_values():
     )
     assert result.score == 1.0
     assert json.loads(json.dumps(result.to_json()))["results"][0]["prediction"] == "0"
+
+
+# -- the LM's own failures are not scores ------------------------------------------------------
+
+
+class FlakyLM(ScriptedLM):
+    """Answers like ``answering_lm`` but fails, after its retries, on the questions in ``down``
+    with ``error`` (an infrastructure failure unless it is a ContextOverflow)."""
+
+    def __init__(self, down: set[int], error=None, **kwargs) -> None:
+        super().__init__(lambda r: f"Answer: {question_of(r)[1:]}", max_retries=1,
+                         retry_initial_delay=0.001, **kwargs)
+        self.down = down
+        self.error = error or LMTransientError("connection refused by 127.0.0.1:9")
+
+    def _complete(self, request):
+        if int(question_of(request)[1:]) in self.down:
+            raise self.error
+        return super()._complete(request)
+
+
+def test_an_lm_failure_stops_the_evaluation_naming_the_lm_and_the_error():
+    program = Predict("question -> answer: int", lm=FlakyLM({3}, model="flaky-model"))
+    with pytest.raises(LMUnavailable) as info:
+        evaluate(make_devset(6), num_threads=1)(program)
+    error = info.value
+    assert "flaky-model" in str(error) and "connection refused by 127.0.0.1:9" in str(error)
+    assert "after 2 attempts" in str(error)  # its retries were spent first
+    assert "flaky-model" in error.lm and "connection refused" in error.first_error
+    partial = error.partial_result
+    assert partial.num_lm_errors == 1 and partial.num_errors == 0
+    assert [r.lm_error for r in partial.results] == [False, False, False, True]
+    assert partial.score == 1.0  # the failed example is in no mean: it is not a 0
+    assert isinstance(error, EvaluationAborted)
+
+
+def test_lm_failures_below_the_threshold_are_counted_apart_from_wrong_answers():
+    lm = FlakyLM({1, 4})
+    program = Predict("question -> answer: int", lm=lm)
+    devset = make_devset(6)
+    devset[0] = Example(question="q0", answer="999").with_inputs("question")  # a wrong answer
+    result = evaluate(devset, num_threads=2, max_lm_errors=2)(program)
+    assert result.num_lm_errors == 2 and result.num_errors == 0
+    assert result.score == pytest.approx(3 / 4)  # 4 scored examples, one of them wrong
+    assert result.to_json()["num_lm_errors"] == 2
+    assert [r.lm_error for r in result.results] == [False, True, False, False, True, False]
+
+
+def test_an_lm_that_fails_on_every_example_always_stops_the_evaluation():
+    program = Predict("question -> answer: int", lm=FlakyLM(set(range(4))))
+    with pytest.raises(LMUnavailable, match="failed on 4 of the 4 examples"):
+        evaluate(make_devset(4), num_threads=2, max_lm_errors=None)(program)
+
+
+@pytest.mark.parametrize("error", [LMRequestError("HTTP 404 from http://x/v1: no model"),
+                                   LMInvalidResponse("a completion without choices")],
+                         ids=["4xx", "invalid answer"])
+def test_request_errors_and_invalid_answers_are_lm_failures(error):
+    program = Predict("question -> answer: int", lm=FlakyLM({0}, error))
+    with pytest.raises(LMUnavailable, match=type(error).__name__):
+        evaluate(make_devset(3), num_threads=1)(program)
+
+
+def test_a_prompt_too_long_for_the_context_stays_a_scored_failure_of_its_example():
+    overflow = ContextOverflow("prompt of 5000 tokens exceeds the context window of 2048")
+    program = Predict("question -> answer: int", lm=FlakyLM({2}, overflow))
+    result = evaluate(make_devset(4), num_threads=2)(program)
+    assert result.num_lm_errors == 0 and result.num_errors == 1
+    assert result.score == 0.75
+    assert result.results[2].error_type == "ContextOverflow" and not result.results[2].lm_error
+
+
+def test_an_lm_failure_inside_the_metric_is_an_lm_failure_too():
+    def judged(example, prediction):
+        raise LMTransientError("the judge LM timed out")
+
+    program = Predict("question -> answer: int", lm=answering_lm())
+    with pytest.raises(LMUnavailable, match="judge LM timed out"):
+        evaluate(make_devset(2), judged, num_threads=1)(program)

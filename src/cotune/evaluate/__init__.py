@@ -5,6 +5,7 @@ from cotune.evaluate.evaluate import (
     EvaluationAborted,
     EvaluationResult,
     ExampleResult,
+    LMUnavailable,
 )
 from cotune.evaluate.metrics import (
     Metric,
@@ -22,6 +23,7 @@ __all__ = [
     "EvaluationAborted",
     "EvaluationResult",
     "ExampleResult",
+    "LMUnavailable",
     "Metric",
     "exact_match",
     "get_field",

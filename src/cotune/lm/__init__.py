@@ -2,7 +2,7 @@
 
 from cotune.lm.base import LM
 from cotune.lm.budget import Budget, budget, use_budget
-from cotune.lm.cache import LMCache, cache_disabled, default_cache_dir
+from cotune.lm.cache import LMCache, LMCacheError, cache_disabled, default_cache_dir
 from cotune.lm.llamacpp import LlamaCppLM
 from cotune.lm.models import list_models, resolve_model_path
 from cotune.lm.openai_backend import OpenAILM  # imports the openai SDK only when constructed
@@ -29,6 +29,7 @@ __all__ = [
     "Choice",
     "ContextOverflow",
     "LMCache",
+    "LMCacheError",
     "LMError",
     "LMInvalidResponse",
     "LMRequest",

@@ -4,6 +4,10 @@ Optimizers wrap each expensive, deterministic step (a bootstrap round, a candida
 a search trial) in ``journal.memo(key, fn)``.  A resumed run gets the recorded result back
 instead of running the step; a step that was cut off halfway reruns, and its finished LM calls
 come from the persistent LM cache.  Values must be JSON-serializable.
+
+A step during which an LM call failed for an infrastructure reason (``failed_calls`` of the
+usage meters) is never recorded, even when it returned: its result is not the one the LM gives
+when it works, so a rerun must compute it again.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from cotune.lm.usage import track_usage
 
 T = TypeVar("T")
 _MISSING = object()
@@ -31,8 +37,10 @@ class Journal(ABC):
     def memo(self, key: str, compute: Callable[[], T]) -> T:
         value = self.get(key, _MISSING)
         if value is _MISSING:
-            value = compute()
-            self.put(key, value)
+            with track_usage() as meter:
+                value = compute()
+            if meter.snapshot().failed_calls == 0:  # see the module docstring
+                self.put(key, value)
         return value
 
 

@@ -11,7 +11,7 @@ from cotune.core.example import Example
 from cotune.core.module import Module
 from cotune.core.parallel import imap_unordered
 from cotune.core.trace import trace
-from cotune.lm.types import BudgetExceeded
+from cotune.lm.types import BudgetExceeded, is_infrastructure_error
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,10 @@ def collect_successful_traces(
     With ``wanted``, stop after the first ``wanted`` successes (in example order, so the result
     does not depend on thread timing).  ``prepare(program, i)`` may return a variant of the
     program to run on example ``i`` (e.g. without that example among its demos).  A failing
-    example (unparsable answer, LM error) is simply not a success; a spent budget propagates.
+    example (an unparsable answer, a prompt too long for the context) is simply not a success;
+    a spent budget and an LM failure that is no example's
+    (:func:`~cotune.lm.is_infrastructure_error`) propagate: demos chosen while the LM was down
+    would not be the ones it chooses when it is up.
     """
     names = {id(p): name for name, p in program.named_predictors()}
 
@@ -59,7 +62,9 @@ def collect_successful_traces(
             score = metric(example, prediction, t.steps)
         except BudgetExceeded:
             raise
-        except Exception:
+        except Exception as exc:
+            if is_infrastructure_error(exc):
+                raise
             return None
         if float(score) < threshold:
             return None
@@ -76,8 +81,12 @@ def collect_successful_traces(
     while start < len(examples):
         indices = range(start, min(start + chunk, len(examples)))
         results: dict[int, SuccessfulTrace | None] = {}
-        for position, future in imap_unordered(run_one, indices, num_threads):
-            results[indices[position]] = future.result()
+        work = imap_unordered(run_one, indices, num_threads)
+        try:
+            for position, future in work:
+                results[indices[position]] = future.result()
+        finally:
+            work.close()  # on an error: submit no more, wait for what is in flight
         found.extend(r for i in sorted(results) if (r := results[i]) is not None)
         if wanted is not None and len(found) >= wanted:
             return found[:wanted]

@@ -5,6 +5,9 @@ in flight.  ``memo`` also records how many LM calls and tokens each step spent; 
 run replays a step from the journal, those are charged to the active budgets and usage meters
 as cache hits.  A call budget therefore stops a resumed run at exactly the point where the
 uninterrupted run stopped, and the LM-call axis of the score path is the same in both.
+
+A step during which an LM call failed for an infrastructure reason is not recorded (see
+:mod:`cotune.optimize.journal`): the rerun after the fix computes it again.
 """
 
 from __future__ import annotations
@@ -85,8 +88,9 @@ class SQLiteJournal(Journal):
         with track_usage() as meter:
             result = compute()
         spent = meter.snapshot()
-        self._store(key, result, TokenUsage(spent.prompt_tokens, spent.completion_tokens),
-                    spent.calls)
+        if spent.failed_calls == 0:  # a result computed while the LM failed is no result
+            self._store(key, result, TokenUsage(spent.prompt_tokens, spent.completion_tokens),
+                        spent.calls)
         return result
 
     # -- extras ------------------------------------------------------------------------------

@@ -3,6 +3,13 @@
 ``run_optimization`` is what ``cotune optimize`` (and a benchmark runner) calls.  Run it again
 with the same folder and it resumes: finished steps come back from the journal, finished LM calls
 from the persistent LM cache, and the final program is the one an uninterrupted run produces.
+
+Before anything else the LM is checked with one tiny request (:meth:`LM.check`), so a wrong URL
+or model fails in seconds.  The budget covers the whole command: the preflight request, the
+optimization, and the held-out test evaluation, whose calls (test examples x predictors) are
+reserved from ``max_calls`` before the optimization starts.  An LM that fails for an
+infrastructure reason stops the run with that error (the journal keeps nothing computed while
+it failed), and the same command resumes once it answers again.
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ import hashlib
 import importlib
 import json
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +28,9 @@ from cotune.core.example import Example
 from cotune.core.module import Module
 from cotune.core.runtime import context
 from cotune.lm.base import LM
-from cotune.lm.budget import Budget
+from cotune.lm.budget import Budget, use_budget
 from cotune.lm.models import DEFAULT_MODEL
+from cotune.lm.types import BudgetExceeded
 from cotune.lm.usage import UsageSnapshot, track_usage
 from cotune.optimize.base import Metric, OptimizationResult, Optimizer
 from cotune.optimize.reporting import LogReporter, Reporter
@@ -105,8 +114,8 @@ def build_optimizer(
 
 @dataclass
 class RunSpec:
-    """What to run.  Everything but ``threads``, ``budget`` and ``cache_dir`` must be the same
-    when a run folder is resumed."""
+    """What to run.  Everything but ``threads``, ``budget``, ``cache_dir`` and ``timeout`` must
+    be the same when a run folder is resumed."""
 
     task: str
     optimizer: str = "random-search"
@@ -121,12 +130,17 @@ class RunSpec:
     options: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments of the optimizer (e.g. ``{"num_candidates": 4}``)."""
     max_calls: int | None = None
+    """LM calls of the whole command: preflight, optimization and test evaluation."""
     max_tokens: int | None = None
     max_seconds: float | None = None
     threads: int = 4
     cache_dir: str | None = None
     """Where the LM cache lives (``DIR/lm_cache.sqlite``); None: the shared user cache."""
     use_cache: bool = True
+    timeout: float | None = None
+    """Seconds per HTTP request to ``base_url`` (None: the backend's default, 120 s).  It cannot
+    change a result (a timeout is an error, never an answer), so it is not part of the run's
+    identity."""
 
     def budget(self) -> Budget | None:
         if self.max_calls is None and self.max_tokens is None and self.max_seconds is None:
@@ -140,7 +154,8 @@ class RunSummary:
     val_score: float | None
     test_score: float | None
     usage: dict[str, Any]
-    """``optimization``, ``test`` and ``total`` LM usage (calls, cache hits, tokens, ...)."""
+    """``optimization``, ``test``, ``preflight`` and ``total`` LM usage (calls, cache hits,
+    tokens, ...); ``total`` is what the budget counted."""
     wall_s: float
     stopped_by_budget: bool
     attempt: int
@@ -183,11 +198,14 @@ def run_optimization(
             reporter.message(f"resuming the run in {folder.path} (attempt {attempt})")
         lm = lm or _make_lm(spec)
         program = task.make_program()
-        with SQLiteJournal(folder.journal_path) as journal, context(lm=lm):
+        total_budget = spec.budget()
+        with SQLiteJournal(folder.journal_path) as journal, context(lm=lm), \
+                _using(total_budget):
+            preflight = _preflight(lm, reporter)
             result = optimizer.optimize(
                 program, splits.train, splits.val or None,
-                budget=spec.budget(), journal=journal, reporter=reporter,
-                workdir=folder.work_path,
+                budget=_optimization_budget(spec, program, splits.test, preflight, reporter),
+                journal=journal, reporter=reporter, workdir=folder.work_path,
             )
             _write_search(folder, program, result)
             test, test_usage = _evaluate_test(result.program, splits.test, task,
@@ -197,7 +215,7 @@ def run_optimization(
                 val_score=result.best_score,
                 test_score=test["score"] if test else None,
                 test_metrics=dict((test or {}).get("metrics") or {}),
-                usage=_usage_report(result.usage, test_usage),
+                usage=_usage_report(result.usage, test_usage, preflight),
                 wall_s=round(time.monotonic() - started, 3),
                 stopped_by_budget=result.stopped_by_budget,
                 attempt=attempt,
@@ -263,7 +281,58 @@ def _make_lm(spec: RunSpec) -> LM:
         options["cache"] = None
     elif spec.cache_dir is not None:
         options["cache"] = LMCache(Path(spec.cache_dir) / "lm_cache.sqlite")
+    if spec.timeout is not None:
+        options["timeout"] = spec.timeout
     return factory.make_lm(spec.model, spec.base_url, **options)
+
+
+@contextmanager
+def _using(budget: Budget | None) -> Iterator[None]:
+    if budget is None:
+        yield
+    else:
+        with use_budget(budget):
+            yield
+
+
+def _preflight(lm: LM, reporter: Reporter) -> UsageSnapshot:
+    """One tiny request before anything else (for LMs behind an endpoint): a wrong URL or
+    model, or a dead server, is an error in seconds, not after a first phase."""
+    check = getattr(lm, "check", None)
+    if not callable(check):
+        return UsageSnapshot()
+    with track_usage() as meter:
+        if type(lm).check is not LM.check:
+            reporter.message(f"checking that {lm!r} answers")
+        check()
+    return meter.snapshot()
+
+
+def _optimization_budget(
+    spec: RunSpec, program: Module, testset: list[Example], preflight: UsageSnapshot,
+    reporter: Reporter,
+) -> Budget | None:
+    """The optimization's own call budget: ``max_calls`` less the preflight's calls and those
+    reserved for the test evaluation (one per test example and predictor), so that the whole
+    command stays within ``max_calls``.  Tokens and seconds are capped for the whole command
+    by the outer budget alone (they cannot be reserved: they are known only once spent)."""
+    per_example = max(1, len(program.predictors()))
+    reserved = len(testset) * per_example
+    parts = (f"{preflight.calls} preflight call(s) and {reserved} for the test evaluation "
+             f"({len(testset)} examples x {per_example} predictor(s))")
+    if spec.max_calls is None:
+        reporter.message(f"LM calls besides the optimization: {parts}")
+        return None
+    left = spec.max_calls - preflight.calls - reserved
+    if left < 1:
+        raise ValueError(
+            f"--max-calls {spec.max_calls} covers the whole command and leaves nothing for the "
+            f"optimization after {parts}: raise it above {preflight.calls + reserved}, or "
+            "use a smaller --test-size"
+        )
+    reporter.message(f"--max-calls {spec.max_calls} covers the whole command: {parts}, "
+                     f"{left} for the optimization")
+    return Budget(max_calls=left)
 
 
 def _cut(examples: list[Example], size: int | None, name: str) -> list[Example]:
@@ -320,13 +389,22 @@ def _evaluate_test(
                 "errors": result.num_errors, **({"metrics": extra} if extra else {})}
 
     with track_usage() as meter:
-        test = journal.memo(key, compute)
+        try:
+            test = journal.memo(key, compute)
+        except BudgetExceeded as exc:  # tokens or seconds ran out (calls were reserved)
+            partial = getattr(exc, "partial_result", None)
+            done = len(partial.results) if partial is not None else 0
+            reporter.message(f"the budget ran out during the test evaluation ({exc}; {done} of "
+                             f"{len(testset)} examples): no test score")
+            test = {"score": None, "examples": done, "stopped_by_budget": True}
     return test, meter.snapshot()
 
 
-def _usage_report(optimization: UsageSnapshot, test: UsageSnapshot) -> dict[str, Any]:
-    total = UsageSnapshot(**{k: getattr(optimization, k) + getattr(test, k)
-                             for k in ("calls", "cache_hits", "prompt_tokens",
-                                       "completion_tokens", "cost")})
+def _usage_report(
+    optimization: UsageSnapshot, test: UsageSnapshot, preflight: UsageSnapshot
+) -> dict[str, Any]:
+    parts = (("optimization", optimization), ("test", test), ("preflight", preflight))
+    total = UsageSnapshot(**{f.name: sum(getattr(u, f.name) for _, u in parts)
+                             for f in fields(UsageSnapshot)})
     return {name: {**u.to_json(), "total_tokens": u.total_tokens}
-            for name, u in (("optimization", optimization), ("test", test), ("total", total))}
+            for name, u in (*parts, ("total", total))}
