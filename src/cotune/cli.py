@@ -27,6 +27,12 @@ ModelOpt = Annotated[
 BaseUrlOpt = Annotated[
     str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
 ]
+TimeoutOpt = Annotated[
+    float | None, typer.Option(help="Seconds per request to --base-url (default 120); a request "
+                               "that takes longer is retried, then an error.")
+]
+LM_FAILURE_EXIT = 3
+"""Exit status when the LM failed (unreachable, erroring, invalid answers): no result, retry."""
 
 
 @app.callback()
@@ -49,6 +55,7 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed of the data split.")] = 0,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass the LM cache.")] = False,
     out: Annotated[Path | None, typer.Option(help="Write per-example results as JSON.")] = None,
+    timeout: TimeoutOpt = None,
 ) -> None:
     """Evaluate a task's program on one split and print the score."""
     from cotune.core.runtime import context
@@ -71,7 +78,7 @@ def evaluate(
 
     console.print(f"[bold]{task}[/]: {len(devset)} {split} examples, model [cyan]{model}[/]"
                   + (f" at {base_url}" if base_url else " (embedded llama.cpp)"))
-    lm = make_lm(model, base_url)
+    lm = make_lm(model, base_url, timeout=timeout)
     evaluator = Evaluate(devset, the_task.metric, num_threads=threads, display_progress=True)
     with context(lm=lm):
         if no_cache:
@@ -148,10 +155,13 @@ def optimize(
     val_size: Annotated[int | None, typer.Option(help="Use the first N validation examples.")]
     = None,
     test_size: Annotated[int | None, typer.Option(help="Use the first N test examples.")] = None,
-    max_calls: Annotated[int | None, typer.Option(help="Stop after N LM calls.")] = None,
+    max_calls: Annotated[int | None, typer.Option(
+        help="At most N LM calls in all: the test evaluation's are reserved from them, the "
+             "optimization stops when the rest is spent.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Stop after N tokens.")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Stop after S seconds.")] = None,
     threads: Annotated[int, typer.Option(help="Worker threads.")] = 4,
+    timeout: TimeoutOpt = None,
     run_dir: Annotated[Path | None, typer.Option(
         help="The run folder (default runs/TASK-OPTIMIZER-seedN). A folder holding a run of "
              "the same configuration is resumed.")] = None,
@@ -176,6 +186,7 @@ def optimize(
         options=_optimizer_options(set_ or [], strategy), max_calls=max_calls,
         max_tokens=max_tokens, max_seconds=max_seconds, threads=threads,
         cache_dir=str(cache_dir) if cache_dir is not None else None, use_cache=not no_cache,
+        timeout=timeout,
     )
     folder = run_dir or _default_run_dir(task, optimizer, seed)
     console.print(f"[bold]{task}[/] with [bold]{optimizer}[/], model [cyan]{model}[/]"
@@ -196,6 +207,12 @@ def _guarded(action: Callable[[], T]) -> T:
     except Exception as exc:
         if logging.getLogger().isEnabledFor(logging.INFO):  # --verbose: the whole story
             console.print_exception()
+        from cotune.lm.types import LMError, is_infrastructure_error
+
+        if isinstance(exc, LMError) and is_infrastructure_error(exc):
+            _fail(f"{exc.describe()}; fix the LM or wait for it, then run the same command "
+                  "again")
+            raise typer.Exit(LM_FAILURE_EXIT) from None
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         name = "" if _speaks_for_itself(exc) else f"{type(exc).__name__}: "
         raise _fail(f"{name}{message}") from None
@@ -420,6 +437,7 @@ def bench(
     max_tokens: Annotated[int | None, typer.Option(help="Tokens per cell.")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Seconds per cell.")] = None,
     threads: Annotated[int | None, typer.Option(help="Worker threads.")] = None,
+    timeout: TimeoutOpt = None,
     cache: Annotated[str | None, typer.Option(
         help="LM cache: cell (one per cell, the default), shared, off.")] = None,
     out: Annotated[Path, typer.Option(
@@ -433,7 +451,8 @@ def bench(
     overrides = {"tasks": task, "optimizers": optimizer, "models": model, "seeds": seed,
                  "base_url": base_url, "train_size": train_size, "val_size": val_size,
                  "test_size": test_size, "max_calls": max_calls, "max_tokens": max_tokens,
-                 "max_seconds": max_seconds, "threads": threads, "cache": cache}
+                 "max_seconds": max_seconds, "threads": threads, "cache": cache,
+                 "timeout": timeout}
     the_spec = _guarded(lambda: resolve_spec(spec, out, overrides))
     cells = _guarded(the_spec.cells)
     console.print(f"bench of {len(cells)} cells in {out}", highlight=False)

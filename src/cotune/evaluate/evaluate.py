@@ -155,11 +155,14 @@ class EvaluationAborted(RuntimeError):
         self.partial_result = partial_result
 
 
-class LMUnavailable(EvaluationAborted):
+class LMUnavailable(EvaluationAborted, LMError):
     """The LM failed for a reason that is no example's (see the module docstring) on more
     examples than ``max_lm_errors`` allows, or on every one.  ``lm`` names the LM (backend,
     model, endpoint), ``first_error`` says how it failed first; ``partial_result`` holds the
-    examples that finished.  Nothing about the program's quality can be read from it."""
+    examples that finished.  Nothing about the program's quality can be read from it.
+
+    An :class:`~cotune.lm.LMError` too (an infrastructure one), so that one ``except LMError``
+    catches the LM's failures wherever they surface."""
 
     def __init__(
         self, message: str, partial_result: EvaluationResult, *, lm: str | None,
@@ -168,6 +171,9 @@ class LMUnavailable(EvaluationAborted):
         super().__init__(message, partial_result)
         self.lm = lm
         self.first_error = first_error
+
+    def describe(self) -> str:
+        return str(self)  # the message already names the LM and its first error
 
 
 class Evaluate:
