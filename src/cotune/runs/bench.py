@@ -117,6 +117,8 @@ class BenchSpec:
     max_tokens: int | None = None
     max_seconds: float | None = None
     threads: int = 4
+    timeout: float | None = None
+    """Seconds per request to ``base_url`` (see :attr:`RunSpec.timeout`)."""
     cache: str = "cell"
     """``cell``: each cell keeps its LM cache in its run folder (independent cells, fair wall
     times); ``shared``: the user's LM cache; ``off``: no cache."""
@@ -139,6 +141,7 @@ class BenchSpec:
             preset=cell.optimizer.preset, options=cell.optimizer.run_options(),
             max_calls=self.max_calls, max_tokens=self.max_tokens, max_seconds=self.max_seconds,
             threads=self.threads, cache_dir=cache_dir, use_cache=self.cache != "off",
+            timeout=self.timeout,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -173,7 +176,7 @@ class BenchSpec:
 
 
 _SETTINGS = ("models", "seeds", "base_url", "max_calls", "max_tokens", "max_seconds", "threads",
-             "cache")
+             "cache", "timeout")
 _SPEC_KEYS = {"tasks", "optimizers", "train_size", "val_size", "test_size", *_SETTINGS}
 
 
