@@ -126,7 +126,11 @@ class LM(ABC):
         )
         return self.complete(request, cache=cache)
 
-    def complete(self, request: LMRequest, *, cache: bool = True) -> LMResponse:
+    def complete(
+        self, request: LMRequest, *, cache: bool = True, max_retries: int | None = None
+    ) -> LMResponse:
+        """Answer ``request`` through the choke point (see the module docstring);
+        ``max_retries`` overrides the LM's own for this request."""
         budgets = self._budgets()
         reserved: list[Budget] = []
         try:
@@ -143,7 +147,8 @@ class LM(ABC):
             key = request.fingerprint(self.identity()) if store is not None else ""
             response = self._cached(store, key) if store is not None else None
             if response is None:
-                response = self._complete_with_retries(request)
+                response = self._complete_with_retries(
+                    request, self.max_retries if max_retries is None else max_retries)
                 if store is not None:
                     store.put(key, response.to_json())
         except BaseException as exc:
@@ -209,13 +214,13 @@ class LM(ABC):
                     self._cache = shared_cache() if setting is _USE_SHARED_CACHE else setting  # type: ignore[assignment]
         return self._cache
 
-    def _complete_with_retries(self, request: LMRequest) -> LMResponse:
+    def _complete_with_retries(self, request: LMRequest, max_retries: int) -> LMResponse:
         attempt = 0
         while True:
             try:
                 return validated(self._complete(request))
             except LMTransientError as exc:
-                if attempt >= self.max_retries:
+                if attempt >= max_retries:
                     exc.attempts = attempt + 1
                     raise
                 time.sleep(self._retry_delay(attempt, exc.retry_after))

@@ -45,6 +45,8 @@ from cotune.lm.types import (
 )
 
 Transport = Literal["auto", "sdk", "http"]
+CHECK_RETRIES = 2
+"""Retries of the preflight request (:meth:`OpenAILM.check`)."""
 
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _TRANSIENT_STATUS = {408, 409, 429}
@@ -181,10 +183,11 @@ class OpenAILM(LM):
 
     def check(self) -> None:
         """One tiny request past the cache (one token of answer), so that a wrong URL, an
-        unknown model or a dead endpoint is an error now rather than after a first phase."""
+        unknown model or a dead endpoint is an error now rather than after a first phase.
+        At most :data:`CHECK_RETRIES` retries: a refused connection fails in about a second."""
         self.complete(
             LMRequest(messages=({"role": "user", "content": "Say OK."},), max_tokens=1),
-            cache=False,
+            cache=False, max_retries=min(self.max_retries, CHECK_RETRIES),
         )
 
     def _post_with_sdk(self, body: dict[str, Any]) -> str:
@@ -423,6 +426,7 @@ class _KeepAliveHTTP:
 
     def __init__(self, client: Any, base_url: str, timeout: float) -> None:
         parts = urlsplit(base_url)
+        self.base_url = base_url
         self.address = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.timeout = timeout
         headers = {**client.default_headers, **client.auth_headers}
@@ -458,8 +462,7 @@ class _KeepAliveHTTP:
         except (OSError, _ProtocolError, ValueError) as e:
             conn.close()  # a half-read answer must not stay on the connection
             kind = "timeout" if isinstance(e, TimeoutError) else type(e).__name__
-            host, port = self.address
-            raise LMTransientError(f"{kind} talking to {host}:{port}: {e}") from e
+            raise LMTransientError(f"{kind} talking to {self.base_url}: {e}") from e
 
     def _open(self, conn: _Connection) -> None:
         conn.sock = socket.create_connection(self.address, timeout=self.timeout)
