@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 
 from cotune import Budget, Example, Module, Predict, ScriptedLM, context, load_program, save_program
+from cotune.lm import LMError, LMTransientError, is_infrastructure_error
 from cotune.optimize import Optimizer
 
 
@@ -52,6 +54,32 @@ def _answer(request) -> str:
     return f"Answer: {a + b if right else a + b + 1}"
 
 
+class OutageLM(ScriptedLM):
+    """``scripted_solver``'s answers, until ``up_for`` requests were answered; from then on
+    every request fails as a dead endpoint's does (its retries spent), until :meth:`recover`."""
+
+    def __init__(self, up_for: int) -> None:
+        super().__init__(_answer, max_retries=1, retry_initial_delay=0.001)
+        self.up_for: int | None = up_for
+        self.answered = 0
+        self.failed = 0
+        self._count_lock = threading.Lock()
+
+    def recover(self) -> None:
+        self.up_for = None
+
+    def _complete(self, request):
+        with self._count_lock:
+            down = self.up_for is not None and self.answered >= self.up_for
+            if down:
+                self.failed += 1
+            else:
+                self.answered += 1
+        if down:
+            raise LMTransientError("connection refused by http://127.0.0.1:9/v1")
+        return super()._complete(request)
+
+
 def own_demo_violations(lm: ScriptedLM) -> list[str]:
     """Queries that also appear as a demo in the same prompt."""
     bad = []
@@ -69,14 +97,45 @@ class OptimizerSuite:
     def make_optimizer(self, metric, seed: int) -> Optimizer:
         raise NotImplementedError
 
-    def run(self, seed=0, budget=None, lm=None):
+    def run(self, seed=0, budget=None, lm=None, journal=None, workdir=None):
         lm = lm or scripted_solver()
         program = AddTwo()
         with context(lm=lm):
             result = self.make_optimizer(exact_answer, seed).optimize(
-                program, arithmetic_data(16), arithmetic_data(8, offset=100), budget=budget
+                program, arithmetic_data(16), arithmetic_data(8, offset=100), budget=budget,
+                journal=journal, workdir=workdir,
             )
         return program, result, lm
+
+    def test_an_lm_outage_stops_it_and_the_rerun_gives_the_clean_result(self, tmp_path):
+        """An LM failure is no score: the optimizer stops with the LM's error, its journal
+        keeps only steps finished before the outage (exactly as the clean run computed them),
+        and the rerun with the LM back gives the clean run's result."""
+        from cotune.runs.journal import SQLiteJournal
+
+        work = tmp_path / "work"
+        reference = scripted_solver()
+        with SQLiteJournal(tmp_path / "clean.sqlite") as journal:
+            _, clean, _ = self.run(lm=reference, journal=journal, workdir=work)
+            clean_steps = {k: journal.get(k) for k in journal.keys("")}
+        if len(reference.requests) < 2:
+            pytest.skip("this optimizer makes no LM calls")
+
+        lm = OutageLM(up_for=len(reference.requests) // 2)
+        with SQLiteJournal(tmp_path / "run.sqlite") as journal:
+            with pytest.raises(LMError) as info:
+                self.run(lm=lm, journal=journal, workdir=work)
+            assert is_infrastructure_error(info.value) and lm.failed > 0
+            assert "127.0.0.1:9" in info.value.describe()
+            kept = {k: journal.get(k) for k in journal.keys("")}
+        assert all(clean_steps[k] == v for k, v in kept.items())
+
+        lm.recover()
+        with SQLiteJournal(tmp_path / "run.sqlite") as journal:
+            _, again, _ = self.run(lm=lm, journal=journal, workdir=work)
+            assert {k: journal.get(k) for k in journal.keys("")} == clean_steps
+        assert again.program.dump_state() == clean.program.dump_state()
+        assert [c.score for c in again.candidates] == [c.score for c in clean.candidates]
 
     def test_does_not_mutate_its_input(self):
         program, result, _ = self.run()

@@ -107,6 +107,33 @@ def test_replayed_steps_are_charged_to_budgets_and_meters(tmp_path):
         SQLiteJournal(path).memo("step", step)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_a_step_computed_while_the_lm_failed_is_never_journaled(tmp_path, kind):
+    """Even a step that caught the LM's error and returned: its result is not the one the LM
+    gives when it works, so the rerun must compute it again."""
+    from cotune import ScriptedLM
+    from cotune.lm import LMTransientError
+    from cotune.optimize import MemoryJournal
+
+    class Down(ScriptedLM):
+        def _complete(self, request):
+            raise LMTransientError("connection refused")
+
+    down, up = Down("x", max_retries=0), ScriptedLM("fine")
+
+    def step(lm) -> str:
+        try:
+            return lm.chat([{"role": "user", "content": "q"}]).text
+        except LMTransientError:
+            return "no answer"
+
+    journal = SQLiteJournal(tmp_path / "j.sqlite") if kind == "sqlite" else MemoryJournal()
+    assert journal.memo("step", lambda: step(down)) == "no answer"
+    assert journal.keys() == []
+    assert journal.memo("step", lambda: step(up)) == "fine"
+    assert journal.get("step") == "fine"
+
+
 # -- user task files ---------------------------------------------------------------------------
 
 
