@@ -259,3 +259,39 @@ def test_check_reports_an_unknown_model_at_once_and_bypasses_the_cache(fake_open
         lm.check()
     assert info.value.attempts == 1
     assert isinstance(info.value, LMError)
+
+
+# -- the real model -----------------------------------------------------------------------------
+
+
+@pytest.mark.real_model
+def test_faults_in_front_of_the_real_server_change_no_answer(llama_server_url):
+    """Every kind but the hang (its timeout would have to outlast a real answer), half of the
+    requests: the answers are the ones the server gives without faults."""
+    prompts = [[{"role": "user", "content": f"What is {i} + {i}? Answer with a number."}]
+               for i in range(4)]
+    direct = OpenAILM("smollm2", base_url=llama_server_url, cache=None, max_tokens=8)
+    want = [direct.chat(p, max_tokens=8).text for p in prompts]
+    with FaultProxy(llama_server_url.removesuffix("/v1"), rate=0.5, seed=3, retry_after="0",
+                    kinds=[k for k in KINDS if k != "hang"]) as proxy:
+        lm = OpenAILM("smollm2", base_url=proxy.url, cache=None, max_tokens=8, max_retries=8,
+                      retry_initial_delay=0.01, retry_max_delay=0.02, timeout=60)
+        got = [lm.chat(p, max_tokens=8).text for p in prompts]
+        assert sum(proxy.stats()["faults"].values()) > 0
+    assert got == want
+
+
+@pytest.mark.real_model
+def test_a_prompt_too_long_for_the_real_server_is_a_context_overflow(llama_server_url):
+    lm = OpenAILM("smollm2", base_url=llama_server_url, cache=None, max_retries=0)
+    with pytest.raises(ContextOverflow):
+        lm.chat([{"role": "user", "content": "word " * 3000}], max_tokens=8)
+
+
+@pytest.mark.real_model
+def test_a_prompt_too_long_for_the_embedded_engine_is_a_context_overflow(smollm2_path):
+    from cotune.lm import LlamaCppLM
+
+    lm = LlamaCppLM(smollm2_path, n_ctx=256, n_threads=1, cache=None)
+    with pytest.raises(ContextOverflow, match="context"):
+        lm.chat([{"role": "user", "content": "word " * 400}], max_tokens=8)
