@@ -138,6 +138,8 @@ def test_a_small_call_budget_stops_cleanly(tmp_path):
     summary = folder.read_json("result.json")
     assert summary["stopped_by_budget"] is True
     assert summary["usage"]["optimization"]["calls"] <= 30
+    assert summary["usage"]["total"]["calls"] <= 30  # the test evaluation's calls included
+    assert "--max-calls 30 covers the whole command" in " ".join(result.output.split())
     load_program(scripted.Parity(), folder.program_path)
 
 

@@ -203,3 +203,21 @@ def test_the_journal_is_plain_json(tmp_path, server):
     run = tmp_path / "run"
     assert optimize(run, server.url, *RANDOM_SEARCH).exit_code == 0
     assert all(json.loads(v) is not None for v in journal(run).values())
+
+
+def test_timeout_reaches_the_lm_of_every_command(tmp_path, server, monkeypatch):
+    from cotune.lm import factory
+    from cotune.runs.bench import BenchSpec
+
+    seen = []
+    real = factory.make_lm
+    monkeypatch.setattr("cotune.lm.factory.make_lm",
+                        lambda *a, **kw: seen.append(kw.get("timeout")) or real(*a, **kw))
+    assert optimize(tmp_path / "run", server.url, *RANDOM_SEARCH).exit_code == 0
+    assert seen == [TIMEOUT]
+    bad = optimize(tmp_path / "bad", server.url, "--timeout", "0")
+    assert bad.exit_code == 1 and "timeout must be" in " ".join(bad.output.split())
+
+    spec = BenchSpec.from_dict({"tasks": [str(TASK_FILE)], "optimizers": ["vanilla"],
+                                "timeout": 7.5})
+    assert spec.run_spec(spec.cells()[0], tmp_path / "cell").timeout == 7.5
