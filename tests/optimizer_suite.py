@@ -58,8 +58,8 @@ class OutageLM(ScriptedLM):
     """``scripted_solver``'s answers, until ``up_for`` requests were answered; from then on
     every request fails as a dead endpoint's does (its retries spent), until :meth:`recover`."""
 
-    def __init__(self, up_for: int) -> None:
-        super().__init__(_answer, max_retries=1, retry_initial_delay=0.001)
+    def __init__(self, up_for: int, script=None, **kwargs) -> None:
+        super().__init__(script or _answer, max_retries=1, retry_initial_delay=0.001, **kwargs)
         self.up_for: int | None = up_for
         self.answered = 0
         self.failed = 0

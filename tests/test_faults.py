@@ -221,3 +221,45 @@ def test_timeout_reaches_the_lm_of_every_command(tmp_path, server, monkeypatch):
     spec = BenchSpec.from_dict({"tasks": [str(TASK_FILE)], "optimizers": ["vanilla"],
                                 "timeout": 7.5})
     assert spec.run_spec(spec.cells()[0], tmp_path / "cell").timeout == 7.5
+
+
+# -- MIPRO's prompt LM ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("meta", [False, True], ids=["mipro", "mipro++"])
+def test_mipro_stops_when_its_prompt_lm_fails_and_the_rerun_gives_the_clean_result(
+    tmp_path, meta
+):
+    """The proposer's LM goes down half way through its requests (grounding and proposals;
+    MIPRO++ proposes lazily inside the trials): the same contract as for the task LM."""
+    from optimizer_suite import AddTwo, OutageLM, arithmetic_data, exact_answer, scripted_solver
+    from test_proposer import prompt_reply
+
+    from cotune import ScriptedLM, context
+    from cotune.lm import LMError
+    from cotune.optimize.mipro import MIPRO
+    from cotune.runs.journal import SQLiteJournal
+
+    def run(prompt, path):
+        mipro = MIPRO(exact_answer, num_instruction_candidates=3, num_demo_candidates=2,
+                      num_trials=6, minibatch_size=4, full_eval_every=3, prompt_lm=prompt,
+                      meta_optimize_proposer=meta, num_threads=2)
+        with SQLiteJournal(path) as journal, context(lm=scripted_solver()):
+            result = mipro.optimize(AddTwo(), arithmetic_data(12), arithmetic_data(6, 100),
+                                    journal=journal)
+            return result, {k: journal.get(k) for k in journal.keys("")}
+
+    clean_prompt = ScriptedLM(prompt_reply, name="prompt")
+    clean, clean_steps = run(clean_prompt, tmp_path / "clean.sqlite")
+    prompt = OutageLM(len(clean_prompt.requests) // 2, prompt_reply, name="prompt")
+    with pytest.raises(LMError):
+        run(prompt, tmp_path / "run.sqlite")
+    with SQLiteJournal(tmp_path / "run.sqlite") as journal:
+        kept = {k: journal.get(k) for k in journal.keys("")}
+    assert kept and all(clean_steps[k] == v for k, v in kept.items())
+    assert not any(k.startswith(("instructions", "trial:")) for k in kept) or meta
+
+    prompt.recover()
+    again, steps = run(prompt, tmp_path / "run.sqlite")
+    assert steps == clean_steps
+    assert again.program.dump_state() == clean.program.dump_state()
