@@ -13,6 +13,7 @@ from fault_proxy import KINDS, FaultProxy
 
 from cotune.lm import (
     Choice,
+    ContentRefused,
     ContextOverflow,
     LMCache,
     LMCacheError,
@@ -95,6 +96,7 @@ def test_a_fault_that_outlasts_the_retries_is_a_typed_error_and_nothing_is_cache
     assert "fake-model" in error.describe() and "after 2 attempts" in error.describe()
     assert len(cache) == 0
     assert meter.snapshot().failed_calls == 1 and meter.snapshot().calls == 0
+    assert lm.usage.failed_calls == 1
 
 
 def test_a_cached_answer_without_choices_is_a_miss_and_is_replaced(fake_openai_server, tmp_path):
@@ -205,6 +207,13 @@ def test_retry_after_header_values(headers, seconds):
 def test_a_prompt_too_long_for_the_context_is_a_context_overflow(message):
     error = _status_error(400, message, "http://127.0.0.1:8000/v1")
     assert isinstance(error, ContextOverflow) and not is_infrastructure_error(error)
+
+
+def test_a_content_filter_refusal_is_a_failure_of_that_request():
+    message = ("The response was filtered due to the prompt triggering Azure OpenAI's content "
+               "management policy.")
+    error = _status_error(400, message, "https://x.openai.azure.com/openai/v1")
+    assert isinstance(error, ContentRefused) and not is_infrastructure_error(error)
 
 
 @pytest.mark.parametrize(("status", "message"), [(404, "The model `x` does not exist."),

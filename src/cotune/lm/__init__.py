@@ -10,6 +10,7 @@ from cotune.lm.scripted import ScriptedLM
 from cotune.lm.types import (
     BudgetExceeded,
     Choice,
+    ContentRefused,
     ContextOverflow,
     LMError,
     LMInvalidResponse,
@@ -27,6 +28,7 @@ __all__ = [
     "Budget",
     "BudgetExceeded",
     "Choice",
+    "ContentRefused",
     "ContextOverflow",
     "LMCache",
     "LMCacheError",

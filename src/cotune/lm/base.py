@@ -157,6 +157,7 @@ class LM(ABC):
             if isinstance(exc, LMError) and is_infrastructure_error(exc):
                 if exc.lm is None:
                     exc.lm = repr(self)
+                self.meter.record_failure()
                 record_failure_in_active_meters()
             raise
 

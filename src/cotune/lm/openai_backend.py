@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from cotune.lm.base import LM
 from cotune.lm.types import (
     Choice,
+    ContentRefused,
     ContextOverflow,
     LMInvalidResponse,
     LMRequest,
@@ -59,6 +60,13 @@ _CONTEXT_OVERFLOW = re.compile(
 )
 """How OpenAI, vLLM, SGLang, llama.cpp's server and llama-cpp-python's say that a prompt does
 not fit the model's context: a failure of that request, not of the endpoint."""
+_REFUSAL_STATUS = {400, 403, 422}
+_CONTENT_REFUSED = re.compile(
+    r"content[_ ]?(filter|management|policy)|responsible ?ai|safety (system|policy)",
+    re.IGNORECASE,
+)
+"""How hosted endpoints (Azure OpenAI's content filter, others' safety policies) refuse a
+prompt's content: a failure of that request, not of the endpoint."""
 
 
 def _is_local(base_url: str | None) -> bool:
@@ -261,6 +269,8 @@ def _status_error(
         return LMTransientError(text, retry_after=wait)
     if status in _CONTEXT_STATUS and _CONTEXT_OVERFLOW.search(message):
         return ContextOverflow(text, status_code=status)
+    if status in _REFUSAL_STATUS and _CONTENT_REFUSED.search(message):
+        return ContentRefused(text, status_code=status)
     return LMRequestError(text, status_code=status)
 
 

@@ -139,6 +139,13 @@ class ContextOverflow(LMRequestError):
     failure, never the end of a run."""
 
 
+class ContentRefused(LMRequestError):
+    """The endpoint refused this request's content (a content filter, a safety policy).
+
+    Like :class:`ContextOverflow`, a property of one example's prompt, not of the endpoint:
+    recorded as that example's failure."""
+
+
 class BudgetExceeded(LMError):
     """Raised before an LM call that would exceed an LM-call or token budget."""
 
@@ -146,6 +153,7 @@ class BudgetExceeded(LMError):
 def is_infrastructure_error(exc: BaseException) -> bool:
     """True for an LM failure that says nothing about the example being answered: the
     endpoint, the network, the configuration or the cache failed.  Such a failure must stop
-    an evaluation instead of scoring 0.  False for a content failure (:class:`ContextOverflow`)
-    and for a spent budget (which stops a run for its own reason)."""
-    return isinstance(exc, LMError) and not isinstance(exc, (ContextOverflow, BudgetExceeded))
+    an evaluation instead of scoring 0.  False for a content failure (:class:`ContextOverflow`,
+    :class:`ContentRefused`) and for a spent budget (which stops a run for its own reason)."""
+    return isinstance(exc, LMError) and not isinstance(
+        exc, (ContextOverflow, ContentRefused, BudgetExceeded))
