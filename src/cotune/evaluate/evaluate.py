@@ -281,8 +281,9 @@ class Evaluate:
         first: ExampleResult, failed: int, finished: int, partial: EvaluationResult
     ) -> LMUnavailable:
         error = first.error or "?"
+        so_far = "" if finished == partial.num_total else " so far"
         return LMUnavailable(
-            f"the LM failed on {failed} of the {finished} examples evaluated so far: {error}",
+            f"the LM failed on {failed} of the {finished} examples evaluated{so_far}: {error}",
             partial, lm=first.lm, first_error=error,
         )
 

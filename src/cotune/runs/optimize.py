@@ -321,7 +321,8 @@ def _optimization_budget(
     parts = (f"{preflight.calls} preflight call(s) and {reserved} for the test evaluation "
              f"({len(testset)} examples x {per_example} predictor(s))")
     if spec.max_calls is None:
-        reporter.message(f"LM calls besides the optimization: {parts}")
+        if preflight.calls or reserved:
+            reporter.message(f"LM calls besides the optimization: {parts}")
         return None
     left = spec.max_calls - preflight.calls - reserved
     if left < 1:
