@@ -263,3 +263,12 @@ def test_mipro_stops_when_its_prompt_lm_fails_and_the_rerun_gives_the_clean_resu
     again, steps = run(prompt, tmp_path / "run.sqlite")
     assert steps == clean_steps
     assert again.program.dump_state() == clean.program.dump_state()
+
+
+def test_an_unusable_lm_cache_is_an_lm_failure_naming_the_file(tmp_path, server):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "lm_cache.sqlite").write_bytes(b"not a database " * 100)
+    result = optimize(run, server.url, *RANDOM_SEARCH)
+    assert_lm_failure(result, str(run / "lm_cache.sqlite"), "not usable")
+    assert server.attempts == 0
