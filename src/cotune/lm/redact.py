@@ -36,6 +36,8 @@ _Q = r"(?:\\?[\"']|&#x27;|&#39;|&quot;)"  # a quote, also JSON- or HTML-escaped
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # scheme://userinfo@host: everything before the @ of the authority
     (re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@\"'<>\\?#]+@"), rf"\1{MASK}@"),
+    # a Host header that carries credentials: Host: user:password@host
+    (re.compile(rf"(?i)(\bhost{_Q}?\s*[:=]\s*{_Q}?)[^\s@\"'\\/]+@"), rf"\1{MASK}@"),
     # Authorization: Bearer X / "authorization": "Basic X" / authorization=X
     (re.compile(rf"(?i)(\bauthorization{_Q}?\s*[:=]\s*{_Q}?\s*(?:(?:bearer|basic|token)\s+)?)"
                 r"[^\s\"'\\,;}&<]+"), rf"\1{MASK}"),
