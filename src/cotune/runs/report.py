@@ -733,7 +733,7 @@ def file_problem(path: Path) -> str | None:
         return f"{path} cannot be read ({exc.strerror or exc})"
     shape = _SHAPES.get(path.name)
     if shape is not None and not isinstance(data, shape):
-        kind = "an object" if shape is dict else "a list"
+        kind = "object" if shape is dict else "list"
         return f"{path} is corrupt (expected a JSON {kind}, found {type(data).__name__})"
     return None
 
