@@ -37,7 +37,12 @@ class LMCache:
         self.path = Path(path) if path is not None else default_cache_dir() / "lm_cache.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._connect()  # create the schema now, so that errors show up at construction
+        try:
+            self._connect()  # create the schema now, so that errors show up at construction
+        except sqlite3.DatabaseError as exc:  # same type, but naming the file and the way out
+            raise sqlite3.DatabaseError(
+                f"{self.path}: not a usable LM cache ({exc}); delete the file or run with "
+                "--no-cache") from exc
 
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

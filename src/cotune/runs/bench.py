@@ -195,7 +195,9 @@ class BenchSpec:
         check_number("max_seconds", settings.get("max_seconds"), minimum=0, allow_none=True)
         check_int("threads", settings.get("threads", 1), minimum=1)
         check_choice("cache", settings.get("cache", "cell"), CACHE_MODES)
-        return cls(tasks=tasks, optimizers=optimizers, **settings)
+        spec = cls(tasks=tasks, optimizers=optimizers, **settings)
+        spec.cells()  # two cells named alike is an error of the spec
+        return spec
 
 
 _SETTINGS = ("models", "seeds", "base_url", "max_calls", "max_tokens", "max_seconds", "threads",
