@@ -545,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per case")
     parser.add_argument("-k", dest="keyword", help="only the cases whose name has this")
     parser.add_argument("--show", action="store_true", help="print the output of every case")
+    parser.add_argument("--src", type=Path, default=ROOT / "src",
+                        help="the cotune sources to probe (default: this checkout's)")
     args = parser.parse_args(argv)
 
     cases = [c for c in all_cases() if not args.keyword or args.keyword in c.name]
@@ -552,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="cotune-bad-inputs-"))
     env = {**os.environ, "COTUNE_CACHE_DIR": str(root / "cache"), "COLUMNS": "250",
            "NO_COLOR": "1", "TERM": "dumb", "COTUNE_LLAMA_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(args.src.resolve()),
                                                         os.environ.get("PYTHONPATH")]))}
     env.pop("OPENAI_API_KEY", None)
     env.pop("COTUNE_DATA_DIR", None)
