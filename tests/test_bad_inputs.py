@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -388,3 +389,20 @@ def test_a_bench_refuses_a_finished_cell_whose_task_file_or_data_changed(tmp_pat
     shutil.rmtree(bench / record["run_dir"])  # as the message says
     rerun = cotune(*args)
     assert rerun.exit_code == 0 and "already finished" not in rerun.output
+
+
+def test_the_bad_inputs_probe_runs_its_cases(tmp_path):
+    """benchmarks/bad_inputs_probe.py, on a few of its cases (the whole probe takes minutes)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bad_inputs_probe.py"
+    spec = importlib.util.spec_from_file_location("bad_inputs_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    sys.modules["bad_inputs_probe"] = probe  # dataclasses look their module up by name
+    spec.loader.exec_module(probe)
+    assert len([c for c in probe.all_cases() if not c.control]) >= 100
+    out = tmp_path / "probe.json"
+    assert probe.main(["-k", "evaluate --limit", "--out", str(out)]) == 0
+    outcomes = json.loads(out.read_text())
+    kinds = sorted(o["kind"] for o in outcomes)
+    assert kinds == ["accepted", "clear", "clear", "clear"]  # --limit 0, -1, abc; the control
