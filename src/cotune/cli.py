@@ -10,7 +10,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from cotune.lm.redact import RedactingFilter, redact
 
 app = typer.Typer(
     help="Optimize LM programs end to end: prompts and LoRA weights.",
@@ -38,6 +41,9 @@ LM_FAILURE_EXIT = 3
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    for handler in logging.getLogger().handlers:  # no secret in a log line either
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
 
 
 @app.command()
@@ -58,35 +64,9 @@ def evaluate(
     timeout: TimeoutOpt = None,
 ) -> None:
     """Evaluate a task's program on one split and print the score."""
-    from cotune.core.runtime import context
-    from cotune.evaluate import Evaluate
-    from cotune.lm.cache import cache_disabled
-    from cotune.lm.factory import make_lm
-    from cotune.runs.programs import load_program
-    from cotune.tasks import get_task
-    from cotune.tasks.demos import labelled_demos
-
-    the_task = get_task(task)
-    splits = the_task.load_splits(seed=seed)
-    devset = splits.get(split)[:limit] if limit else splits.get(split)
-    prog = the_task.make_program()
-    if program is not None:
-        load_program(prog, program, restore_lms=True)  # fine-tuned LMs come back too
-    elif demos:
-        for predictor in prog.predictors():
-            predictor.demos = labelled_demos(splits.train, demos, seed=seed)
-
-    console.print(f"[bold]{task}[/]: {len(devset)} {split} examples, model [cyan]{model}[/]"
-                  + (f" at {base_url}" if base_url else " (embedded llama.cpp)"))
-    lm = make_lm(model, base_url, timeout=timeout)
-    evaluator = Evaluate(devset, the_task.metric, num_threads=threads, display_progress=True)
-    with context(lm=lm):
-        if no_cache:
-            with cache_disabled():
-                result = evaluator(prog)
-        else:
-            result = evaluator(prog)
-
+    _guarded(lambda: _check_evaluate_options(limit, demos, threads))
+    result, the_task = _guarded(lambda: _run_evaluation(
+        task, model, base_url, split, limit, demos, program, threads, seed, no_cache, timeout))
     table = Table(title=f"{task} / {split}")
     for column in ("score", "examples", "errors", "LM calls", "cache hits", "tokens", "wall s"):
         table.add_column(column, justify="right")
@@ -97,15 +77,68 @@ def evaluate(
     )
     Console().print(table)
     for name, metric in the_task.extra_metrics.items():
-        console.print(f"{name}: {result.mean_of(metric):.3f}")
+        console.print(f"{name}: {result.mean_of(metric):.3f}", markup=False, highlight=False)
     if out is not None:
-        out.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
-        console.print(f"per-example results written to {out}")
+        from cotune.runs.folder import write_atomic
+
+        _guarded(lambda: write_atomic(out, json.dumps(result.to_json(), indent=2,
+                                                      ensure_ascii=False)))
+        console.print(f"per-example results written to {out}", markup=False, highlight=False)
+
+
+def _check_evaluate_options(limit: int | None, demos: int, threads: int) -> None:
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1 (leave it out to evaluate the whole split), "
+                         f"got {limit}")
+    if demos < 0:
+        raise ValueError(f"--demos must be >= 0, got {demos}")
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+
+
+def _run_evaluation(task: str, model: str, base_url: str | None, split: str, limit: int | None,
+                    demos: int, program: Path | None, threads: int, seed: int,
+                    no_cache: bool, timeout: float | None) -> tuple[Any, Any]:
+    from cotune.core.runtime import context
+    from cotune.evaluate import Evaluate
+    from cotune.lm.cache import cache_disabled
+    from cotune.lm.factory import make_lm
+    from cotune.runs.programs import load_program
+    from cotune.tasks import get_task
+    from cotune.tasks.demos import labelled_demos
+
+    the_task = get_task(task)
+    splits = the_task.load_splits(seed=seed)
+    devset = splits.get(split)
+    if limit is not None:
+        devset = devset[:limit]
+    if not devset:
+        raise ValueError(f"the {split} split of {task} is empty: nothing to evaluate")
+    prog = the_task.make_program()
+    if program is not None:
+        if not program.is_file():
+            raise FileNotFoundError(f"saved program not found: {program}")
+        load_program(prog, program, restore_lms=True)  # fine-tuned LMs come back too
+    elif demos:
+        for predictor in prog.predictors():
+            predictor.demos = labelled_demos(splits.train, demos, seed=seed)
+
+    console.print(f"{task}: {len(devset)} {split} examples, model {model}"
+                  + (f" at {redact(base_url)}" if base_url else " (embedded llama.cpp)"),
+                  markup=False, highlight=False)
+    lm = make_lm(model, base_url, timeout=timeout)
+    evaluator = Evaluate(devset, the_task.metric, num_threads=threads, display_progress=True)
+    with context(lm=lm):
+        if no_cache:
+            with cache_disabled():
+                return evaluator(prog), the_task
+        return evaluator(prog), the_task
 
 
 def _fail(message: str) -> typer.Exit:
     """One clear line on stderr and exit status 1 (no traceback for expected errors)."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(redact(message))}", highlight=False,
+                  soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -180,17 +213,20 @@ def optimize(
     from cotune.optimize.reporting import ConsoleReporter
     from cotune.runs.optimize import RunSpec, run_optimization
 
-    spec = RunSpec(
+    options = _optimizer_options(set_ or [], strategy)
+    spec = _guarded(lambda: RunSpec(
         task=task, optimizer=optimizer, model=model, base_url=base_url, seed=seed,
         train_size=train_size, val_size=val_size, test_size=test_size, preset=preset,
-        options=_optimizer_options(set_ or [], strategy), max_calls=max_calls,
+        options=options, max_calls=max_calls,
         max_tokens=max_tokens, max_seconds=max_seconds, threads=threads,
         cache_dir=str(cache_dir) if cache_dir is not None else None, use_cache=not no_cache,
         timeout=timeout,
-    )
+    ))
     folder = run_dir or _default_run_dir(task, optimizer, seed)
-    console.print(f"[bold]{task}[/] with [bold]{optimizer}[/], model [cyan]{model}[/]"
-                  + (f" at {base_url}" if base_url else "") + f"; run folder {folder}")
+    console.print(f"[bold]{escape(task)}[/] with [bold]{escape(optimizer)}[/], model "
+                  f"[cyan]{escape(model)}[/]"
+                  + (f" at {escape(redact(base_url))}" if base_url else "")
+                  + f"; run folder {escape(str(folder))}")
     summary = _guarded(lambda: run_optimization(spec, folder, reporter=ConsoleReporter(),
                                                 force=force))
     _print_summary(summary)
@@ -242,7 +278,8 @@ def _print_summary(summary: Any) -> None:
         out.print(f"other test metrics: {format_metrics(summary.test_metrics)}")
     if summary.stopped_by_budget:
         out.print("stopped by the budget: the program is the best found before it ran out")
-    out.print(f"run folder: {summary.run_dir}  (cotune show {summary.run_dir})", highlight=False)
+    out.print(f"run folder: {summary.run_dir}  (cotune show {summary.run_dir})", highlight=False,
+              markup=False)
 
 
 def _score(value: float | None) -> str:
@@ -288,17 +325,19 @@ def _show_header(out: Console, run: Path, config: dict[str, Any], status: dict[s
 
     optimizer = config.get("optimizer", {})
     model = config.get("model", {})
-    out.print(f"[bold]run[/] {run}", highlight=False)
+    out.print(f"[bold]run[/] {escape(str(run))}", highlight=False)
     out.print(f"task {config.get('task', {}).get('name')}, optimizer {optimizer.get('name')}"
               + (f" ({optimizer['preset']})" if optimizer.get("preset") else "")
               + f", model {model.get('name') or model.get('identity')}, seed {config.get('seed')}"
-              + f", splits {_sizes(config.get('splits', {}))}", highlight=False)
+              + f", splits {_sizes(config.get('splits', {}))}", highlight=False, markup=False)
     state = f"status {status.get('state')} (attempt {status.get('attempt')})"
     if status.get("error"):
         state += f": {status['error']}"
+    if status.get("rerun_error"):
+        state += f"; its last rerun did not complete ({status['rerun_error']})"
     if status.get("state") == "running" and not RunFolder(run).in_use():
         state += ", but no process is running it (killed?): rerun its command to resume"
-    out.print(state, highlight=False)
+    out.print(redact(state), highlight=False, markup=False)
 
 
 def _sizes(splits: dict[str, Any]) -> str:
@@ -311,7 +350,7 @@ def _show_predictors(out: Console, original: Any, winner: Any) -> None:
         return
     originals = (original or {}).get("predictors", {})
     for name, entry in winner["predictors"].items():
-        out.print(f"\n[bold]predictor {name}[/]")
+        out.print(f"\n[bold]predictor {escape(name)}[/]")
         before = originals.get(name, {}).get("instruction")
         if before is not None and before != entry["instruction"]:
             _line(out, _labelled("  original instruction: ", before))
@@ -393,7 +432,7 @@ def _show_cost(out: Console, result: dict[str, Any]) -> None:
               f"{_score(result.get('test_score'))}" + (f" ({other})" if other else "")
               + f", wall time {result.get('wall_s', 0):.1f} s"
               + (", stopped by the budget" if result.get("stopped_by_budget") else ""),
-              highlight=False)
+              highlight=False, markup=False)
 
 
 @app.command()
@@ -455,7 +494,7 @@ def bench(
                  "timeout": timeout}
     the_spec = _guarded(lambda: resolve_spec(spec, out, overrides))
     cells = _guarded(the_spec.cells)
-    console.print(f"bench of {len(cells)} cells in {out}", highlight=False)
+    console.print(f"bench of {len(cells)} cells in {out}", highlight=False, markup=False)
     records = _guarded(lambda: run_bench(the_spec, out, reporter=ConsoleReporter(),
                                          on_cell=_print_cell))
     Console().print((out / RESULTS_MD).read_text(encoding="utf-8"), markup=False,
@@ -475,7 +514,7 @@ def _print_cell(record: dict[str, Any]) -> None:
                 f"{_score(record['test_score'])}, val {_score(record['val_score'])}, "
                 f"{record['lm_calls']} LM calls")
     else:
-        error = escape(str(record["error"]))
+        error = escape(redact(str(record["error"])))
         text = f"[red]{record['status']}[/] {escape(record['cell'])}: {error}"
     console.print(text, highlight=False, soft_wrap=True)
 
@@ -487,10 +526,15 @@ def report(
         help="Where to write the page (default RUN/report.html).")] = None,
 ) -> None:
     """Write a self-contained HTML report of a run (or a bench, with a report per cell)."""
-    from cotune.runs.report import write_report
+    from cotune.runs.report import report_problems, write_report
 
     path = _guarded(lambda: write_report(run, out))
     typer.echo(str(path))
+    problems = report_problems(run)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise _fail(f"{problems[0]}{more}; the report leaves it out: rerun the run's command to "
+                    "rewrite it")
 
 
 if __name__ == "__main__":  # pragma: no cover

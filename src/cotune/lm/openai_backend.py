@@ -33,6 +33,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from cotune.lm.base import LM
+from cotune.lm.redact import register_secret
 from cotune.lm.types import (
     Choice,
     ContentRefused,
@@ -124,6 +125,7 @@ class OpenAILM(LM):
             raise ValueError(f"transport must be 'auto', 'sdk' or 'http', not {transport!r}")
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         api_key = api_key or os.environ.get(api_key_env)
+        register_secret(api_key)  # never written anywhere (cotune.lm.redact)
         if not api_key:
             if not _is_local(base_url):
                 raise ValueError(
@@ -441,7 +443,8 @@ class _KeepAliveHTTP:
         self.timeout = timeout
         headers = {**client.default_headers, **client.auth_headers}
         path = parts.path.rstrip("/") + "/chat/completions"
-        lines = [f"POST {path} HTTP/1.1", f"Host: {parts.netloc}"]
+        host = parts.netloc.rpartition("@")[2]  # a URL's credentials are no part of its host
+        lines = [f"POST {path} HTTP/1.1", f"Host: {host}"]
         skip = {"host", "content-length", "connection", "transfer-encoding"}
         lines += [
             f"{name}: {value}"

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from cotune.core.example import Example
 from cotune.core.module import Module
+from cotune.core.validate import check_int, check_number
 from cotune.evaluate import Evaluate
 from cotune.lm.budget import Budget, use_budget
 from cotune.lm.types import BudgetExceeded
@@ -177,9 +178,9 @@ class Optimizer(ABC):
         metric_threshold: float = 1.0,
     ) -> None:
         self.metric = metric
-        self.seed = seed
-        self.num_threads = num_threads
-        self.metric_threshold = metric_threshold
+        self.seed = check_int("seed", seed)
+        self.num_threads = check_int("num_threads", num_threads, minimum=1)
+        self.metric_threshold = check_number("metric_threshold", metric_threshold)
 
     @abstractmethod
     def estimate_cost(

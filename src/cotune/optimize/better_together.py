@@ -17,6 +17,7 @@ from typing import Any
 
 from cotune.core.example import Example
 from cotune.core.module import Module
+from cotune.core.validate import check_mapping
 from cotune.finetune.errors import NoTrainingDataError
 from cotune.lm.types import BudgetExceeded
 from cotune.optimize.base import OptimizationResult, OptimizationRun, Optimizer
@@ -95,6 +96,7 @@ class BetterTogether(Optimizer):
         **kwargs: Any,
     ) -> None:
         super().__init__(metric, **kwargs)
+        check_mapping("prompt_options", prompt_options, allow_none=True)
         shared = {"seed": self.seed, "num_threads": self.num_threads,
                   "metric_threshold": self.metric_threshold}
         self.steps: dict[str, Optimizer] = {

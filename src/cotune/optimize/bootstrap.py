@@ -8,6 +8,7 @@ from typing import Any
 from cotune.core.example import Example
 from cotune.core.module import Module
 from cotune.core.predict import Predict
+from cotune.core.validate import check_int
 from cotune.optimize.base import OptimizationRun, Optimizer
 from cotune.optimize.reporting import CostEstimate
 from cotune.optimize.traces import SuccessfulTrace, collect_successful_traces
@@ -72,7 +73,7 @@ class LabeledFewShot(Optimizer):
 
     def __init__(self, metric: Any = None, *, k: int = 4, **kwargs: Any) -> None:
         super().__init__(metric, **kwargs)
-        self.k = k
+        self.k = check_int("k", k, minimum=0)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "k": self.k}
@@ -105,8 +106,11 @@ class BootstrapFewShot(Optimizer):
         **kwargs: Any,
     ) -> None:
         super().__init__(metric, **kwargs)
-        self.max_bootstrapped_demos = max_bootstrapped_demos
-        self.max_labeled_demos = max_labeled_demos
+        self.max_bootstrapped_demos = check_int("max_bootstrapped_demos", max_bootstrapped_demos,
+                                                minimum=0)
+        self.max_labeled_demos = check_int("max_labeled_demos", max_labeled_demos, minimum=0)
+        if teacher is not None and not isinstance(teacher, Module):
+            raise ValueError(f"teacher must be a cotune Module, got {type(teacher).__name__}")
         self.teacher = teacher
 
     def config(self) -> dict[str, Any]:

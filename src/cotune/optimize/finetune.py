@@ -24,6 +24,7 @@ from cotune.core.module import Module
 from cotune.core.predict import Predict
 from cotune.core.runtime import ChatModel, current_adapter, current_lm
 from cotune.core.state import StateError
+from cotune.core.validate import check_bool
 from cotune.finetune.errors import NoTrainingDataError
 from cotune.finetune.trainer import with_adapter
 from cotune.lm.llamacpp import LlamaCppLM
@@ -89,8 +90,12 @@ class BootstrapFinetune(Optimizer):
             raise ValueError("give LoRA settings to your trainer, not to BootstrapFinetune")
         self._trainer = trainer
         self.lora = dict(lora) if isinstance(lora, Mapping) else lora
-        self.per_predictor = per_predictor
-        self.train_without_demos = train_without_demos
+        if isinstance(self.lora, dict):
+            _check_lora(self.lora)
+        elif self.lora is not None and not is_dataclass(self.lora):
+            raise ValueError(f"lora must be a table of LoRA settings, got {self.lora!r}")
+        self.per_predictor = check_bool("per_predictor", per_predictor)
+        self.train_without_demos = check_bool("train_without_demos", train_without_demos)
 
     @property
     def trainer(self) -> FineTuner:
@@ -303,3 +308,16 @@ def _check_file(path: Path, expected: str | None, what: str) -> None:
         raise AdapterFileError(f"{what} {path} is missing")
     if expected is not None and file_sha256(path) != expected:
         raise AdapterFileError(f"{what} {path} has changed since it was recorded (sha256 differs)")
+
+
+def _check_lora(settings: dict[str, Any]) -> None:
+    """LoRA settings given as a table are checked now, not when training starts."""
+    from cotune.finetune.settings import LoraSettings
+
+    try:
+        LoraSettings(**settings)
+    except TypeError as exc:
+        known = ", ".join(LoraSettings.__dataclass_fields__)
+        raise ValueError(f"lora: {exc}; known settings: {known}") from None
+    except ValueError as exc:
+        raise ValueError(f"lora: {exc}") from None

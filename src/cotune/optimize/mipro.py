@@ -40,6 +40,7 @@ from cotune.core.example import Example
 from cotune.core.module import Module
 from cotune.core.predict import NoLMError, Predict
 from cotune.core.runtime import ChatModel, current_lm
+from cotune.core.validate import check_bool, check_choice, check_int, check_number
 from cotune.optimize.base import OptimizationRun, Optimizer
 from cotune.optimize.bootstrap import bootstrap_demo_sets
 from cotune.optimize.proposer import TIPS, GroundedProposer, Grounding
@@ -104,20 +105,25 @@ class MIPRO(Optimizer):
         **kwargs: Any,
     ) -> None:
         super().__init__(metric, **kwargs)
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; use one of {sorted(PRESETS)}")
-        if mode not in ("full", "instructions_only", "demos_only"):
-            raise ValueError(f"unknown mode {mode!r}")
+        check_choice("preset", preset, sorted(PRESETS))
+        check_choice("mode", mode, ("full", "instructions_only", "demos_only"))
+        for name, flag in (("use_dataset_summary", use_dataset_summary),
+                           ("use_program_summary", use_program_summary), ("use_demos", use_demos),
+                           ("use_tip", use_tip), ("meta_optimize_proposer", meta_optimize_proposer),
+                           ("evaluate_baseline", evaluate_baseline)):
+            check_bool(name, flag)
         if meta_optimize_proposer and mode == "demos_only":
             raise ValueError("meta_optimize_proposer needs instructions to propose")
+        check_int("max_bootstrapped_demos", max_bootstrapped_demos, minimum=0)
+        check_int("max_labeled_demos", max_labeled_demos, minimum=0)
+        check_number("proposer_temperature", proposer_temperature, minimum=0)
         chosen = {**PRESETS[preset], **{k: v for k, v in {
             "num_instruction_candidates": num_instruction_candidates,
             "num_demo_candidates": num_demo_candidates, "num_trials": num_trials,
             "minibatch_size": minibatch_size, "full_eval_every": full_eval_every,
         }.items() if v is not None}}
         for key, value in chosen.items():
-            if value < 1:
-                raise ValueError(f"{key} must be >= 1")
+            check_int(key, value, minimum=1)
         self.preset = preset
         self.num_instruction_candidates = chosen["num_instruction_candidates"]
         self.num_demo_candidates = chosen["num_demo_candidates"]

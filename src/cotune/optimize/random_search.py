@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cotune.core.validate import check_int
 from cotune.optimize.base import Optimizer
 from cotune.optimize.bootstrap import (
     apply_demo_sets,
@@ -30,9 +31,10 @@ class BootstrapRandomSearch(Optimizer):
         **kwargs: Any,
     ) -> None:
         super().__init__(metric, **kwargs)
-        self.num_candidates = num_candidates
-        self.max_bootstrapped_demos = max_bootstrapped_demos
-        self.max_labeled_demos = max_labeled_demos
+        self.num_candidates = check_int("num_candidates", num_candidates, minimum=0)
+        self.max_bootstrapped_demos = check_int("max_bootstrapped_demos", max_bootstrapped_demos,
+                                                minimum=0)
+        self.max_labeled_demos = check_int("max_labeled_demos", max_labeled_demos, minimum=0)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "num_candidates": self.num_candidates,

@@ -7,6 +7,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cotune.lm.redact import redact
+
 logger = logging.getLogger("cotune.optimize")
 
 
@@ -90,4 +92,4 @@ class ConsoleReporter:
             self._progress = None
 
     def message(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(redact(text), markup=False, highlight=False)

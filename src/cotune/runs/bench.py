@@ -24,11 +24,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cotune.core.validate import (
+    check_choice,
+    check_int,
+    check_mapping,
+    check_number,
+    check_str,
+)
 from cotune.lm.models import DEFAULT_MODEL
+from cotune.lm.redact import is_redacted_url, redact
 from cotune.optimize.better_together import ARROW
 from cotune.optimize.reporting import LogReporter, Reporter
-from cotune.runs.folder import CONFIG, RESULT, STATUS, RunFolder, RunFolderError, write_atomic
-from cotune.runs.optimize import OPTIMIZERS, RunSpec, run_optimization
+from cotune.runs.folder import (
+    RESULT,
+    STATUS,
+    RunFolder,
+    RunFolderError,
+    config_differences,
+    write_atomic,
+)
+from cotune.runs.optimize import OPTIMIZERS, RunSpec, planned_config, run_optimization
 from cotune.runs.report import (
     BENCH_COLUMNS,
     TEXT_COLUMNS,
@@ -160,18 +175,31 @@ class BenchSpec:
         if unknown:
             raise ValueError(f"unknown bench setting(s) {sorted(unknown)}; known: "
                              f"{', '.join(sorted(_SPEC_KEYS))}")
-        sizes = {k: data.get(k) for k in ("train_size", "val_size", "test_size")}
+        sizes = {k: check_int(k, data.get(k), minimum=0, allow_none=True)
+                 for k in ("train_size", "val_size", "test_size")}
         tasks = [_task_entry(t, sizes) for t in _as_list(data.get("tasks"), "tasks")]
         optimizers = [_optimizer_entry(o) for o in _as_list(data.get("optimizers"), "optimizers")]
         if not tasks or not optimizers:
             raise ValueError("a bench needs at least one task and one optimizer "
                              "(e.g. --task iris --optimizer vanilla --optimizer mipro)")
         settings = {k: data[k] for k in _SETTINGS if data.get(k) is not None}
+        if "models" in settings:
+            settings["models"] = [check_str("models[]", m)
+                                  for m in _as_list(settings["models"], "models")]
+        if "seeds" in settings:
+            settings["seeds"] = [check_int("seeds[]", s) for s in _as_list(settings["seeds"],
+                                                                           "seeds")]
+        for key in ("models", "seeds"):
+            if key in settings and not settings[key]:
+                raise ValueError(f"{key} must not be empty")
+        check_str("base_url", settings.get("base_url"), allow_none=True)
+        for key in ("max_calls", "max_tokens"):
+            check_int(key, settings.get(key), minimum=0, allow_none=True)
+        check_number("max_seconds", settings.get("max_seconds"), minimum=0, allow_none=True)
+        check_int("threads", settings.get("threads", 1), minimum=1)
+        check_choice("cache", settings.get("cache", "cell"), CACHE_MODES)
         spec = cls(tasks=tasks, optimizers=optimizers, **settings)
-        spec.models = [str(m) for m in spec.models]
-        spec.seeds = [int(s) for s in spec.seeds]
-        if spec.cache not in CACHE_MODES:
-            raise ValueError(f"cache must be one of {', '.join(CACHE_MODES)}, not {spec.cache!r}")
+        spec.cells()  # two cells named alike is an error of the spec
         return spec
 
 
@@ -187,7 +215,12 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
     tables), ``models``, ``seeds``, default split sizes, the per-cell budget (``max_calls``,
     ``max_tokens``, ``max_seconds``), ``threads``, ``base_url`` and ``cache``."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    if not path.is_file():
+        raise FileNotFoundError(f"bench spec not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         data = _load_toml(text) if path.suffix == ".toml" else json.loads(text)
     except ValueError as exc:  # both decoders' errors are ValueErrors
@@ -205,12 +238,21 @@ def resolve_spec(
     options; None means not given) on top."""
     data: dict[str, Any] = {}
     previous = Path(bench_dir) / SPEC_FILE
+    source: Path | None = None
     if spec_file is not None:
-        data = load_spec_file(spec_file)
+        source = Path(spec_file)
     elif previous.is_file() and not overrides.get("tasks") and not overrides.get("optimizers"):
-        data = load_spec_file(previous)
+        source = previous
+    if source is not None:
+        data = load_spec_file(source)
     data.update({k: v for k, v in overrides.items() if v not in (None, [])})
-    return BenchSpec.from_dict(data)
+    if is_redacted_url(data.get("base_url")):
+        raise ValueError(f"{source}: base_url {data['base_url']} had credentials, which cotune "
+                         "never writes to disk; give --base-url (with them) again")
+    try:
+        return BenchSpec.from_dict(data)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}" if source is not None else str(exc)) from None
 
 
 def _load_toml(text: str) -> Any:
@@ -247,11 +289,14 @@ def normalize_strategy(strategy: str) -> str:
 
 def _task_entry(item: Any, sizes: Mapping[str, int | None]) -> TaskEntry:
     if isinstance(item, str):
-        return TaskEntry(item, **sizes)
+        return TaskEntry(check_str("tasks[]", item), **sizes)
     if isinstance(item, Mapping) and "name" in item:
+        name = check_str("a task's name", item["name"])
         extra = set(item) - {"name", *sizes}
         if extra:
-            raise ValueError(f"task {item['name']!r}: unknown key(s) {sorted(extra)}")
+            raise ValueError(f"task {name!r}: unknown key(s) {sorted(extra)}")
+        for key in sizes:
+            check_int(f"task {name!r}: {key}", item.get(key), minimum=0, allow_none=True)
         return TaskEntry(**{**sizes, **item})
     raise ValueError(f"a task is a name or a table with 'name', not {item!r}")
 
@@ -260,12 +305,16 @@ def _optimizer_entry(item: Any) -> OptimizerEntry:
     if isinstance(item, str):
         return parse_optimizer(item)
     if isinstance(item, Mapping) and "name" in item:
-        entry = parse_optimizer(str(item["name"]))
+        entry = parse_optimizer(check_str("an optimizer's name", item["name"]))
         strategy = item.get("strategy", entry.strategy)
         unknown = set(item) - {"name", "strategy", "preset", "options", "label"}
         if unknown:
             raise ValueError(f"unknown optimizer setting(s) {sorted(unknown)} in {dict(item)!r}; "
                              "known: name, strategy, preset, options, label")
+        where = f"optimizer {entry.name!r}"
+        check_str(f"{where}: strategy", strategy, allow_none=True)
+        check_str(f"{where}: preset", item.get("preset"), allow_none=True)
+        check_mapping(f"{where}: options", item.get("options"), allow_none=True)
         label = item.get("label")
         if label is not None and (not isinstance(label, str) or not label.strip()):
             raise ValueError(f"an optimizer's label must be a non-empty string, not {label!r}")
@@ -281,6 +330,8 @@ def _as_list(value: Any, name: str) -> list[Any]:
     if value is None:
         return []
     if isinstance(value, (str, Mapping)):
+        return [value]
+    if isinstance(value, (int, float)) and name == "seeds":
         return [value]
     if isinstance(value, Sequence):
         return list(value)
@@ -323,13 +374,25 @@ def run_bench(
 
 def run_cell(spec: BenchSpec, cell: Cell, bench_dir: Path, reporter: Reporter) -> dict[str, Any]:
     """One cell's record: read back when the cell already finished, else run (or resume)
-    it.  Errors become the record's ``error``; an interruption its status."""
+    it.  Errors become the record's ``error``; an interruption its status.
+
+    A cell folder made with other settings, another task file or other data (the same
+    fingerprint as ``cotune optimize`` checks: task and data hashes, optimizer settings, model,
+    seed, sizes) is never reused: the cell is refused with what changed."""
     folder = RunFolder(bench_dir / CELLS / cell.name)
     run_spec = spec.run_spec(cell, folder.path)
-    if _finished_alike(folder, run_spec):
-        return cell_record(cell, folder, bench_dir, skipped=True)
     started = time.monotonic()
     try:
+        if folder.exists():
+            saved, planned = folder.config(), planned_config(run_spec)
+            changed = config_differences(saved, planned)
+            if changed:
+                raise RunFolderError(
+                    f"{folder.path} holds this cell's run made with other settings or data ("
+                    + "; ".join(changed[:5]) + "): remove that folder to rerun the cell, or "
+                    "give the bench another --out")
+            if _finished(folder) and saved.get("budget") == planned.get("budget"):
+                return cell_record(cell, folder, bench_dir, skipped=True)
         run_optimization(run_spec, folder.path, reporter=reporter)
     except KeyboardInterrupt:
         return cell_record(cell, folder, bench_dir, error="interrupted", state="interrupted",
@@ -341,40 +404,14 @@ def run_cell(spec: BenchSpec, cell: Cell, bench_dir: Path, reporter: Reporter) -
 
 
 def error_text(exc: BaseException) -> str:
-    """``Type: message`` (a KeyError's message without the quotes ``str`` adds)."""
+    """``Type: message`` (a KeyError's message without the quotes ``str`` adds), redacted."""
     message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-    return f"{type(exc).__name__}: {message}"
+    return redact(f"{type(exc).__name__}: {message}")
 
 
-def _finished_alike(folder: RunFolder, spec: RunSpec) -> bool:
-    """Whether ``folder`` holds a finished run of this very cell (same task, optimizer,
-    model, seed, sizes and budget).  When unsure, say no: the rerun then replays the run from
-    its journal (or refuses a conflicting config), which is slower but never wrong."""
+def _finished(folder: RunFolder) -> bool:
     status = _read_quietly(folder, STATUS) or {}
-    if status.get("state") != "finished" or not folder.file(RESULT).is_file():
-        return False
-    config = _read_quietly(folder, CONFIG)
-    return config is not None and _config_matches(config, spec)
-
-
-def _config_matches(config: Mapping[str, Any], spec: RunSpec) -> bool:
-    optimizer = config.get("optimizer", {})
-    task = config.get("task", {}).get("name")
-    splits = config.get("splits", {})
-    wanted_task = str(Path(spec.task).resolve()) if spec.task.endswith(".py") else spec.task
-    budget = {"max_calls": spec.max_calls, "max_tokens": spec.max_tokens,
-              "max_seconds": spec.max_seconds}
-    return (
-        task == wanted_task
-        and optimizer.get("name") == spec.optimizer
-        and optimizer.get("preset") == spec.preset
-        and all(optimizer.get(k, v) == v for k, v in spec.options.items())
-        and config.get("model") == {"name": spec.model, "base_url": spec.base_url}
-        and config.get("seed") == spec.seed
-        and config.get("budget") == budget
-        and all(size is None or splits.get(part) == size for part, size in
-                (("train", spec.train_size), ("val", spec.val_size), ("test", spec.test_size)))
-    )
+    return status.get("state") == "finished" and folder.file(RESULT).is_file()
 
 
 # -- records -----------------------------------------------------------------------------------

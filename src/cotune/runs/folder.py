@@ -19,6 +19,7 @@ from running in the same folder; the OS releases it when its process dies, even 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,7 +28,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from cotune.lm.redact import redact
 
 CONFIG = "config.json"
 STATUS = "status.json"
@@ -120,41 +123,65 @@ class RunFolder:
         return status if isinstance(status, dict) else {"state": "unknown", "attempt": 0}
 
     def set_status(self, state: str, **info: Any) -> None:
-        status = {**self.status(), "state": state, "updated": _now(), "error": None, **info}
-        self.write_json(STATUS, status)
+        status = {**self.status(), "state": state, "updated": _now(), "error": None,
+                  "rerun_error": None, **info}
+        if status["rerun_error"] is None:
+            del status["rerun_error"]  # only a finished run's failed rerun has one
+        try:
+            self.write_json(STATUS, status)
+        except OSError:
+            if not self.file(STATUS).is_file():
+                raise
+            # a full disk: no new file can be made, but status.json's own blocks can be reused
+            overwrite_in_place(self.file(STATUS), json.dumps(status, ensure_ascii=False))
 
     # -- a run's life ------------------------------------------------------------------------
 
     @contextmanager
     def session(self, config: dict[str, Any], *, force: bool = False) -> Iterator[int]:
         """Lock the folder, check (or write) its config, mark it running; yield the attempt
-        number (1 for a fresh run).  An exception escaping the block marks the run failed."""
+        number (1 for a fresh run).  An exception escaping the block marks the run failed,
+        except that a finished run stays finished (its results are still there and valid):
+        the failed attempt's error is kept beside it as ``rerun_error``."""
         self._check_is_run_folder()
         self.path.mkdir(parents=True, exist_ok=True)
         with _locked(self.file(LOCK)):
+            previous = self.status() if self.exists() and not force else {}
             attempt = self._start(config, force=force)
             try:
                 yield attempt
             except KeyboardInterrupt:
-                self.set_status("interrupted", error="interrupted by the user")
+                self._end_badly(previous, "interrupted", "interrupted by the user")
                 raise
             except BaseException as exc:
-                self.set_status("failed", error=f"{type(exc).__name__}: {exc}")
+                self._end_badly(previous, "failed", f"{type(exc).__name__}: {exc}")
                 raise
+
+    def _end_badly(self, previous: dict[str, Any], state: str, error: str) -> None:
+        """Record how the attempt ended; never hide the error that ended it."""
+        try:
+            if previous.get("state") == "finished" and self.file(RESULT).is_file():
+                self.set_status("finished", rerun_error=f"{state}: {error}")
+            else:
+                self.set_status(state, error=error)
+        except (OSError, RunFolderError):
+            pass  # e.g. a disk too full even for status.json: the error itself still propagates
 
     def _start(self, config: dict[str, Any], *, force: bool) -> int:
         if self.exists():
-            differences = config_differences(self.config(), config)
-            if differences and not force:
-                raise RunFolderError(
-                    f"{self.path} holds a run with a different configuration ("
-                    + "; ".join(differences[:5])
-                    + "): use another --run-dir, or --force to discard that run and start over"
-                )
-            if force:
+            if force:  # whatever is there, even a corrupt config.json
                 self.discard_results()
+            else:
+                differences = config_differences(self.config(), config)
+                if differences:
+                    raise RunFolderError(
+                        f"{self.path} holds a run with a different configuration ("
+                        + "; ".join(differences[:5])
+                        + "): use another --run-dir, or --force to discard that run and start "
+                        "over"
+                    )
         previous = self.status() if self.exists() else {"attempt": 0}
-        attempt = int(previous.get("attempt", 0)) + 1
+        attempt = _attempt_number(previous) + 1
         self.write_json(CONFIG, config)
         self.write_json(STATUS, {"state": "running", "attempt": attempt, "pid": os.getpid(),
                                  "started": _now(), "updated": _now(), "error": None})
@@ -203,18 +230,42 @@ def config_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def write_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file and a rename: never half a file."""
+    """Write ``text`` to ``path`` through a temp file and a rename: never half a file, never a
+    temp file left behind (a full disk is an ``OSError`` naming ``path``), never a secret
+    (the text goes through :func:`~cotune.lm.redact.redact`)."""
+    text = redact(text)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8"
-    ) as tmp:
-        tmp.write(text)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.chmod(tmp.name, 0o666 & ~_UMASK)  # a temp file is private; the result need not be
-    os.replace(tmp.name, path)
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8"
+        ) as tmp:
+            _write_and_sync(tmp, text)
+        os.chmod(tmp.name, 0o666 & ~_UMASK)  # a temp file is private; the result need not be
+        os.replace(tmp.name, path)
+    except OSError as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp.name)
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
 
+
+def _write_and_sync(handle: IO[str], text: str) -> None:
+    handle.write(text)
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def overwrite_in_place(path: Path, text: str) -> None:
+    """Rewrite an existing small file in its own blocks: works on a full disk, where a new
+    file cannot be made (not atomic: for the last word on a run that is failing anyway)."""
+    with open(path, "r+", encoding="utf-8") as handle:
+        handle.seek(0)
+        handle.write(redact(text))
+        handle.truncate()
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -228,6 +279,11 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def _resume_free(key: str) -> bool:
     return any(key == free or key.startswith(free + ".") for free in RESUME_FREE)
+
+
+def _attempt_number(status: dict[str, Any]) -> int:
+    attempt = status.get("attempt", 0)
+    return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 0
 
 
 def _now() -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cotune.lm.budget import active_budgets
+from cotune.lm.redact import redact
 from cotune.lm.types import LMResponse, TokenUsage
 from cotune.lm.usage import record_in_active_meters, track_usage
 from cotune.optimize.journal import Journal
@@ -148,7 +149,7 @@ class SQLiteJournal(Journal):
             raise JournalError(f"{self.path}: {exc}") from exc
 
     def _store(self, key: str, value: Any, tokens: TokenUsage, calls: int) -> None:
-        text = json.dumps(value, ensure_ascii=False)  # fails before anything is written
+        text = redact(json.dumps(value, ensure_ascii=False))  # fails before anything is written
         self._query(
             "INSERT OR REPLACE INTO entries "
             "(key, value, calls, prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?)",

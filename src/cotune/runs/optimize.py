@@ -30,10 +30,12 @@ from cotune.core.runtime import context
 from cotune.lm.base import LM
 from cotune.lm.budget import Budget, use_budget
 from cotune.lm.models import DEFAULT_MODEL
+from cotune.lm.redact import redact_data
 from cotune.lm.types import BudgetExceeded
 from cotune.lm.usage import UsageSnapshot, track_usage
 from cotune.optimize.base import Metric, OptimizationResult, Optimizer
 from cotune.optimize.reporting import LogReporter, Reporter
+from cotune.runs.checks import check_spec, load_splits_sized
 from cotune.runs.folder import CANDIDATES, RESULT, TRIALS, RunFolder
 from cotune.runs.journal import SQLiteJournal
 from cotune.runs.programs import save_program
@@ -107,6 +109,8 @@ def build_optimizer(
         return factory(metric, **kwargs)
     except TypeError as exc:
         raise ValueError(f"optimizer {name!r}: bad option ({exc})") from exc
+    except ValueError as exc:  # the constructor's check of an option's value
+        raise ValueError(f"optimizer {name!r}: {exc}") from exc
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -141,6 +145,9 @@ class RunSpec:
     """Seconds per HTTP request to ``base_url`` (None: the backend's default, 120 s).  It cannot
     change a result (a timeout is an error, never an answer), so it is not part of the run's
     identity."""
+
+    def __post_init__(self) -> None:
+        check_spec(self)
 
     def budget(self) -> Budget | None:
         if self.max_calls is None and self.max_tokens is None and self.max_seconds is None:
@@ -232,7 +239,7 @@ def run_optimization(
 
 def load_data(task: Task, spec: RunSpec) -> Splits:
     """The task's seeded splits, each cut to the size asked for."""
-    splits = task.load_splits(seed=spec.seed)
+    splits = load_splits_sized(task, spec.seed, (spec.train_size, spec.val_size, spec.test_size))
     return Splits(
         _cut(splits.train, spec.train_size, "train"),
         _cut(splits.val, spec.val_size, "val"),
@@ -253,7 +260,7 @@ def run_config(
         task_entry = {"name": str(Path(spec.task).resolve()), "sha256": file_digest(spec.task)}
     model = ({"name": spec.model, "base_url": spec.base_url} if lm is None
              else {"identity": lm.identity()})
-    return {
+    return redact_data({  # a URL's credentials are not part of a run's identity
         "cotune_version": cotune.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "task": task_entry,
@@ -266,7 +273,20 @@ def run_config(
                    "max_seconds": spec.max_seconds},
         "threads": spec.threads,
         "cache": ("off" if not spec.use_cache else spec.cache_dir or "shared"),
-    }
+    })
+
+
+def planned_config(spec: RunSpec) -> dict[str, Any]:
+    """The ``config.json`` that :func:`run_optimization` would write for ``spec``: the run's
+    fingerprint (task file and data hashes, optimizer settings, model, seed, sizes), computed
+    without running anything.  A bench compares it with a cell's saved config."""
+    from cotune.tasks.registry import get_task
+
+    task = get_task(spec.task)
+    splits = load_data(task, spec)
+    optimizer = build_optimizer(spec.optimizer, task.metric, seed=spec.seed, threads=spec.threads,
+                                preset=spec.preset, options=spec.options)
+    return run_config(spec, task, splits, optimizer, None)
 
 
 # -- helpers -----------------------------------------------------------------------------------

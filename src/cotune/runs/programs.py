@@ -31,9 +31,17 @@ def load_program(
     except UnicodeDecodeError as exc:
         raise StateError(f"{path}: not a UTF-8 text file") from exc
     state = state_from_json(text, source=str(path))
-    load_state(program, state)
-    if restore_lms:
-        restore_saved_lms(program, state)
+    try:
+        load_state(program, state)
+        if restore_lms:
+            restore_saved_lms(program, state)
+    except StateError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise type(exc)(f"{path}: {exc}") from exc
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # a malformed entry
+        raise StateError(f"{path}: not a usable program state ({type(exc).__name__}: "
+                         f"{exc})") from exc
     return program
 
 

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,11 +94,14 @@ class RunData:
     trials: list[Any]
     result: dict[str, Any]
 
+    problems: dict[str, str] = field(default_factory=dict)
+    """File name -> why it could not be read (a missing file is no problem: not written yet)."""
+
     @classmethod
     def load(cls, path: Path) -> RunData:
         return cls(path, _read_dict(path / CONFIG), _read_dict(path / STATUS),
                    _read_dict(path / CANDIDATES), _read_list(path / TRIALS),
-                   _read_dict(path / RESULT))
+                   _read_dict(path / RESULT), problems=run_problems(path))
 
     @property
     def found(self) -> list[dict[str, Any]]:
@@ -142,6 +145,10 @@ def _run_header(data: RunData) -> str:
         ("status", f"{status.get('state', 'unknown')} (attempt {status.get('attempt', '?')})"),
     ]
     error = f'<p class="error">{esc(status["error"])}</p>' if status.get("error") else ""
+    error += "".join(f'<p class="error">{esc(problem)}</p>' for problem in data.problems.values())
+    if status.get("rerun_error"):
+        error += (f'<p class="error">Its last rerun did not complete: '
+                  f'{esc(status["rerun_error"])}</p>')
     if status.get("state") == "running" and not _in_use(data.path):
         error += ('<p class="error">No process is running it (killed?): rerun its command to '
                   "resume.</p>")
@@ -204,6 +211,9 @@ def _score_section(data: RunData) -> str:
 
 def _predictors_section(data: RunData) -> str:
     best = data.best_index
+    if CANDIDATES in data.problems:
+        return _section("Winning program",
+                        f'<p class="error">{esc(data.problems[CANDIDATES])}</p>')
     if best is None or not isinstance(data.found[best].get("state"), dict):
         return _section("Winning program", '<p class="note">No candidate was recorded.</p>')
     winner = data.found[best]["state"].get("predictors") or {}
@@ -362,8 +372,11 @@ def bench_report_html(bench_dir: str | os.PathLike[str], links: Mapping[str, str
     errors = [f"<li><code>{esc(r.get('cell'))}</code>: {esc(r['error'])}</li>"
               for r in records if r.get("error")]
     error_list = f'<ul class="error">{"".join(errors)}</ul>' if errors else ""
+    problems = [p for name in (BENCH_RESULTS, "bench.json")
+                if (p := file_problem(bench_dir / name))]
     sections = [
-        _bench_header(bench_dir, records),
+        _bench_header(bench_dir, records)
+        + "".join(f'<p class="error">{esc(problem)}</p>' for problem in problems),
         _section("Test scores", chart, "Bars share a colour per optimizer."),
         _section("Cells", _table(head, rows, numeric={
             i for i, (_, key) in enumerate(columns) if key not in TEXT_COLUMNS
@@ -699,6 +712,51 @@ def _read_any(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+_SHAPES = {CONFIG: dict, STATUS: dict, CANDIDATES: dict, TRIALS: list, RESULT: dict,
+           BENCH_RESULTS: list, "bench.json": dict}
+
+
+def file_problem(path: Path) -> str | None:
+    """Why the run or bench file ``path`` cannot be used: unreadable, not UTF-8, not JSON, or
+    JSON of the wrong shape; None when it is fine or missing."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        return f"{path} is corrupt (not UTF-8 text: {exc.reason} at byte {exc.start})"
+    except ValueError as exc:
+        return f"{path} is corrupt (not valid JSON: {exc})"
+    except OSError as exc:
+        return f"{path} cannot be read ({exc.strerror or exc})"
+    shape = _SHAPES.get(path.name)
+    if shape is not None and not isinstance(data, shape):
+        kind = "object" if shape is dict else "list"
+        return f"{path} is corrupt (expected a JSON {kind}, found {type(data).__name__})"
+    return None
+
+
+def run_problems(folder: Path) -> dict[str, str]:
+    """File name -> problem, for each file of the run folder that cannot be used."""
+    found = {name: file_problem(folder / name)
+             for name in (CONFIG, STATUS, CANDIDATES, TRIALS, RESULT)}
+    return {name: problem for name, problem in found.items() if problem}
+
+
+def report_problems(folder: str | os.PathLike[str]) -> list[str]:
+    """What :func:`write_report` had to leave out of the report of ``folder`` (a run, or a
+    bench and its cells): one line per unusable file."""
+    folder = Path(folder)
+    if not (folder / BENCH_RESULTS).is_file():
+        return list(run_problems(folder).values())
+    problems = [p for name in (BENCH_RESULTS, "bench.json") if (p := file_problem(folder / name))]
+    for record in _records(folder):
+        cell_dir = folder / str(record.get("run_dir", ""))
+        if record.get("run_dir") and cell_dir.is_dir():
+            problems += run_problems(cell_dir).values()
+    return problems
 
 
 def _read_dict(path: Path) -> dict[str, Any]:

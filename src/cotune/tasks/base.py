@@ -38,12 +38,26 @@ class Task:
     extra_metrics: Mapping[str, Metric] = field(default_factory=dict)
 
 
+class SplitSizeError(ValueError):
+    """The data holds fewer examples than the split sizes need."""
+
+    def __init__(self, sizes: tuple[int, int, int], available: int, source: str | None) -> None:
+        where = f" in {source}" if source else ""
+        super().__init__(f"split sizes {'/'.join(map(str, sizes))} (train/val/test) need "
+                         f"{sum(sizes)} examples, the data has {available}{where}")
+        self.sizes = sizes
+        self.available = available
+        self.source = source
+
+
 def seeded_split(
-    examples: Sequence[Example], sizes: tuple[int, int, int], seed: int
+    examples: Sequence[Example], sizes: tuple[int, int, int], seed: int,
+    source: str | None = None,
 ) -> Splits:
-    """Shuffle with ``seed`` and cut into train/val/test of the given sizes."""
+    """Shuffle with ``seed`` and cut into train/val/test of the given sizes (``source``: the
+    data file, named in the error when the data is too small)."""
     if sum(sizes) > len(examples):
-        raise ValueError(f"split sizes {sizes} need {sum(sizes)} examples, have {len(examples)}")
+        raise SplitSizeError(tuple(sizes), len(examples), source)
     shuffled = list(examples)
     random.Random(seed).shuffle(shuffled)
     a, b, c = sizes

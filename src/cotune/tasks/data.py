@@ -54,7 +54,8 @@ def iter_jsonl(path: str | os.PathLike[str], required: FieldTypes) -> Iterator[t
     """``(line number, row)`` for every non-blank line, each checked against ``required``.
 
     Raises :class:`FileNotFoundError` for a missing file and :class:`DataError` (naming the file
-    and line) for a line that is not a JSON object or lacks a field or has one of the wrong type.
+    and line) for a line that is not UTF-8 or not a JSON object or lacks a field or has one of
+    the wrong type, and for a file without a single row.
     """
     path = Path(path)
     if not path.is_file():
@@ -62,11 +63,17 @@ def iter_jsonl(path: str | os.PathLike[str], required: FieldTypes) -> Iterator[t
             f"data file not found: {path} (set {DATA_ENV_VAR} to the folder holding the "
             "benchmark data)"
         )
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    rows = 0
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}, line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{where}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                                f"{exc.start + 1})") from None
             if not line.strip():
                 continue
-            where = f"{path}, line {lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -74,7 +81,10 @@ def iter_jsonl(path: str | os.PathLike[str], required: FieldTypes) -> Iterator[t
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
             check_row(row, required, where)
+            rows += 1
             yield lineno, row
+    if rows == 0:
+        raise DataError(f"{path}: no rows (the file is empty; expected one JSON object a line)")
 
 
 def read_jsonl(path: str | os.PathLike[str], required: FieldTypes) -> list[dict]:

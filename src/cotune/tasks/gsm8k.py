@@ -61,7 +61,8 @@ def load_examples() -> list[Example]:
 
 def load_splits(seed: int = 0, sizes: tuple[int, int, int] | None = None) -> Splits:
     """Seeded train/val/test (default 200/100/200) from the GSM8K training pool."""
-    return seeded_split(load_examples(), sizes or DEFAULT_SIZES, seed)
+    return seeded_split(load_examples(), sizes or DEFAULT_SIZES, seed,
+                        source=str(data_path("gsm8k", "train.jsonl")))
 
 
 answer_match = numeric_match("answer")

@@ -94,7 +94,8 @@ def load_examples() -> list[Example]:
 
 def load_splits(seed: int = 0, sizes: tuple[int, int, int] | None = None) -> Splits:
     """Seeded train/val/test (default 200/100/200) from the 644 patient records."""
-    return seeded_split(load_examples(), sizes or DEFAULT_SIZES, seed)
+    return seeded_split(load_examples(), sizes or DEFAULT_SIZES, seed,
+                        source=str(data_path("heart", "train.jsonl")))
 
 
 def diagnosis_match(example: Example, prediction: Prediction | None, trace: object = None) -> float:

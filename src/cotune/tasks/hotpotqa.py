@@ -113,8 +113,10 @@ def to_example(row: dict) -> Example:
 def load_splits(seed: int = 0, sizes: tuple[int, int, int] | None = None) -> Splits:
     """Seeded train (from train.jsonl) and val/test (from dev.jsonl); default 200/100/200."""
     n_train, n_val, n_test = sizes or DEFAULT_SIZES
-    train = seeded_split([to_example(r) for r in load_rows("train")], (n_train, 0, 0), seed)
-    dev = seeded_split([to_example(r) for r in load_rows("dev")], (0, n_val, n_test), seed)
+    train = seeded_split([to_example(r) for r in load_rows("train")], (n_train, 0, 0), seed,
+                         source=str(data_path("hotpotqa", "train.jsonl")))
+    dev = seeded_split([to_example(r) for r in load_rows("dev")], (0, n_val, n_test), seed,
+                       source=str(data_path("hotpotqa", "dev.jsonl")))
     return Splits(train.train, dev.val, dev.test)
 
 
