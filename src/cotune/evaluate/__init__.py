@@ -8,6 +8,7 @@ from cotune.evaluate.evaluate import (
 )
 from cotune.evaluate.metrics import (
     Metric,
+    Score,
     exact_match,
     get_field,
     normalize_text,
@@ -23,6 +24,7 @@ __all__ = [
     "EvaluationResult",
     "ExampleResult",
     "Metric",
+    "Score",
     "exact_match",
     "get_field",
     "normalize_text",

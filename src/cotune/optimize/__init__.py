@@ -1,9 +1,10 @@
-"""Optimizers: few-shot bootstrap, random search, MIPRO, fine-tuning and BetterTogether."""
+"""Optimizers: few-shot bootstrap, random search, MIPRO, GEPA, fine-tuning and BetterTogether."""
 
 from cotune.optimize.base import Candidate, OptimizationResult, OptimizationRun, Optimizer
 from cotune.optimize.better_together import BetterTogether
 from cotune.optimize.bootstrap import BootstrapFewShot, LabeledFewShot
 from cotune.optimize.finetune import BootstrapFinetune
+from cotune.optimize.gepa import GEPA
 from cotune.optimize.journal import Journal, MemoryJournal
 from cotune.optimize.mipro import MIPRO, BayesianBootstrap, ZeroShotMIPRO
 from cotune.optimize.proposer import TIPS, GroundedProposer, Grounding
@@ -15,6 +16,7 @@ from cotune.optimize.vanilla import Vanilla
 __all__ = [
     "Vanilla",
     "MIPRO",
+    "GEPA",
     "TIPS",
     "BayesianBootstrap",
     "BetterTogether",
