@@ -57,8 +57,6 @@ PRESETS: dict[str, dict[str, int]] = {
     "medium": {"iterations": 30, "accepted": 8},
     "heavy": {"iterations": 60, "accepted": 15},
 }
-ASSUMED_ACCEPTANCE = 0.25
-"""Share of reflective iterations assumed to be accepted when projecting the reflection calls."""
 
 
 class GEPA(Optimizer):
@@ -167,17 +165,20 @@ class GEPA(Optimizer):
     def estimate_cost(
         self, program: Module, trainset: Sequence[Example], valset: Sequence[Example] | None
     ) -> CostEstimate:
+        """Metric calls times LM calls per program run, plus the reflections: between one per
+        iteration that is rejected without demo children (the cheapest iteration) and one per
+        iteration that is accepted with all its children (the dearest); the midpoint is
+        projected.  The loop spends the whole metric budget unless a candidate is perfect on
+        the validation set first."""
         per_run = max(1, len(program.predictors()))
         num_val = len(valset or trainset)
         budget = self.metric_budget(num_val)
         loop = max(0, budget - num_val)
-        iteration = (self.minibatch_size * (1 + self.children_per_iteration)
-                     + ASSUMED_ACCEPTANCE * num_val)
-        reflections = round(loop / iteration) * self.num_proposals
-        parts = {"metric calls": budget, "program runs": budget * per_run,
-                 "reflections (about)": reflections}
+        cheapest = self.minibatch_size * (1 + self.num_proposals)
+        dearest = self.minibatch_size * (1 + self.children_per_iteration) + num_val
+        reflections = round((loop / cheapest + loop / dearest) / 2) * self.num_proposals
         return CostEstimate(budget * per_run + reflections,
-                            {k: v for k, v in parts.items() if k != "metric calls"},
+                            {"program runs": budget * per_run, "reflections": reflections},
                             approximate=True)
 
     # -- the run -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ produced and what the metric said about the whole program's answer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -85,9 +86,19 @@ def propose_instruction(
         examples_with_feedback=format_reflective_examples(examples),
         temperature=temperature, rollout_id=rollout_id, max_tokens=max_tokens,
     )
-    text = _clean_instruction(text) or predictor.instruction
+    text = strip_echo(_clean_instruction(text)) or predictor.instruction
     capped, truncated = cap_length(text, max_chars)
     return {"instruction": capped, "chars": len(capped), "truncated": truncated}
+
+
+_ECHO = re.compile(r"^\s*(Example \d+:|Inputs:|Outputs of the step:|Feedback:|Current "
+                   r"Instruction:|Step Fields:|Examples With Feedback:)", re.MULTILINE)
+
+
+def strip_echo(text: str) -> str:
+    """``text`` up to where a small model starts copying the prompt's example blocks."""
+    match = _ECHO.search(text)
+    return (text[: match.start()] if match else text).strip()
 
 
 def cap_length(text: str, max_chars: int | None) -> tuple[str, bool]:
