@@ -438,3 +438,32 @@ class TestGEPASuite(OptimizerSuite):
     def make_optimizer(self, metric, seed):
         return GEPA(metric, reflection_lm=reflector("Add the two numbers exactly."),
                     max_metric_calls=60, seed=seed, num_threads=2)
+
+
+def test_gepa_is_the_g_step_of_better_together():
+    from test_better_together import StubTrainer
+
+    from cotune.optimize import BetterTogether
+
+    refl = reflector("Add the two numbers exactly.")
+    bt = BetterTogether(exact_answer, strategy="g -> w", trainer=StubTrainer(saveable=False),
+                        gepa_options={"reflection_lm": refl, "max_metric_calls": 40},
+                        num_threads=2)
+    assert isinstance(bt.steps["g"], GEPA) and bt.config()["steps"]["g"]["max_metric_calls"] == 40
+    with context(lm=ScriptedLM(lambda r: "Plan: add" if "Plan: <plan>" in r.messages[0][
+            "content"] else "Answer: 3")):
+        result = bt.optimize(AddTwo(), arithmetic_data(16), arithmetic_data(8, offset=100))
+    assert [t["name"] for t in result.trials] == ["g", "w"] and refl.requests
+
+
+def test_the_metric_gets_the_trace_like_other_optimizers_pass_it():
+    seen = []
+
+    def metric(example, prediction, trace=None):
+        seen.append([type(step).__name__ for step in trace or []])
+        return exact(example, prediction)
+
+    optimizer = GEPA(metric, reflection_lm=reflector("x"), max_metric_calls=26,
+                     evolve_demos=False)
+    optimize(optimizer, task_lm(planted_rule))
+    assert ["TraceStep"] in seen

@@ -36,6 +36,7 @@ def run_with_feedback(
     program or metric failed) and the example's ``inputs``."""
     names = {id(p): name for name, p in program.named_predictors()}
     traces: dict[int, list[list[Any]]] = {}
+    raw: dict[int, list[Any]] = {}
     feedback: dict[int, Score] = {}
     position = {id(ex): i for i, ex in enumerate(examples)}
     lock = threading.Lock()
@@ -47,12 +48,13 @@ def run_with_feedback(
                  for s in t.steps if id(s.predictor) in names]
         with lock:
             traces[id(prediction)] = steps
+            raw[id(prediction)] = t.steps
         return prediction
 
     def scored(example: Example, prediction: Prediction) -> float:
         with lock:
-            steps = traces.get(id(prediction), [])
-        value = metric(example, prediction, steps)
+            steps = raw.get(id(prediction), [])
+        value = metric(example, prediction, steps)  # the trace, as other optimizers pass it
         score = value if isinstance(value, Score) else Score(float(value))
         with lock:
             feedback[position[id(example)]] = score

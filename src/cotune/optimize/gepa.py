@@ -253,6 +253,11 @@ class _Loop:
             raise ValueError(f"GEPA: max_metric_calls={self.budget} does not cover one pass "
                              f"over the {len(self.valset)} validation examples")
         self._fits(len(self.valset), 0)
+        projected = self.opt.estimate_cost(self.student, self.trainset, self.valset).lm_calls
+        caps = [b.remaining_calls for b in active_budgets() if b.remaining_calls is not None]
+        if caps and min(caps) < projected:
+            run.reporter.message(f"gepa: the LM-call budget ({min(caps)} calls left) will stop "
+                                 f"the run before its metric budget is spent")
         seed_scores = run.evaluate(self.student, self.valset, "gepa:seed")["scores"]
         self.metric_calls += len(self.valset)
         self._add(self.student.dump_state(), [], dict.fromkeys(self.names, 0), seed_scores,
