@@ -342,6 +342,8 @@ RESUMABLE = [
                  marks=pytest.mark.skipif(not _mipro_available(), reason="no MIPRO yet")),
     pytest.param(["--optimizer", "gepa", "--preset", "light", "--set", "max_metric_calls=90",
                   "--set", "minibatch_size=4", "--set", "num_proposals=2"], 5, id="gepa"),
+    pytest.param(["--optimizer", "opro", "--set", "num_iterations=4", "--set",
+                  "minibatch_size=6"], 4, id="opro"),
 ]
 
 

@@ -7,6 +7,7 @@ from cotune.optimize.finetune import BootstrapFinetune
 from cotune.optimize.gepa import GEPA
 from cotune.optimize.journal import Journal, MemoryJournal
 from cotune.optimize.mipro import MIPRO, BayesianBootstrap, ZeroShotMIPRO
+from cotune.optimize.opro import OPRO
 from cotune.optimize.proposer import TIPS, GroundedProposer, Grounding
 from cotune.optimize.random_search import BootstrapRandomSearch
 from cotune.optimize.reporting import ConsoleReporter, CostEstimate, LogReporter, Reporter
@@ -17,6 +18,7 @@ __all__ = [
     "Vanilla",
     "MIPRO",
     "GEPA",
+    "OPRO",
     "TIPS",
     "BayesianBootstrap",
     "BetterTogether",

@@ -67,6 +67,8 @@ OPTIMIZERS: dict[str, tuple[OptimizerFactory, bool, str]] = {
                            "MIPRO's Bayesian search over demo sets only"),
     "gepa": (_lazy("cotune.optimize.gepa", "GEPA"), True,
              "GEPA: reflective instruction and demo evolution, Pareto frontier"),
+    "opro": (_lazy("cotune.optimize.opro", "OPRO"), False,
+             "module-level OPRO: instructions from the history of (instruction, score)"),
     "finetune": (_lazy("cotune.optimize.finetune", "BootstrapFinetune"), False,
                  "LoRA fine-tuning on the program's own passing traces"),
     "bettertogether": (_lazy("cotune.optimize.better_together", "BetterTogether"), False,
