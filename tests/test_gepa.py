@@ -467,3 +467,15 @@ def test_the_metric_gets_the_trace_like_other_optimizers_pass_it():
                      evolve_demos=False)
     optimize(optimizer, task_lm(planted_rule))
     assert ["TraceStep"] in seen
+
+
+@pytest.mark.parametrize(("text", "kept"), [
+    ("Given the petal.\n\nSteps Fields: x", "Given the petal."),
+    ("Predict it.\nExplanation:\nThe task is", "Predict it."),
+    ("Predict.\nExample 4:\n  Inputs:\n    sepal_length: 5.0", "Predict."),
+    ("Use petal length: under 2.5 cm is setosa.", "Use petal length: under 2.5 cm is setosa."),
+])
+def test_echoes_of_the_prompt_are_cut_from_reflections(text, kept):
+    from cotune.optimize.reflection import strip_echo
+
+    assert strip_echo(text) == kept

@@ -91,12 +91,14 @@ def propose_instruction(
     return {"instruction": capped, "chars": len(capped), "truncated": truncated}
 
 
-_ECHO = re.compile(r"^\s*(Example \d+:|Inputs:|Outputs of the step:|Feedback:|Current "
-                   r"Instruction:|Step Fields:|Examples With Feedback:)", re.MULTILINE)
+_ECHO = re.compile(
+    r"^\s*(Example \d+:|(?:[A-Z]\w* ){0,2}(?:Inputs?|Outputs?|Feedback|Fields?|Instructions?"
+    r"|Examples?|Explanation|Note)( [a-z]\w*){0,3}:)", re.MULTILINE)
 
 
 def strip_echo(text: str) -> str:
-    """``text`` up to where a small model starts copying the prompt's example blocks."""
+    """``text`` up to where a small model starts copying the prompt's field labels and
+    example blocks, or explaining itself ("Steps Fields:", "Explanation:" on a new line)."""
     match = _ECHO.search(text)
     return (text[: match.start()] if match else text).strip()
 
