@@ -235,6 +235,7 @@ class _Loop:
     merge_due: bool = False
     tried_merges: set[tuple[int, int, int]] = field(default_factory=set)
     stopped: str | None = None
+    iterations: int = 0
 
     def __post_init__(self) -> None:
         self.names = [name for name, _ in self.student.named_predictors()]
@@ -263,7 +264,6 @@ class _Loop:
         self._add(self.student.dump_state(), [], dict.fromkeys(self.names, 0), seed_scores,
                   "seed: the program as given", kind="seed", iteration=None)
         run.reporter.start_phase("gepa: evolution", None)
-        self.iterations = 0
         try:
             self._iterate()
         finally:
