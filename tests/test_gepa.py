@@ -416,9 +416,7 @@ def test_parallel_proposals_are_deterministic_under_a_seed():
 
     first, second = run(), run()
     assert first.program.dump_state() == second.program.dump_state()
-    assert first.trials == second.trials or [
-        {k: v for k, v in t.items() if k != "lm_calls"} for t in first.trials] == [
-        {k: v for k, v in t.items() if k != "lm_calls"} for t in second.trials]
+    assert first.trials == second.trials  # LM-call counts included: no timing leaks in
     assert any(len(t["children"]) == 3 for t in first.trials)
 
 
