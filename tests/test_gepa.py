@@ -477,3 +477,15 @@ def test_echoes_of_the_prompt_are_cut_from_reflections(text, kept):
     from cotune.optimize.reflection import strip_echo
 
     assert strip_echo(text) == kept
+
+
+@pytest.mark.parametrize("budget", [Budget(max_tokens=2500), Budget(max_seconds=0.0)])
+def test_token_and_time_budgets_stop_the_run_with_the_best_so_far(budget):
+    refl = reflector(lambda r: GOOD if r.rollout_id == 0 else "BAD.")
+    result = optimize(gepa(refl, max_metric_calls=400),
+                      task_lm(lambda i, system, d: (GOOD in system and i % 4 != 1) or i % 2 == 0),
+                      budget=budget)
+    assert result.stopped_by_budget and isinstance(result.program, QA)
+    if budget.max_tokens is not None:
+        assert budget.tokens >= 2500 and instruction(result) == GOOD
+        assert result.best_score == max(c.score for c in result.candidates)
