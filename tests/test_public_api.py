@@ -23,6 +23,7 @@ EXPECTED = {
     "Predict",
     "Prediction",
     "ScriptedLM",
+    "Score",
     "Signature",
     "SignatureError",
     "StateError",

@@ -367,6 +367,10 @@ RESUMABLE = [
                   "--set", "num_instruction_candidates=3", "--set", "num_demo_candidates=3",
                   "--set", "minibatch_size=6", "--set", "full_eval_every=3"], 6, id="mipro",
                  marks=pytest.mark.skipif(not _mipro_available(), reason="no MIPRO yet")),
+    pytest.param(["--optimizer", "gepa", "--preset", "light", "--set", "max_metric_calls=90",
+                  "--set", "minibatch_size=4", "--set", "num_proposals=2"], 5, id="gepa"),
+    pytest.param(["--optimizer", "opro", "--set", "num_iterations=4", "--set",
+                  "minibatch_size=6"], 4, id="opro"),
 ]
 
 

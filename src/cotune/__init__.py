@@ -22,6 +22,7 @@ from cotune.core import (
     register_default_adapter,
     trace,
 )
+from cotune.evaluate.metrics import Score
 from cotune.lm import (
     LM,
     Budget,
@@ -60,6 +61,7 @@ __all__ = [
     "Predict",
     "Prediction",
     "ScriptedLM",
+    "Score",
     "Signature",
     "SignatureError",
     "StateError",

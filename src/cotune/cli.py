@@ -178,7 +178,7 @@ def optimize(
     strategy: Annotated[str | None, typer.Option(
         help="bettertogether's steps, e.g. 'p -> w -> p' (p: prompts, w: LoRA weights).")]
     = None,
-    preset: Annotated[str | None, typer.Option(help="MIPRO preset: light, medium, heavy.")]
+    preset: Annotated[str | None, typer.Option(help="MIPRO or GEPA preset: light, medium, heavy.")]
     = None,
     model: ModelOpt = "smollm2-135m",
     base_url: BaseUrlOpt = None,

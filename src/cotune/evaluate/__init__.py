@@ -9,6 +9,7 @@ from cotune.evaluate.evaluate import (
 )
 from cotune.evaluate.metrics import (
     Metric,
+    Score,
     exact_match,
     get_field,
     normalize_text,
@@ -25,6 +26,7 @@ __all__ = [
     "ExampleResult",
     "LMUnavailable",
     "Metric",
+    "Score",
     "exact_match",
     "get_field",
     "normalize_text",

@@ -21,7 +21,7 @@ from typing import Any
 from cotune.core.example import Example, Prediction
 
 Metric = Callable[..., float | bool]
-"""``metric(example, prediction, trace=None) -> float | bool``"""
+"""``metric(example, prediction, trace=None) -> float | bool`` (a :class:`Score` is a float)"""
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation + "‘’“”")
@@ -34,6 +34,39 @@ _NUMBER = re.compile(
     r"(?P<exp>[eE][-+]?\d+)?"
 )
 _GSM8K_MARKER = "####"
+
+
+class Score(float):
+    """A metric value that also says *why*: ``Score(0.0, "expected 'versicolor'")``.
+
+    It is a float, so everything that reads a metric as a number keeps working; optimizers
+    that learn from text (GEPA) read ``feedback``, and ``predictor_feedback`` where a metric
+    has something to say to one predictor of the program (keyed by its name in
+    ``program.named_predictors()``, e.g. ``"generate_query[0]"``).
+    """
+
+    __slots__ = ("feedback", "predictor_feedback")
+
+    def __new__(
+        cls,
+        value: float | bool,
+        feedback: str = "",
+        predictor_feedback: Mapping[str, str] | None = None,
+    ) -> Score:
+        score = super().__new__(cls, float(value))
+        score.feedback = str(feedback)
+        score.predictor_feedback = dict(predictor_feedback or {})
+        return score
+
+    @property
+    def value(self) -> float:
+        return float(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Score, (float(self), self.feedback, self.predictor_feedback))
+
+    def __repr__(self) -> str:
+        return f"Score({float(self)!r}, {self.feedback!r})"
 
 
 # -- helpers -----------------------------------------------------------------------------------

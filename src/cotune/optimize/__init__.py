@@ -1,11 +1,13 @@
-"""Optimizers: few-shot bootstrap, random search, MIPRO, fine-tuning and BetterTogether."""
+"""Optimizers: few-shot bootstrap, random search, MIPRO, GEPA, fine-tuning and BetterTogether."""
 
 from cotune.optimize.base import Candidate, OptimizationResult, OptimizationRun, Optimizer
 from cotune.optimize.better_together import BetterTogether
 from cotune.optimize.bootstrap import BootstrapFewShot, LabeledFewShot
 from cotune.optimize.finetune import BootstrapFinetune
+from cotune.optimize.gepa import GEPA
 from cotune.optimize.journal import Journal, MemoryJournal
 from cotune.optimize.mipro import MIPRO, BayesianBootstrap, ZeroShotMIPRO
+from cotune.optimize.opro import OPRO
 from cotune.optimize.proposer import TIPS, GroundedProposer, Grounding
 from cotune.optimize.random_search import BootstrapRandomSearch
 from cotune.optimize.reporting import ConsoleReporter, CostEstimate, LogReporter, Reporter
@@ -15,6 +17,8 @@ from cotune.optimize.vanilla import Vanilla
 __all__ = [
     "Vanilla",
     "MIPRO",
+    "GEPA",
+    "OPRO",
     "TIPS",
     "BayesianBootstrap",
     "BetterTogether",

@@ -22,6 +22,7 @@ from cotune.finetune.errors import NoTrainingDataError
 from cotune.lm.types import BudgetExceeded
 from cotune.optimize.base import OptimizationResult, OptimizationRun, Optimizer
 from cotune.optimize.finetune import BootstrapFinetune, FineTuner
+from cotune.optimize.gepa import GEPA
 from cotune.optimize.journal import Journal
 from cotune.optimize.random_search import BootstrapRandomSearch
 from cotune.optimize.reporting import CostEstimate
@@ -77,6 +78,8 @@ class BetterTogether(Optimizer):
         lora: LoRA settings of the default trainer (see :class:`BootstrapFinetune`).
         prompt_options: keyword arguments of the default "p" step, e.g.
             ``{"num_candidates": 4}``.
+        gepa_options: keyword arguments of the "g" step (GEPA as the prompt step, e.g.
+            ``strategy="g -> w -> g"``).
         steps: more steps by name, or replacements for "p" and "w".
     """
 
@@ -92,6 +95,7 @@ class BetterTogether(Optimizer):
         trainer: FineTuner | None = None,
         lora: Any = None,
         prompt_options: Mapping[str, Any] | None = None,
+        gepa_options: Mapping[str, Any] | None = None,
         steps: Mapping[str, Optimizer] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -106,6 +110,7 @@ class BetterTogether(Optimizer):
             or BootstrapFinetune(metric, trainer=trainer, lora=lora, **shared),
             **(steps or {}),
         }
+        self.steps.setdefault("g", GEPA(metric, **{**shared, **(gepa_options or {})}))
         self.strategy = parse_strategy(strategy, list(self.steps))
 
     def config(self) -> dict[str, Any]:

@@ -14,15 +14,17 @@ logger = logging.getLogger("cotune.optimize")
 
 @dataclass(frozen=True)
 class CostEstimate:
-    """Projected LM calls of a whole optimization (an upper bound unless ``exact``)."""
+    """Projected LM calls of a whole optimization (an upper bound unless ``exact`` or
+    ``approximate``: an expected count, e.g. GEPA's, whose loop spends a fixed budget)."""
 
     lm_calls: int
     breakdown: dict[str, int] = field(default_factory=dict)
     exact: bool = False
+    approximate: bool = False
 
     def describe(self) -> str:
         parts = ", ".join(f"{k}: {v}" for k, v in self.breakdown.items())
-        bound = "" if self.exact else "at most "
+        bound = "" if self.exact else "about " if self.approximate else "at most "
         return f"projected LM calls: {bound}{self.lm_calls}" + (f" ({parts})" if parts else "")
 
 

@@ -76,6 +76,10 @@ OPTIMIZERS: dict[str, tuple[OptimizerFactory, bool, str]] = {
                     "MIPRO, instructions only (0-shot)"),
     "bayesian-bootstrap": (_lazy("cotune.optimize.mipro", "BayesianBootstrap"), True,
                            "MIPRO's Bayesian search over demo sets only"),
+    "gepa": (_lazy("cotune.optimize.gepa", "GEPA"), True,
+             "GEPA: reflective instruction and demo evolution, Pareto frontier"),
+    "opro": (_lazy("cotune.optimize.opro", "OPRO"), False,
+             "module-level OPRO: instructions from the history of (instruction, score)"),
     "finetune": (_lazy("cotune.optimize.finetune", "BootstrapFinetune"), False,
                  "LoRA fine-tuning on the program's own passing traces"),
     "bettertogether": (_lazy("cotune.optimize.better_together", "BetterTogether"), False,
@@ -104,7 +108,7 @@ def build_optimizer(
     if takes_preset and preset is not None:
         kwargs["preset"] = preset
     elif preset is not None:
-        raise ValueError(f"--preset applies to the MIPRO optimizers, not to {name!r}")
+        raise ValueError(f"--preset applies to the MIPRO optimizers and GEPA, not to {name!r}")
     try:
         return factory(metric, **kwargs)
     except TypeError as exc:

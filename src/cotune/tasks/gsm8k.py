@@ -11,7 +11,7 @@ from cotune.core.example import Example, Prediction
 from cotune.core.module import Module
 from cotune.core.predict import ChainOfThought
 from cotune.core.signature import InputField, OutputField, Signature
-from cotune.evaluate.metrics import numeric_match, parse_number
+from cotune.evaluate.metrics import Score, numeric_match, parse_number
 from cotune.tasks.base import Splits, Task, seeded_split
 from cotune.tasks.data import DataError, data_path, iter_jsonl
 
@@ -65,7 +65,18 @@ def load_splits(seed: int = 0, sizes: tuple[int, int, int] | None = None) -> Spl
                         source=str(data_path("gsm8k", "train.jsonl")))
 
 
-answer_match = numeric_match("answer")
+_numeric_answer = numeric_match("answer")
+
+
+def answer_match(example: Example, prediction: Prediction | None, trace: object = None) -> Score:
+    """Numeric accuracy, with feedback giving the expected number and the number read."""
+    value = _numeric_answer(example, prediction)
+    gold = example.get("answer")
+    if value:
+        return Score(value, f"Correct: {gold}.")
+    read = parse_number(prediction.get("answer")) if prediction is not None else None
+    got = "no number" if read is None else f"{read:g}"
+    return Score(value, f"Expected the number {gold}; the answer gave {got}.")
 
 TASK = Task(
     name="gsm8k",

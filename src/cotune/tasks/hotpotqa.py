@@ -16,7 +16,7 @@ from cotune.core.example import Example, Prediction
 from cotune.core.module import Module
 from cotune.core.predict import ChainOfThought
 from cotune.core.signature import InputField, OutputField, Signature
-from cotune.evaluate.metrics import exact_match, get_field
+from cotune.evaluate.metrics import Score, exact_match, get_field
 from cotune.tasks.base import Splits, Task, seeded_split
 from cotune.tasks.data import data_path, read_jsonl
 from cotune.tasks.retrieval import BM25Retriever, Passage, shared_retriever
@@ -70,13 +70,16 @@ class MultiHopQA(Module):
     def forward(self, question: str) -> Prediction:
         passages: list[Passage] = []
         queries: list[str] = []
+        hop_titles: list[list[str]] = []
         for generate_query in self.generate_query:
             context = self.format_context(passages)
             query = str(generate_query(context=context, question=question).search_query).strip()
             query = query or question  # an empty query would retrieve nothing
             queries.append(query)
             seen = {p.title for p in passages}
-            for passage in self.retriever.search(query, k=self.passages_per_hop):
+            found = self.retriever.search(query, k=self.passages_per_hop)
+            hop_titles.append([p.title for p in found])
+            for passage in found:
                 if passage.title not in seen:
                     passages.append(passage)
                     seen.add(passage.title)
@@ -86,6 +89,7 @@ class MultiHopQA(Module):
             reasoning=answer.get("reasoning"),
             search_queries=queries,
             retrieved_titles=[p.title for p in passages],
+            hop_titles=hop_titles,
         )
 
     def format_context(self, passages: list[Passage]) -> str:
@@ -132,7 +136,39 @@ def gold_titles_recall(
     return len(gold & retrieved) / len(gold)
 
 
-answer_exact_match = exact_match("answer")
+_exact_answer = exact_match("answer")
+
+
+def answer_exact_match(
+    example: Example, prediction: Prediction | None, trace: object = None
+) -> Score:
+    """Exact match of the answer, with feedback: the expected answer, and per query hop which
+    gold passages its query found and which it missed (``predictor_feedback`` for
+    ``generate_query[i]``)."""
+    value = _exact_answer(example, prediction)
+    gold = example.get("answer")
+    answer = get_field(prediction, "answer")
+    text = f"Correct: {gold}." if value else f"Expected the answer {gold!r}, got {answer!r}."
+    gold_titles = list(get_field(example, "gold_titles") or [])
+    per_hop: dict[str, str] = {}
+    found: set[str] = set()
+    queries = get_field(prediction, "search_queries") or []
+    for i, titles in enumerate(get_field(prediction, "hop_titles") or []):
+        found |= set(titles) & set(gold_titles)
+        missing = [t for t in gold_titles if t not in found]
+        query = queries[i] if i < len(queries) else ""
+        hits = [t for t in titles if t in gold_titles]
+        per_hop[f"generate_query[{i}]"] = (
+            f"The query {query!r} found {', '.join(hits) or 'no gold passage'}"
+            + (f"; still missing the passages titled {', '.join(missing)}." if missing
+               else "; all gold passages are found.")
+            + f" ({text})")
+    if per_hop:
+        missed = [t for t in gold_titles if t not in found]
+        text += (f" The retrieval missed the passages titled {', '.join(missed)}." if missed
+                 else " The retrieval found every gold passage.")
+    per_hop["generate_answer"] = text
+    return Score(value, text, per_hop)
 
 TASK = Task(
     name="hotpotqa",

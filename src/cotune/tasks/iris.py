@@ -8,6 +8,7 @@ from cotune.core.example import Example, Prediction
 from cotune.core.module import Module
 from cotune.core.predict import Predict
 from cotune.core.signature import InputField, OutputField, Signature
+from cotune.evaluate.metrics import Score
 from cotune.tasks.base import Splits, Task, seeded_split
 
 SPECIES = ("setosa", "versicolor", "virginica")
@@ -50,8 +51,13 @@ def load_splits(seed: int = 0, sizes: tuple[int, int, int] = (50, 50, 50)) -> Sp
     return seeded_split(load_examples(), sizes, seed)
 
 
-def species_match(example: Example, prediction: Prediction, trace: object = None) -> float:
-    return float(prediction.get("species") == example["species"])
+def species_match(example: Example, prediction: Prediction, trace: object = None) -> Score:
+    """Accuracy, with feedback naming the expected and the predicted species."""
+    gold, guess = example["species"], prediction.get("species")
+    if guess == gold:
+        return Score(1.0, f"Correct: {gold}.")
+    return Score(0.0, f"Expected {gold}, got {guess} (petal length {example['petal_length']} "
+                      f"cm, petal width {example['petal_width']} cm).")
 
 
 TASK = Task(
