@@ -149,9 +149,35 @@ def _run_header(data: RunData) -> str:
             f'<p class="path">{esc(data.path)}</p>{_facts(facts)}{error}</header>')
 
 
-def format_metrics(metrics: Mapping[str, float] | None) -> str:
-    """A task's extra test metrics in one line: ``retrieval_recall 0.583``; "" when none."""
-    return ", ".join(f"{name} {value:.3f}" for name, value in (metrics or {}).items())
+def format_metrics(
+    metrics: Mapping[str, float] | None, intervals: Mapping[str, Any] | None = None
+) -> str:
+    """A task's extra test metrics in one line: ``retrieval_recall 0.583`` (with its interval
+    ``[0.52, 0.64]`` where ``intervals`` has one); "" when none."""
+    return ", ".join(f"{name} {format_score(value, (intervals or {}).get(name))}"
+                     for name, value in (metrics or {}).items())
+
+
+def format_score(value: Any, interval: Any = None) -> str:
+    """``0.540 [0.420, 0.660]``: a score with its 95% interval (``-`` for no score; the
+    score alone for an old run folder without intervals)."""
+    from cotune.evaluate.stats import Interval
+
+    if not _is_number(value):
+        return "-"
+    ci = Interval.from_json(interval)
+    return f"{value:.3f}" + (f" [{ci.low:.3f}, {ci.high:.3f}]" if ci is not None else "")
+
+
+def format_gain(gain: Any) -> str:
+    """A paired difference: ``+0.120 [+0.040, +0.200]``, or ``... (within noise)`` when its
+    interval includes 0; ``-`` when there is none."""
+    from cotune.evaluate.stats import Interval
+
+    ci = Interval.from_json(gain)
+    if ci is None:
+        return "-"
+    return ci.format(signed=True) + (" (within noise)" if not ci.excludes_zero else "")
 
 
 def _summary_cards(data: RunData) -> str:
