@@ -204,8 +204,11 @@ def run_optimization(
             _write_search(folder, program, result)
             test, test_usage = _evaluate_test(result.program, splits.test, task,
                                               spec.threads, journal, reporter)
-            baseline, baseline_usage = _evaluate_test(program, splits.test, task, spec.threads,
-                                                      journal, reporter, "unoptimized")
+            baseline, baseline_usage = test, UsageSnapshot()  # the same program: same scores
+            if _test_key(program) != _test_key(result.program):
+                baseline, baseline_usage = _evaluate_test(program, splits.test, task,
+                                                          spec.threads, journal, reporter,
+                                                          "unoptimized")
             intervals = score_intervals(result, test, baseline, spec.seed)
             summary = RunSummary(
                 run_dir=folder.path,
@@ -361,14 +364,12 @@ def _evaluate_test(
     which: str = "final",
 ) -> tuple[dict[str, Any] | None, UsageSnapshot]:
     """A program's score on the held-out test split, per example too, and the task's extra
-    metrics on the same predictions (journaled by the program's state: not redone, and the
-    unoptimized program is not evaluated twice when it is also the final one)."""
+    metrics on the same predictions (journaled by the program's state: not redone)."""
     if not testset:
         return None, UsageSnapshot()
     from cotune.evaluate import Evaluate
 
-    state = json.dumps(program.dump_state(), sort_keys=True, default=str)
-    key = "test:" + hashlib.sha256(state.encode()).hexdigest()[:16]
+    key = _test_key(program)
 
     def compute() -> dict[str, Any]:
         reporter.message(f"evaluating the {which} program on {len(testset)} test examples")
@@ -383,6 +384,11 @@ def _evaluate_test(
     with track_usage() as meter:
         test = journal.memo(key, compute)
     return test, meter.snapshot()
+
+
+def _test_key(program: Module) -> str:
+    state = json.dumps(program.dump_state(), sort_keys=True, default=str)
+    return "test:" + hashlib.sha256(state.encode()).hexdigest()[:16]
 
 
 def _added(a: UsageSnapshot, b: UsageSnapshot) -> UsageSnapshot:
