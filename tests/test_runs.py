@@ -397,3 +397,21 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, optimizer_a
     assert resumed["test_score"] == uninterrupted["test_score"]
     assert resumed["usage"]["total"]["backend_calls"] < uninterrupted["usage"]["total"]["calls"]
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+def test_rescore_size_takes_the_next_validation_examples(tmp_path):
+    spec = _spec(val_size=6, rescore_size=6,
+                 options={"num_candidates": 2, "rescore_top": 2, "min_gain": 0})
+    run_optimization(spec, tmp_path / "run", lm=_lm())
+    folder = RunFolder(tmp_path / "run")
+    assert folder.config()["splits"]["rescore"] == 6
+    assert folder.config()["optimizer"]["rescore_top"] == 2
+    selection = folder.read_json("result.json")["selection"]
+    rescored = selection["rescored"]
+    assert len(rescored) == 3 and {r["examples"] for r in rescored} == {12}  # 6 + the next 6
+    assert rescored[0]["index"] == selection["baseline_index"] == 0
+    assert selection["chosen_index"] in {r["index"] for r in rescored}
+
+    with pytest.raises(ValueError, match=r"--rescore-size 7: the task's val split has 12 "
+                                         r"examples, 6 of them already used"):
+        run_optimization(_spec(val_size=6, rescore_size=7), tmp_path / "other", lm=_lm())
