@@ -22,6 +22,7 @@ from cotune.runs.bench import (
     run_bench,
 )
 from cotune.runs.folder import RunFolder
+from cotune.runs.report import format_gain, seed_spread
 
 TASK_FILE = Path(__file__).with_name("scripted_task.py")
 SIZES = {"train_size": 6, "val_size": 4, "test_size": 4}
@@ -183,16 +184,38 @@ def test_a_bench_writes_one_record_per_cell_and_survives_a_failing_cell(tmp_path
 
     table = (bench / RESULTS_MD).read_text()
     lines = table.splitlines()
-    assert lines[0].startswith("| task | optimizer | model | seed | test | other test metrics "
-                               "| val | LM calls")
+    assert lines[0].startswith("| task | optimizer | model | seed | test | test 95% CI | "
+                               "vs vanilla (paired 95% CI) | other test metrics | val | LM calls")
     rows = [line for line in lines[2:] if line.startswith("| scripted_task |")]
     assert [row.split(" | ")[1] for row in rows] == ["vanilla", "bettertogether:p",
                                                      "random-search"]
     said_odd = vanilla["test_metrics"]["said_odd"]  # the task file's extra metric
-    assert f"| {vanilla['test_score']:.3f} | said_odd {said_odd:.3f} | " \
-           f"{vanilla['val_score']:.3f} |" in rows[0]
+    ci = vanilla["test_interval"]
+    assert f"| {vanilla['test_score']:.3f} | [{ci['low']:.3f}, {ci['high']:.3f}] | " \
+           f"+0.000 [+0.000, +0.000] (within noise) | said_odd {said_odd:.3f} | " \
+           f"{vanilla['val_score']:.3f} |" in rows[0]  # vanilla vs itself: no difference
+    search = finished[2]
+    gain = search["test_gain"]
+    assert gain["estimate"] == pytest.approx(search["test_score"] - vanilla["test_score"])
+    assert format_gain(gain) in rows[2]
+    assert ("within noise" in rows[2]) == gain["within_noise"]
     assert all(r["test_metrics"] is None for r in failed)
     assert "Errors:" in table and "no-such-task-vanilla-smollm2-135m-seed0" in table
+
+
+def test_a_cell_repeated_over_seeds_reports_the_spread(tmp_path, made):
+    bench = tmp_path / "bench"
+    records = run_bench(_spec(optimizers=[RANDOM_SEARCH], seeds=[0, 1, 2]), bench)
+    scores = [r["test_score"] for r in records]
+    assert [r["seed"] for r in records] == [0, 1, 2] and None not in scores
+    (group,) = seed_spread(records)
+    assert (group["n"], group["seeds"], group["label"]) == (3, [0, 1, 2], "random-search")
+    assert group["mean"] == pytest.approx(sum(scores) / 3)
+    assert (group["min"], group["max"]) == (min(scores), max(scores))
+    table = (bench / RESULTS_MD).read_text()
+    assert "Over seeds" in table
+    assert f"| 3 | {group['mean']:.3f} ± {group['sd']:.3f} | " \
+           f"{min(scores):.3f}–{max(scores):.3f} |" in table
 
 
 def test_a_cell_budget_stops_the_cell_cleanly(tmp_path, made):

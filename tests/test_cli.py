@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from cotune import load_program
 from cotune.cli import app
 from cotune.runs.folder import RunFolder
+from cotune.runs.report import format_gain, format_score
 
 TASK_FILE = Path(__file__).with_name("scripted_task.py")
 
@@ -55,6 +56,13 @@ def test_optimize_writes_a_run_folder_and_prints_a_summary(tmp_path):
     for column in ("val score", "test score", "LM calls", "cache hits", "tokens", "wall s"):
         assert column in result.output
     assert f"run folder: {run}" in result.output.replace("\n", "")
+    summary = RunFolder(run).read_json("result.json")
+    flat = " ".join(result.output.split())
+    val = format_score(summary["val_score"], summary["val_interval"])
+    assert f"with 95% bootstrap intervals: val {val}" in flat
+    baseline = f"{summary['baseline_test_score']:.3f}"
+    assert f"test vs the unoptimized program ({baseline}): {format_gain(summary['test_gain'])}" \
+        in flat
 
     folder = RunFolder(run)
     assert folder.status()["state"] == "finished"
@@ -102,6 +110,11 @@ def test_show_prints_the_winner_the_score_path_and_the_cost(tmp_path):
         assert f"{c['score']:.3f}" in out
     assert "zero-shot" in out and "cost" in out and "backend calls" in out
     assert "held-out test score" in out
+    result_json = RunFolder(run).read_json("result.json")
+    flat = " ".join(out.split())
+    assert format_score(result_json["test_score"], result_json["test_interval"]) in flat
+    assert "gain vs baseline" in flat
+    assert f"why this program: {result_json['selection']['reason']}" in flat
 
 
 def test_show_an_unfinished_run(tmp_path):

@@ -111,6 +111,15 @@ def test_empty_stop_and_no_seed_are_left_out(fake_openai_server, make_lm):
     assert "seed" not in body
 
 
+def test_a_sampled_request_sends_a_seed_derived_from_itself(fake_openai_server, make_lm):
+    lm = make_lm()
+    for rollout in (1, 1, 2):
+        lm.chat(MESSAGES, temperature=1.0, rollout_id=rollout, cache=False)
+    seeds = [body["seed"] for body in fake_openai_server.requests[-3:]]
+    assert seeds[0] == seeds[1] != seeds[2]  # the same request, the same seed, on any run
+    assert all(isinstance(s, int) and 0 <= s < 2**31 for s in seeds)
+
+
 def test_lora_adapter_is_the_request_model(fake_openai_server, make_lm):
     lm = make_lm(lora="my-adapter")
     lm.chat(MESSAGES)

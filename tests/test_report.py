@@ -20,7 +20,7 @@ from cotune.optimize.finetune import BootstrapFinetune
 from cotune.runs.bench import BenchSpec, run_bench
 from cotune.runs.folder import RunFolder
 from cotune.runs.optimize import RunSpec, run_optimization
-from cotune.runs.report import nice_ticks, write_report
+from cotune.runs.report import format_gain, format_score, nice_ticks, write_report
 
 TASK_FILE = Path(__file__).with_name("scripted_task.py")
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"
@@ -115,6 +115,18 @@ def test_a_run_report_shows_the_score_path_steps_winner_and_loss(bt_run):
                                           ["2", "p", "p -&gt; w -&gt; p"]]
     assert [row[7] for row in steps] == ["-", "12.5", "-"]  # training seconds of the w step
 
+    result = RunFolder(bt_run).read_json("result.json")  # scores with their intervals
+    assert html.escape(format_score(result["test_score"], result["test_interval"])) in page
+    assert html.escape(format_score(result["val_score"], result["val_interval"])) in page
+    assert "test vs unoptimized (paired)" in page
+    assert html.escape(format_gain(result["test_gain"])) in page
+    assert f"Why this program: {html.escape(result['selection']['reason'])}" in page
+    candidates = RunFolder(bt_run).read_json("candidates.json")["candidates"]
+    gains = [row[4] for row in _rows(page, "Candidates (full evaluations)")]
+    assert gains == [html.escape(format_gain((c["vs_baseline"] or {}).get("interval")))
+                     for c in candidates]
+    assert gains[0] == "-" and gains[1] != "-"  # the baseline, then a paired comparison
+
 
 def _rows(page: str, section: str) -> list[list[str]]:
     """The body cells of the first table after the heading ``section``."""
@@ -182,6 +194,7 @@ def test_a_bench_report_compares_cells_and_links_their_reports(tmp_path):
         assert (bench / link).is_file() and "<h2>Score vs LM calls</h2>" in (
             bench / link).read_text()
     assert page.count("no test score") == 2  # the failing cells, drawn without a bar
+    assert "test 95% CI" in page and "within noise" in page  # vanilla vs itself
     assert "unknown task &#x27;no-such-task&#x27;" in page
 
 

@@ -17,6 +17,7 @@ import scripted_task as scripted  # tests/ is on pytest's path (pyproject)
 
 from cotune import Budget, LMCache, load_program
 from cotune.core.runtime import context
+from cotune.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
 from cotune.lm.budget import use_budget
 from cotune.lm.types import BudgetExceeded
 from cotune.lm.usage import track_usage
@@ -211,7 +212,9 @@ def test_run_folder_is_complete_after_a_run(tmp_path):
     result = folder.read_json("result.json")
     assert result["val_score"] == best["score"] == summary.val_score
     assert result["test"]["examples"] == 8 and result["test_score"] == summary.test_score
-    assert result["usage"]["test"]["calls"] == 8
+    # the final program and the unoptimized one (once when they are the same), on 8 examples
+    unchanged = best["state"] == candidates["original"]
+    assert result["usage"]["test"]["calls"] == (8 if unchanged else 16)
     total = result["usage"]["total"]
     assert total["calls"] == total["cache_hits"] + total["backend_calls"] > 0
     assert result["stopped_by_budget"] is False and result["wall_s"] > 0
@@ -224,6 +227,24 @@ def test_run_folder_is_complete_after_a_run(tmp_path):
     said_odd = sum(r.prediction["parity"] == "odd" for r in test.results) / len(test.results)
     assert result["test"]["metrics"] == {"said_odd": said_odd}
     assert result["test_metrics"] == summary.test_metrics == {"said_odd": said_odd}
+
+    # every score with its 95% bootstrap interval; the gain over the unoptimized program
+    assert result["test"]["scores"] == test.scores
+    assert result["test_interval"] == bootstrap_ci(test.scores).to_json()
+    assert result["val_interval"] == bootstrap_ci(best["scores"]).to_json()
+    assert result["test_metric_intervals"]["said_odd"]["estimate"] == said_odd
+    with context(lm=_lm()):
+        unoptimized = Evaluate(scripted.testset, scripted.metric,
+                               display_progress=False)(scripted.Parity())
+    assert result["baseline_test_score"] == unoptimized.score
+    assert result["baseline_test"]["scores"] == unoptimized.scores
+    gain = paired_bootstrap_ci(test.scores, unoptimized.scores)
+    assert result["test_gain"] == {**gain.to_json(), "within_noise": not gain.excludes_zero}
+    assert summary.test_gain == result["test_gain"]
+    # why this program: recorded with the candidates and the result
+    assert candidates["selection"] == result["selection"]
+    assert result["selection"]["chosen_index"] == candidates["best_index"]
+    assert result["selection"]["reason"]
 
 
 def test_rerunning_a_finished_run_replays_it_without_lm_calls(tmp_path):
@@ -407,3 +428,21 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, optimizer_a
     assert resumed["test_score"] == uninterrupted["test_score"]
     assert resumed["usage"]["total"]["backend_calls"] < uninterrupted["usage"]["total"]["calls"]
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+def test_rescore_size_takes_the_next_validation_examples(tmp_path):
+    spec = _spec(val_size=6, rescore_size=6,
+                 options={"num_candidates": 2, "rescore_top": 2, "min_gain": 0})
+    run_optimization(spec, tmp_path / "run", lm=_lm())
+    folder = RunFolder(tmp_path / "run")
+    assert folder.config()["splits"]["rescore"] == 6
+    assert folder.config()["optimizer"]["rescore_top"] == 2
+    selection = folder.read_json("result.json")["selection"]
+    rescored = selection["rescored"]
+    assert len(rescored) == 3 and {r["examples"] for r in rescored} == {12}  # 6 + the next 6
+    assert rescored[0]["index"] == selection["baseline_index"] == 0
+    assert selection["chosen_index"] in {r["index"] for r in rescored}
+
+    with pytest.raises(ValueError, match=r"--rescore-size 7: the task's val split has 12 "
+                                         r"examples, 6 of them already used"):
+        run_optimization(_spec(val_size=6, rescore_size=7), tmp_path / "other", lm=_lm())

@@ -17,7 +17,8 @@ from cotune.tasks import data as data_module
 from cotune.tasks import get_task, task_names
 from cotune.tasks.data import DataError, data_dir, read_jsonl
 
-BENCHMARKS = ["gsm8k", "hotpotqa", "hotpotqa-conditional", "scone", "heart"]
+BENCHMARKS = ["gsm8k", "hotpotqa", "hotpotqa-conditional", "scone", "heart", "hover"]
+DEFAULT_SIZES = {"hover": [20, 19, 50]}  # 89 claims; the others: 200/100/200
 
 # task -> (input fields, fields every example has)
 EXPECTED_FIELDS = {
@@ -29,6 +30,7 @@ EXPECTED_FIELDS = {
     ),
     "scone": ({"premise", "hypothesis"}, {"premise", "hypothesis", "label"}),
     "heart": ({"patient"}, {"patient", "heart_disease"}),
+    "hover": ({"claim"}, {"uid", "claim", "label", "num_hops", "supporting_titles"}),
 }
 
 
@@ -118,6 +120,10 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         read_jsonl(tmp_path / "absent.jsonl", {})
 
 
+HOVER_ROW = ('{"uid": "u1", "claim": "A met B.", "label": "SUPPORTED", "num_hops": 2, '
+             '"supporting_titles": ["A", "B"]}')
+
+
 @pytest.mark.parametrize(
     ("task", "path", "lines", "message"),
     [
@@ -133,6 +139,17 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
         ("heart", "heart/train.jsonl", ['{"age": "54"}'], r"heart/train\.jsonl, line 1: missing"),
         ("hotpotqa", "hotpotqa/train.jsonl", ['{"id": "x", "question": "q"}'],
          r"hotpotqa/train\.jsonl, line 1: missing fields \['answer', 'type', 'gold_titles'\]"),
+        ("hover", "hover/claims.jsonl", [HOVER_ROW, '{"uid": "u", "claim": "c"}'],
+         r"hover/claims\.jsonl, line 2: missing fields \['label', 'num_hops', "
+         r"'supporting_titles'\]"),
+        ("hover", "hover/claims.jsonl", [HOVER_ROW.replace('"SUPPORTED"', '"MAYBE"')],
+         r"hover/claims\.jsonl, line 1: label 'MAYBE' is not one of"),
+        ("hover", "hover/claims.jsonl", [HOVER_ROW.replace('"num_hops": 2', '"num_hops": "2"')],
+         r"line 1: field 'num_hops' should be int, got str"),
+        ("hover", "hover/claims.jsonl", [HOVER_ROW.replace('["A", "B"]', '[]')],
+         r"line 1: supporting_titles must be a non-empty list"),
+        ("hover", "hover/claims.jsonl", [HOVER_ROW, HOVER_ROW.replace('["A", "B"]', '["A", 3]')],
+         r"line 2: field 'supporting_titles' should be list\[str\]"),
     ],
 )  # fmt: skip
 def test_loaders_report_malformed_rows(
@@ -163,9 +180,10 @@ def test_loaders_report_a_missing_file(
 
 @needs_data
 def test_pool_sizes_of_the_real_files() -> None:
-    from cotune.tasks import gsm8k, heart, hotpotqa, scone
+    from cotune.tasks import gsm8k, heart, hotpotqa, hover, scone
 
     assert len(gsm8k.load_examples()) == 7473
+    assert len(hover.load_examples()) == 89
     assert len(scone.load_examples()) == 994  # 6,012 rows: each pair once per category
     assert len(heart.load_examples()) == 644
     assert len(hotpotqa.load_rows("train")) == 300
@@ -177,7 +195,8 @@ def test_pool_sizes_of_the_real_files() -> None:
 def test_real_splits_are_seeded_and_disjoint(name: str) -> None:
     task = get_task(name)
     splits = task.load_splits(seed=0)
-    assert [len(splits.train), len(splits.val), len(splits.test)] == [200, 100, 200]
+    sizes = DEFAULT_SIZES.get(name, [200, 100, 200])
+    assert [len(splits.train), len(splits.val), len(splits.test)] == sizes
     inputs, fields = EXPECTED_FIELDS[name]
     for example in splits.train + splits.val + splits.test:
         assert example.input_keys == inputs
@@ -554,3 +573,99 @@ def test_hotpotqa_program_records_retrieval(retriever) -> None:
     assert answer_exact_match(example, prediction) == 1.0
     assert conditional_answer_match(example, prediction) == 1.0
     assert gold_titles_recall(example, Prediction(answer="x")) == 0.0
+
+
+# -- hover -------------------------------------------------------------------------------------
+
+
+def test_hover_metric_needs_every_supporting_title() -> None:
+    from cotune.tasks.hover import all_supporting_retrieved, supporting_titles_recall
+
+    example = Example(claim="c", supporting_titles=["A", "B", "C"]).with_inputs("claim")
+    cases = [(["A", "B", "C", "X"], 1.0, 1.0), (["C", "A"], 0.0, 2 / 3), (["X"], 0.0, 0.0),
+             ([], 0.0, 0.0)]
+    for titles, found, recall in cases:
+        prediction = Prediction(retrieved_titles=titles)
+        assert all_supporting_retrieved(example, prediction) == found
+        assert supporting_titles_recall(example, prediction) == pytest.approx(recall)
+    assert all_supporting_retrieved(example, None) == 0.0
+    assert supporting_titles_recall(example, Prediction(notes=["n"])) == 0.0
+
+
+@needs_data
+def test_hover_claims_are_validated_and_their_documents_are_in_the_corpus(retriever) -> None:
+    from cotune.tasks.hover import load_examples
+
+    examples = load_examples()
+    titles = set(retriever.titles)
+    assert all(set(ex["supporting_titles"]) <= titles for ex in examples)
+    assert {ex["label"] for ex in examples} == {"SUPPORTED", "NOT_SUPPORTED"}
+    assert all(len(ex["supporting_titles"]) >= 2 for ex in examples)
+
+
+@needs_data
+def test_hover_program_runs_three_hops_and_records_what_it_retrieved(retriever) -> None:
+    from cotune.tasks.hover import (
+        NO_NOTES,
+        HoverMultiHop,
+        all_supporting_retrieved,
+        supporting_titles_recall,
+    )
+
+    example = next(ex for ex in get_task("hover").load_splits(seed=0).test
+                   if ex["supporting_titles"] == ["Kasper Schmeichel", "Peter Schmeichel"])
+    queries = iter(["Kasper Schmeichel footballer", "Peter Schmeichel goalkeeper 1992",
+                    "IFFHS World's Best Goalkeeper"])
+    seen_notes = []
+
+    def answer(request) -> str:
+        system, query = request.messages[0]["content"], request.messages[-1]["content"]
+        if "Search Query:" in system:
+            seen_notes.append(query.split("Notes:", 1)[1])
+            return f"Reasoning: find the next document.\nSearch Query: {next(queries)}"
+        assert "«" in query  # the passages this hop retrieved
+        return f"Reasoning: condense.\nNew Notes: note {len(seen_notes)}"
+
+    program = HoverMultiHop(retriever)
+    assert [name for name, _ in program.named_predictors()] == [
+        "generate_query[0]", "generate_query[1]", "generate_query[2]",
+        "condense[0]", "condense[1]", "condense[2]",
+    ]  # fmt: skip
+    with context(lm=ScriptedLM(answer)):
+        prediction = program(**example.inputs())
+    assert prediction["search_queries"][0] == "Kasper Schmeichel footballer"
+    assert prediction["notes"] == ["note 1", "note 2", "note 3"]
+    assert NO_NOTES in seen_notes[0]  # each hop reads the notes of the hops before it
+    assert "hop 1: note 1" in seen_notes[1] and "hop 2" not in seen_notes[1]
+    assert "hop 1: note 1\nhop 2: note 2" in seen_notes[2]
+    titles = prediction["retrieved_titles"]
+    assert len(titles) == len(set(titles)) <= 15
+    assert all_supporting_retrieved(example, prediction) == 1.0
+    assert supporting_titles_recall(example, prediction) == 1.0
+    assert program.deepcopy().retriever is retriever
+
+
+@needs_data
+def test_hover_evaluates_with_a_scripted_lm(cache_root: Path, monkeypatch) -> None:
+    from cotune.evaluate import Evaluate
+
+    monkeypatch.setenv("COTUNE_CACHE_DIR", str(cache_root))
+    task = get_task("hover")
+    devset = task.load_splits(seed=0, sizes=(0, 0, 4)).test
+
+    def answer(request) -> str:  # the claim itself as every query: BM25 on the claim alone
+        if "Search Query:" in request.messages[0]["content"]:
+            claim = request.messages[-1]["content"].split("Claim:", 1)[1].split("\n")[0]
+            return f"Reasoning: search the claim.\nSearch Query: {claim.strip()}"
+        return "Reasoning: condense.\nNew Notes: nothing new"
+
+    with context(lm=ScriptedLM(answer)):
+        result = Evaluate(devset, task.metric, num_threads=2, display_progress=False)(
+            task.make_program())
+    assert result.num_errors == 0 and len(result.results) == 4
+    assert set(task.extra_metrics) == {"retrieval_recall"}
+    recall = result.values_of(task.extra_metrics["retrieval_recall"])
+    from cotune.tasks.hover import claim_only_recall
+
+    found, expected = claim_only_recall(task.make_program().retriever, devset, k=5)
+    assert recall == expected and result.scores == found  # the same passages, hop after hop

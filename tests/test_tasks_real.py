@@ -17,8 +17,9 @@ from cotune.lm import LlamaCppLM, LMCache
 from cotune.tasks import get_task
 from cotune.tasks.data import DataError, data_dir
 from cotune.tasks.hotpotqa import NO_PASSAGES, MultiHopQA
+from cotune.tasks.hover import NO_NOTES, HoverMultiHop
 
-BENCHMARKS = ["gsm8k", "hotpotqa", "hotpotqa-conditional", "scone", "heart"]
+BENCHMARKS = ["gsm8k", "hotpotqa", "hotpotqa-conditional", "scone", "heart", "hover"]
 
 pytestmark = pytest.mark.real_model
 
@@ -74,6 +75,23 @@ def add_format_demos(program: MultiHopQA) -> None:
     ]
 
 
+def add_hover_format_demos(program: HoverMultiHop) -> None:
+    """One hand-written demo per HoVer predictor, for the same reason as above."""
+    claim = "The Eiffel Tower stands in the city the Seine flows through."
+    query = Example(claim=claim, notes=NO_NOTES, reasoning="First find the tower's city.",
+                    search_query="Eiffel Tower city").with_inputs("claim", "notes")
+    condense = Example(
+        claim=claim, notes=NO_NOTES,
+        passages="[1] «Eiffel Tower» The Eiffel Tower is a wrought-iron tower in Paris, France.",
+        reasoning="Passage [1] places the tower in Paris.",
+        new_notes="The Eiffel Tower is in Paris; next, check which river flows through Paris.",
+    ).with_inputs("claim", "notes", "passages")
+    for predictor in program.generate_query:
+        predictor.demos = [query]
+    for predictor in program.condense:
+        predictor.demos = [condense]
+
+
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_program_runs_and_is_scored(name: str, smol: LlamaCppLM, cache_root: Path) -> None:
     task = get_task(name)
@@ -81,6 +99,8 @@ def test_program_runs_and_is_scored(name: str, smol: LlamaCppLM, cache_root: Pat
     program = task.make_program()
     if isinstance(program, MultiHopQA):
         add_format_demos(program)
+    if isinstance(program, HoverMultiHop):
+        add_hover_format_demos(program)
     with context(lm=smol):
         result = Evaluate(devset, task.metric, num_threads=1, display_progress=False)(program)
 
@@ -93,8 +113,8 @@ def test_program_runs_and_is_scored(name: str, smol: LlamaCppLM, cache_root: Pat
             assert r.prediction is not None
     assert result.usage.calls > 0
 
-    if name.startswith("hotpotqa"):
-        from cotune.tasks.hotpotqa import gold_titles_recall
+    if name.startswith("hotpotqa") or name == "hover":
+        gold_titles_recall = task.extra_metrics["retrieval_recall"]
 
         assert set(task.extra_metrics) == {"retrieval_recall"}
         recalls = []

@@ -188,8 +188,11 @@ def optimize(
     val_size: Annotated[int | None, typer.Option(help="Use the first N validation examples.")]
     = None,
     test_size: Annotated[int | None, typer.Option(help="Use the first N test examples.")] = None,
+    rescore_size: Annotated[int | None, typer.Option(
+        help="N more validation examples (after the first --val-size) to re-score the "
+             "finalists on before choosing (with --set rescore_top=K).")] = None,
     max_calls: Annotated[int | None, typer.Option(
-        help="At most N LM calls in all: the test evaluation's are reserved from them, the "
+        help="At most N LM calls in all: the test evaluations' are reserved from them, the "
              "optimization stops when the rest is spent.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Stop after N tokens.")] = None,
     max_seconds: Annotated[float | None, typer.Option(help="Stop after S seconds.")] = None,
@@ -216,8 +219,8 @@ def optimize(
     options = _optimizer_options(set_ or [], strategy)
     spec = _guarded(lambda: RunSpec(
         task=task, optimizer=optimizer, model=model, base_url=base_url, seed=seed,
-        train_size=train_size, val_size=val_size, test_size=test_size, preset=preset,
-        options=options, max_calls=max_calls,
+        train_size=train_size, val_size=val_size, test_size=test_size,
+        rescore_size=rescore_size, preset=preset, options=options, max_calls=max_calls,
         max_tokens=max_tokens, max_seconds=max_seconds, threads=threads,
         cache_dir=str(cache_dir) if cache_dir is not None else None, use_cache=not no_cache,
         timeout=timeout,
@@ -262,6 +265,8 @@ def _speaks_for_itself(exc: Exception) -> bool:
 
 
 def _print_summary(summary: Any) -> None:
+    from cotune.runs.report import format_gain, format_score
+
     total = summary.usage["total"]
     table = Table(title=f"run {summary.run_dir}")
     for column in ("val score", "test score", "LM calls", "cache hits", "backend calls",
@@ -272,6 +277,12 @@ def _print_summary(summary: Any) -> None:
                   str(total["total_tokens"]), f"{summary.wall_s:.1f}")
     out = Console()
     out.print(table)
+    val = format_score(summary.val_score, summary.val_interval)
+    test = format_score(summary.test_score, summary.test_interval)
+    out.print(f"with 95% bootstrap intervals: val {val}, test {test}", highlight=False)
+    if summary.baseline_test_score is not None:
+        out.print(f"test vs the unoptimized program ({_score(summary.baseline_test_score)}): "
+                  f"{format_gain(summary.test_gain)}", highlight=False)
     if summary.test_metrics:
         from cotune.runs.report import format_metrics
 
@@ -388,17 +399,22 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def _show_score_path(out: Console, candidates: list[dict[str, Any]], best: int | None) -> None:
-    table = Table(title="score path (validation score of each candidate vs LM calls so far)")
+    from cotune.runs.report import format_gain
+
+    table = Table(title="score path (validation score of each candidate vs LM calls so far; "
+                        "gain: paired 95% interval vs the baseline)")
     for column, justify in (("#", "right"), ("LM calls", "right"), ("score", "right"),
-                            ("best so far", "right"), ("candidate", "left")):
+                            ("best so far", "right"), ("gain vs baseline", "right"),
+                            ("candidate", "left")):
         table.add_column(column, justify=justify)
     running: float | None = None
     for c in candidates:
         if c["score"] is not None and (running is None or c["score"] > running):
             running = c["score"]
         mark = " *" if c["index"] == best else ""
+        verdict = c.get("vs_baseline") or {}
         table.add_row(f"{c['index']}{mark}", str(c["lm_calls"]), _score(c["score"]),
-                      _score(running), c["description"])
+                      _score(running), format_gain(verdict.get("interval")), c["description"])
     out.print(table)
 
 
@@ -425,14 +441,24 @@ def _show_cost(out: Console, result: dict[str, Any]) -> None:
         table.add_row(part, str(u["calls"]), str(u["cache_hits"]), str(u["backend_calls"]),
                       str(u["total_tokens"]), f"{u['cost']:.4f}")
     out.print(table)
-    from cotune.runs.report import format_metrics
+    from cotune.runs.report import format_gain, format_metrics, format_score
 
-    other = format_metrics(result.get("test_metrics"))
-    out.print(f"validation score {_score(result.get('val_score'))}, held-out test score "
-              f"{_score(result.get('test_score'))}" + (f" ({other})" if other else "")
+    other = format_metrics(result.get("test_metrics"), result.get("test_metric_intervals"))
+    val = format_score(result.get("val_score"), result.get("val_interval"))
+    test = format_score(result.get("test_score"), result.get("test_interval"))
+    out.print(f"validation score {val}, held-out test score {test}"
+              + (f" ({other})" if other else "")
               + f", wall time {result.get('wall_s', 0):.1f} s"
               + (", stopped by the budget" if result.get("stopped_by_budget") else ""),
               highlight=False, markup=False)
+    if result.get("baseline_test_score") is not None:
+        out.print(f"the unoptimized program on the same test examples: "
+                  f"{_score(result['baseline_test_score'])}; the difference: "
+                  f"{format_gain(result.get('test_gain'))} (95% intervals)",
+                  highlight=False, markup=False)
+    reason = (result.get("selection") or {}).get("reason")
+    if reason:
+        out.print(f"why this program: {reason}", highlight=False, markup=False)
 
 
 @app.command()

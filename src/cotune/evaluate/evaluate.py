@@ -109,19 +109,25 @@ class EvaluationResult:
         """Another metric's mean over the same predictions, without calling the program again
         (e.g. retrieval recall next to answer accuracy).  A failed example counts 0, and so
         does an example whose metric raises; examples the LM failed on count in no mean."""
-        scored = [r for r in self.results if not r.lm_error]
-        if not scored:
-            return 0.0
-        total = 0.0
-        for r in scored:
-            if r.failed or r.prediction is None:
+        values = self.values_of(metric)
+        return sum(values) / len(values) if values else 0.0
+
+    def values_of(self, metric: Callable[..., Any]) -> list[float]:
+        """Another metric's value on each example, as :meth:`mean_of` counts them (for its
+        confidence interval); examples the LM failed on are left out."""
+        values = []
+        for r in self.results:
+            if r.lm_error:
                 continue
-            try:
-                total += float(metric(r.example, r.prediction))
-            except Exception:  # noqa: BLE001 - a secondary metric must not sink the report
-                logger.warning("secondary metric %s raised on an example",
-                               getattr(metric, "__name__", metric), exc_info=True)
-        return total / len(scored)
+            value = 0.0
+            if not r.failed and r.prediction is not None:
+                try:
+                    value = float(metric(r.example, r.prediction))
+                except Exception:  # noqa: BLE001 - a secondary metric must not sink the report
+                    logger.warning("secondary metric %s raised on an example",
+                                   getattr(metric, "__name__", metric), exc_info=True)
+            values.append(value)
+        return values
 
     def to_json(self, *, include_results: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {

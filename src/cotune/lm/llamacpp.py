@@ -9,7 +9,6 @@ simply queue (the engine already uses every core for one request).
 from __future__ import annotations
 
 import os
-import random
 import threading
 from pathlib import Path
 from typing import Any
@@ -61,7 +60,9 @@ class LlamaCppLM(LM):
             On a machine shared with other jobs, fewer threads than cores is much faster:
             llama.cpp's threads wait on each other, so one descheduled thread stalls them all.
         lora_path: a GGUF LoRA adapter applied on top of the model.
-        seed: seeds the sampler of calls that give no seed of their own (temperature > 0).
+        seed: mixed into the seed of sampled calls (temperature > 0) that give none of their
+            own; that seed is derived from the request itself (:meth:`LMRequest.sampling_seed`),
+            so a rerun samples the same answers in any call order.
         verbose: let llama.cpp log to stderr.
         **kwargs: passed to :class:`LM` (cache, retries, budget, defaults).
     """
@@ -86,7 +87,6 @@ class LlamaCppLM(LM):
         self.n_ctx = n_ctx
         self.n_threads = n_threads or default_threads()
         self.seed = seed
-        self._rng = random.Random(seed)
         self._lock = threading.Lock()
 
         try:
@@ -135,8 +135,8 @@ class LlamaCppLM(LM):
             return [request.seed]
         if request.seed is not None:
             return [request.seed + i for i in range(request.n)]
-        with self._lock:
-            return [self._rng.randrange(2**31) for _ in range(request.n)]
+        base = request.sampling_seed(self.seed)
+        return [(base + i) % 2**31 for i in range(request.n)]
 
     def _complete(self, request: LMRequest) -> LMResponse:
         choices: list[Choice] = []

@@ -175,8 +175,8 @@ class OpenAILM(LM):
         }
         if request.stop:
             body["stop"] = list(request.stop)
-        if request.seed is not None:
-            body["seed"] = request.seed
+        if request.seed is not None or request.temperature > 0:  # sampled: reproducibly
+            body["seed"] = request.sampling_seed()
         return body
 
     def _complete(self, request: LMRequest) -> LMResponse:

@@ -30,6 +30,18 @@ class LMRequest:
         data["stop"] = list(self.stop)
         return data
 
+    def sampling_seed(self, salt: int | None = None) -> int:
+        """The seed to sample this request with: its own ``seed``, else one derived from the
+        request itself (messages, settings, ``rollout_id``) and ``salt``.  Never from a shared
+        random generator: a rerun then draws the same samples whatever order, or thread, the
+        calls come in (a generator advanced in call order gives each call a seed that depends
+        on which calls happened to come first)."""
+        if self.seed is not None:
+            return self.seed
+        payload = json.dumps({"request": self.to_json(), "salt": salt}, sort_keys=True,
+                             ensure_ascii=False)
+        return int.from_bytes(hashlib.sha256(payload.encode("utf-8")).digest()[:4], "big") >> 1
+
     def fingerprint(self, lm_identity: dict[str, Any]) -> str:
         """A stable hash of the request together with the identity of the LM answering it."""
         payload = json.dumps(

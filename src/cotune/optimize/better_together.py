@@ -4,7 +4,9 @@ A strategy such as ``"p -> w -> p"`` names the steps in order: ``p`` optimizes t
 (by default bootstrap random search), ``w`` fine-tunes the weights on the program's own passing
 traces (:class:`BootstrapFinetune`), so the same LM teaches itself.  Every step starts from the
 previous step's program, on a freshly shuffled training set, and its result is scored on the
-validation set; the best step's program wins (the last one when there is no validation set).
+validation set.  The first step's program is the baseline; a later step's replaces it only with
+a validation gain ``min_gain`` accepts (by default beyond noise), and the best such step wins
+(the last one when there is no validation set).
 
 Each step runs as a full sub-optimization that shares the run's budget, usage meter and journal
 (under a per-step key prefix), so a resumed run replays the finished steps from the journal.
@@ -102,7 +104,7 @@ class BetterTogether(Optimizer):
         super().__init__(metric, **kwargs)
         check_mapping("prompt_options", prompt_options, allow_none=True)
         shared = {"seed": self.seed, "num_threads": self.num_threads,
-                  "metric_threshold": self.metric_threshold}
+                  "metric_threshold": self.metric_threshold, "min_gain": self.min_gain}
         self.steps: dict[str, Optimizer] = {
             "p": prompt_optimizer
             or BootstrapRandomSearch(metric, **{**shared, **(prompt_options or {})}),
@@ -136,29 +138,30 @@ class BetterTogether(Optimizer):
             run.offer(program, score, f"step {i}: {name}" + (" (skipped)" if error else ""),
                       step=i, step_name=name, strategy_prefix=self._prefix(i), error=error)
             run.trials.append({"step": i, "name": name, "strategy_prefix": self._prefix(i),
-                               "score": score, "error": error,
+                               "score": score["score"] if score else None, "error": error,
                                "lm_calls": run.meter.snapshot().calls})
 
     def _run_step(
-        self, run: OptimizationRun, i: int, name: str, program: Module, score: float | None,
-        trainset: list[Example], valset: list[Example] | None,
-    ) -> tuple[Module, float | None, str | None]:
-        """(the step's program, its validation score, the error that skipped the step)."""
+        self, run: OptimizationRun, i: int, name: str, program: Module,
+        score: dict[str, Any] | None, trainset: list[Example], valset: list[Example] | None,
+    ) -> tuple[Module, dict[str, Any] | None, str | None]:
+        """(the step's program, its validation evaluation, the error that skipped the step)."""
         try:
             result = self._sub_optimize(run, i, name, program, trainset, valset)
         except NoTrainingDataError as exc:
             run.reporter.message(f"step {i} ({name}) skipped, the program is unchanged: {exc}")
             if score is None and valset:
-                score = run.evaluate(program, valset, f"step{i}:{name}")["score"]
+                score = run.evaluate(program, valset, f"step{i}:{name}")
             return program, score, str(exc)
         if result.stopped_by_budget:
             raise BudgetExceeded(f"the budget ran out during step {i} ({name})")
         if not valset:  # a step may score on the training set; that must not pick the winner
             return result.program, None, None
-        step_score = result.best_score  # the step's own validation score, when it has one
-        if step_score is None:
-            step_score = run.evaluate(result.program, valset, f"step{i}:{name}")["score"]
-        return result.program, step_score, None
+        best = result.best_candidate  # the step's own validation score, when it has one
+        if best is not None and best.score is not None:
+            return result.program, {"score": best.score, "scores": best.scores,
+                                    "examples": best.examples}, None
+        return result.program, run.evaluate(result.program, valset, f"step{i}:{name}"), None
 
     def _sub_optimize(
         self, run: OptimizationRun, i: int, name: str, program: Module,

@@ -127,8 +127,8 @@ class BootstrapFewShot(Optimizer):
             key="bootstrap", teacher=self.teacher, threshold=self.metric_threshold,
         )
         apply_demo_sets(student, demo_sets)
-        score = run.evaluate(student, valset, "bootstrap")["score"] if valset else None
-        run.offer(student, score, "bootstrapped demos",
+        evaluation = run.evaluate(student, valset, "bootstrap") if valset else None
+        run.offer(student, evaluation, "bootstrapped demos",
                   demos={k: len(v) for k, v in demo_sets.items()})
 
 

@@ -137,8 +137,8 @@ class BootstrapFinetune(Optimizer):
                 p.lm = tuned
             adapters.append({"predictors": group.predictors, "records": len(records),
                              "lm": describe_lm(tuned)})
-        score = run.evaluate(student, valset, "finetune")["score"] if valset else None
-        run.offer(student, score, f"fine-tuned on {data['passed']} passing traces",
+        evaluation = run.evaluate(student, valset, "finetune") if valset else None
+        run.offer(student, evaluation, f"fine-tuned on {data['passed']} passing traces",
                   adapters=adapters)
 
     def _collect_records(

@@ -73,10 +73,11 @@ class MIPRO(Optimizer):
     and full-evaluation interval; any of them given explicitly overrides the preset.
     ``prompt_lm`` writes the instructions (default: the LM in ``cotune.context`` at run time);
     the program itself runs with its own LMs.  With ``evaluate_baseline`` the program as given is
-    scored on the validation set first (one extra pass over it), so the result is never worse
-    than the input there.  When the budget runs out, the best fully evaluated program so far is
-    returned: the baseline until a searched program beats it, or, without a baseline, the
-    program as given until the first full evaluation.
+    scored on the validation set first (one extra pass over it) and is the baseline: a searched
+    program replaces it only with a gain ``min_gain`` accepts (by default, beyond noise), so
+    the result is never worse than the input there.  Without it the first full evaluation is
+    the baseline.  When the budget runs out, the choice so far is returned (the program as
+    given before any full evaluation).
     """
 
     name = "mipro"
@@ -218,8 +219,8 @@ class MIPRO(Optimizer):
         space = _SearchSpace.build(self, student, instructions, demo_sets)
         builder = _ProgramBuilder(self, run, student, instructions, proposer, demo_sets)
         if self.evaluate_baseline:
-            score = run.evaluate(student, evalset, "baseline")["score"]
-            run.offer(student, score, "baseline: the program as given")
+            evaluation = run.evaluate(student, evalset, "baseline")
+            run.offer(student, evaluation, "baseline: the program as given")
         _Search(self, run, space, builder, evalset).search()
 
     def _demo_candidates(
@@ -460,11 +461,11 @@ class _Search:
         key = max(pending, key=lambda k: _mean(self.minibatch_scores[k]))  # first max wins
         params = self.params_by_key[key]
         program = self.build(params)
-        score = self.run.evaluate(program, self.evalset, f"full:{key}")["score"]
+        evaluation = self.run.evaluate(program, self.evalset, f"full:{key}")
         self.fully_evaluated.add(key)
         runs = self.minibatch_scores[key]
         self.run.offer(
-            program, score,
+            program, evaluation,
             f"after trial {after_trial}: mean mini-batch score {_mean(runs):.3f} "
             f"over {len(runs)} trial(s)",
             **params,

@@ -75,6 +75,6 @@ class BootstrapRandomSearch(Optimizer):
                 apply_demo_sets(candidate, demo_sets)
                 description = ("unshuffled" if seed == -1 else f"shuffled #{seed}") + \
                     f" bootstrap, up to {k} bootstrapped demos"
-            score = run.evaluate(candidate, evalset, f"candidate{seed}")["score"]
-            run.offer(candidate, score, description, candidate_seed=seed)
+            evaluation = run.evaluate(candidate, evalset, f"candidate{seed}")
+            run.offer(candidate, evaluation, description, candidate_seed=seed)
             run.reporter.advance(run.best_score)

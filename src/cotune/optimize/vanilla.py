@@ -17,5 +17,5 @@ class Vanilla(Optimizer):
         return CostEstimate(calls, {"evaluation": calls})
 
     def _optimize(self, run: OptimizationRun, student, trainset, valset) -> None:
-        score = run.evaluate(student, valset, self.name)["score"] if valset else None
-        run.offer(student, score, "the unoptimized program")
+        evaluation = run.evaluate(student, valset, self.name) if valset else None
+        run.offer(student, evaluation, "the unoptimized program")

@@ -5,13 +5,17 @@
     BENCH/
       bench.json        the grid as it was run (``cotune bench --out BENCH`` reruns it)
       results.json      one record per cell: scores, LM usage, training and wall time, status
-      results.md        the same as a Markdown table, sorted by task then optimizer
+      results.md        the same as a Markdown table, sorted by task then optimizer (and, when
+                        a cell ran over several seeds, the spread of its test score over them)
       cells/NAME/       each cell's run folder (see :mod:`cotune.runs.folder`)
 
 Every cell goes through :func:`run_optimization`, so a rerun of the same bench skips the
 finished cells and resumes an interrupted one from its journal.  A failing cell is recorded with
 its error and the others still run; Ctrl-C stops the bench (after writing what is done).
 The ``vanilla`` pseudo-optimizer scores the unoptimized program: the baseline row of the table.
+Every test score carries its 95% bootstrap interval, and every cell its paired difference to
+the unoptimized program on the same test examples (what the vanilla cell scores; every run
+evaluates it, journaled), marked "within noise" when that interval includes 0.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from cotune.runs.report import (
     TEXT_COLUMNS,
     columns_in_use,
     format_value,
+    seed_spread,
     training_seconds,
 )
 
@@ -443,8 +448,11 @@ def cell_record(
         "status": state or status.get("state", "unknown"),
         "error": error or status.get("error"),
         "test_score": (result or {}).get("test_score"),
+        "test_interval": (result or {}).get("test_interval"),
+        "test_gain": (result or {}).get("test_gain"),
         "test_metrics": (result or {}).get("test_metrics") or None,
         "val_score": (result or {}).get("val_score"),
+        "val_interval": (result or {}).get("val_interval"),
         "lm_calls": total.get("calls"),
         "backend_calls": total.get("backend_calls"),
         "cache_hits": total.get("cache_hits"),
@@ -488,6 +496,16 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
              "|" + "|".join("---" if key in TEXT_COLUMNS else "---:" for _, key in columns) + "|"]
     for record in records:
         lines.append("| " + " | ".join(_md_cell(record, key) for _, key in columns) + " |")
+    spreads = seed_spread(records)
+    if spreads:
+        lines += ["", "Over seeds (test score: mean ± sample standard deviation, min–max; "
+                  "mean paired gain over the unoptimized program):", "",
+                  "| task | optimizer | model | seeds | test mean ± sd | min–max | gain mean |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {_md_escape(format_value('task', g['task']))} | {_md_escape(g['label'])} | "
+                  f"{_md_escape(g['model'])} | {g['n']} | {g['mean']:.3f} ± {g['sd']:.3f} | "
+                  f"{g['min']:.3f}–{g['max']:.3f} | {format_value('gain_mean', g['gain_mean'])} |"
+                  for g in spreads]
     errors = [r for r in records if r.get("error")]
     if errors:
         lines += ["", "Errors:", ""]

@@ -27,6 +27,7 @@ from typing import Any
 from cotune.core.example import Example
 from cotune.core.module import Module
 from cotune.core.runtime import context
+from cotune.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
 from cotune.lm.base import LM
 from cotune.lm.budget import Budget, use_budget
 from cotune.lm.models import DEFAULT_MODEL
@@ -134,6 +135,9 @@ class RunSpec:
     train_size: int | None = None
     val_size: int | None = None
     test_size: int | None = None
+    rescore_size: int | None = None
+    """Validation examples beyond the first ``val_size`` on which the optimizer re-scores its
+    finalists (its ``rescore_top`` option) before choosing."""
     preset: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments of the optimizer (e.g. ``{"num_candidates": 4}``)."""
@@ -174,6 +178,13 @@ class RunSummary:
     best_index: int | None
     test_metrics: dict[str, float] = field(default_factory=dict)
     """The task's extra metrics on the test split (e.g. hotpotqa's ``retrieval_recall``)."""
+    val_interval: dict[str, Any] | None = None
+    """95% bootstrap interval of the validation score (see :mod:`cotune.evaluate.stats`)."""
+    test_interval: dict[str, Any] | None = None
+    baseline_test_score: float | None = None
+    """The unoptimized program's score on the same test examples."""
+    test_gain: dict[str, Any] | None = None
+    """Test score minus the baseline's, with its paired 95% interval and ``within_noise``."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -200,6 +211,7 @@ def run_optimization(
     started = time.monotonic()
     task = get_task(spec.task)
     splits = load_data(task, spec)
+    rescore_set = rescore_examples(task, spec)
     optimizer = build_optimizer(spec.optimizer, task.metric, seed=spec.seed, threads=spec.threads,
                                 preset=spec.preset, options=spec.options)
     folder = RunFolder(run_dir)
@@ -217,24 +229,36 @@ def run_optimization(
                 program, splits.train, splits.val or None,
                 budget=_optimization_budget(spec, program, splits.test, preflight, reporter),
                 journal=journal, reporter=reporter, workdir=folder.work_path,
+                rescore_set=rescore_set,
             )
             _write_search(folder, program, result)
             test, test_usage = _evaluate_test(result.program, splits.test, task,
                                               spec.threads, journal, reporter)
+            baseline, baseline_usage = test, UsageSnapshot()  # the same program: same scores
+            if _test_key(program) != _test_key(result.program):
+                baseline, baseline_usage = _evaluate_test(program, splits.test, task,
+                                                          spec.threads, journal, reporter,
+                                                          "unoptimized")
+            intervals = score_intervals(result, test, baseline, spec.seed)
             summary = RunSummary(
                 run_dir=folder.path,
                 val_score=result.best_score,
                 test_score=test["score"] if test else None,
                 test_metrics=dict((test or {}).get("metrics") or {}),
-                usage=_usage_report(result.usage, test_usage, preflight),
+                usage=_usage_report(result.usage, _added(test_usage, baseline_usage),
+                                    preflight),
                 wall_s=round(time.monotonic() - started, 3),
                 stopped_by_budget=result.stopped_by_budget,
                 attempt=attempt,
                 num_candidates=len(result.candidates),
                 best_index=result.best_index,
+                **{k: intervals[k] for k in ("val_interval", "test_interval", "test_gain")},
+                baseline_test_score=baseline["score"] if baseline else None,
             )
             folder.write_json(RESULT, {
                 **summary.to_json(), "test": test,
+                "test_metric_intervals": intervals["test_metric_intervals"],
+                "baseline_test": baseline, "selection": result.selection,
                 "replayed": {"steps": journal.replayed_steps, "calls": journal.replayed_calls},
             })
         folder.set_status("finished")
@@ -249,6 +273,42 @@ def load_data(task: Task, spec: RunSpec) -> Splits:
         _cut(splits.val, spec.val_size, "val"),
         _cut(splits.test, spec.test_size, "test"),
     )
+
+
+def rescore_examples(task: Task, spec: RunSpec) -> list[Example]:
+    """The ``rescore_size`` validation examples that follow the first ``val_size`` ones."""
+    if not spec.rescore_size:
+        return []
+    val = task.load_splits(seed=spec.seed).val
+    start = len(val) if spec.val_size is None else spec.val_size
+    if spec.rescore_size < 0 or start + spec.rescore_size > len(val):
+        raise ValueError(f"--rescore-size {spec.rescore_size}: the task's val split has "
+                         f"{len(val)} examples, {start} of them already used for validation")
+    return val[start : start + spec.rescore_size]
+
+
+def score_intervals(
+    result: OptimizationResult, test: dict[str, Any] | None, baseline: dict[str, Any] | None,
+    seed: int,
+) -> dict[str, Any]:
+    """95% bootstrap intervals of the validation and test scores (and of the task's extra test
+    metrics), and the paired interval of the final program's test gain over the baseline."""
+    best = result.best_candidate
+    val = best.scores if best is not None and best.scores else None
+    scores = (test or {}).get("scores")
+    base = (baseline or {}).get("scores")
+    gain = None
+    if scores and base and len(scores) == len(base):
+        interval = paired_bootstrap_ci(scores, base, seed=seed)
+        gain = {**interval.to_json(), "within_noise": not interval.excludes_zero}
+    metric_scores = (test or {}).get("metric_scores") or {}
+    return {
+        "val_interval": bootstrap_ci(val, seed=seed).to_json() if val else None,
+        "test_interval": bootstrap_ci(scores, seed=seed).to_json() if scores else None,
+        "test_metric_intervals": {name: bootstrap_ci(values, seed=seed).to_json()
+                                  for name, values in metric_scores.items() if values},
+        "test_gain": gain,
+    }
 
 
 def run_config(
@@ -272,7 +332,8 @@ def run_config(
         "model": model,
         "seed": spec.seed,
         "splits": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
-                   "digest": _splits_digest(splits)},
+                   "digest": _splits_digest(splits),
+                   **({"rescore": spec.rescore_size} if spec.rescore_size else {})},
         "budget": {"max_calls": spec.max_calls, "max_tokens": spec.max_tokens,
                    "max_seconds": spec.max_seconds},
         "threads": spec.threads,
@@ -337,13 +398,15 @@ def _optimization_budget(
     reporter: Reporter,
 ) -> Budget | None:
     """The optimization's own call budget: ``max_calls`` less the preflight's calls and those
-    reserved for the test evaluation (one per test example and predictor), so that the whole
-    command stays within ``max_calls``.  Tokens and seconds are capped for the whole command
-    by the outer budget alone (they cannot be reserved: they are known only once spent)."""
+    reserved for the two test evaluations (the final program's and the unoptimized one's, one
+    call per test example and predictor each), so that the whole command stays within
+    ``max_calls``.  Tokens and seconds are capped for the whole command by the outer budget
+    alone (they cannot be reserved: they are known only once spent)."""
     per_example = max(1, len(program.predictors()))
-    reserved = len(testset) * per_example
-    parts = (f"{preflight.calls} preflight call(s) and {reserved} for the test evaluation "
-             f"({len(testset)} examples x {per_example} predictor(s))")
+    reserved = 2 * len(testset) * per_example
+    parts = (f"{preflight.calls} preflight call(s) and {reserved} for the test evaluations "
+             f"(the final and the unoptimized program: 2 x {len(testset)} examples x "
+             f"{per_example} predictor(s))")
     if spec.max_calls is None:
         if preflight.calls or reserved:
             reporter.message(f"LM calls besides the optimization: {parts}")
@@ -383,6 +446,7 @@ def _write_search(folder: RunFolder, original: Module, result: OptimizationResul
         "original": original.dump_state(),
         "best_index": result.best_index,
         "candidates": [c.to_json() for c in result.candidates],
+        "selection": result.selection,
     })
     folder.write_json(TRIALS, result.trials)
     save_program(result.program, folder.program_path)
@@ -395,23 +459,25 @@ def _evaluate_test(
     threads: int,
     journal: SQLiteJournal,
     reporter: Reporter,
+    which: str = "final",
 ) -> tuple[dict[str, Any] | None, UsageSnapshot]:
-    """The final program's score on the held-out test split, and the task's extra metrics on
-    the same predictions (journaled: not redone)."""
+    """A program's score on the held-out test split, per example too, and the task's extra
+    metrics on the same predictions (journaled by the program's state: not redone)."""
     if not testset:
         return None, UsageSnapshot()
     from cotune.evaluate import Evaluate
 
-    state = json.dumps(program.dump_state(), sort_keys=True, default=str)
-    key = "test:" + hashlib.sha256(state.encode()).hexdigest()[:16]
+    key = _test_key(program)
 
     def compute() -> dict[str, Any]:
-        reporter.message(f"evaluating the final program on {len(testset)} test examples")
+        reporter.message(f"evaluating the {which} program on {len(testset)} test examples")
         result = Evaluate(testset, task.metric, num_threads=threads,
                           display_progress=False)(program)
-        extra = {name: result.mean_of(metric) for name, metric in task.extra_metrics.items()}
+        values = {name: result.values_of(metric) for name, metric in task.extra_metrics.items()}
+        extra = {name: sum(v) / len(v) if v else 0.0 for name, v in values.items()}
         return {"score": result.score, "examples": len(result.results),
-                "errors": result.num_errors, **({"metrics": extra} if extra else {})}
+                "errors": result.num_errors, "scores": result.scores,
+                **({"metrics": extra, "metric_scores": values} if extra else {})}
 
     with track_usage() as meter:
         try:
@@ -423,6 +489,16 @@ def _evaluate_test(
                              f"{len(testset)} examples): no test score")
             test = {"score": None, "examples": done, "stopped_by_budget": True}
     return test, meter.snapshot()
+
+
+def _test_key(program: Module) -> str:
+    state = json.dumps(program.dump_state(), sort_keys=True, default=str)
+    return "test:" + hashlib.sha256(state.encode()).hexdigest()[:16]
+
+
+def _added(a: UsageSnapshot, b: UsageSnapshot) -> UsageSnapshot:
+    return UsageSnapshot(**{f.name: getattr(a, f.name) + getattr(b, f.name)
+                            for f in fields(UsageSnapshot)})
 
 
 def _usage_report(

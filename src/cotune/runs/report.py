@@ -156,19 +156,57 @@ def _run_header(data: RunData) -> str:
             f'<p class="path">{esc(data.path)}</p>{_facts(facts)}{error}</header>')
 
 
-def format_metrics(metrics: Mapping[str, float] | None) -> str:
-    """A task's extra test metrics in one line: ``retrieval_recall 0.583``; "" when none."""
-    return ", ".join(f"{name} {value:.3f}" for name, value in (metrics or {}).items())
+def format_metrics(
+    metrics: Mapping[str, float] | None, intervals: Mapping[str, Any] | None = None
+) -> str:
+    """A task's extra test metrics in one line: ``retrieval_recall 0.583`` (with its interval
+    ``[0.52, 0.64]`` where ``intervals`` has one); "" when none."""
+    return ", ".join(f"{name} {format_score(value, (intervals or {}).get(name))}"
+                     for name, value in (metrics or {}).items())
+
+
+def format_score(value: Any, interval: Any = None) -> str:
+    """``0.540 [0.420, 0.660]``: a score with its 95% interval (``-`` for no score; the
+    score alone for an old run folder without intervals)."""
+    from cotune.evaluate.stats import Interval
+
+    if not _is_number(value):
+        return "-"
+    ci = Interval.from_json(interval)
+    return f"{value:.3f}" + (f" [{ci.low:.3f}, {ci.high:.3f}]" if ci is not None else "")
+
+
+def format_interval(interval: Any) -> str:
+    """``[0.420, 0.660]``; ``-`` when there is none."""
+    from cotune.evaluate.stats import Interval
+
+    ci = Interval.from_json(interval)
+    return "-" if ci is None else f"[{ci.low:.3f}, {ci.high:.3f}]"
+
+
+def format_gain(gain: Any) -> str:
+    """A paired difference: ``+0.120 [+0.040, +0.200]``, or ``... (within noise)`` when its
+    interval includes 0; ``-`` when there is none."""
+    from cotune.evaluate.stats import Interval
+
+    ci = Interval.from_json(gain)
+    if ci is None:
+        return "-"
+    return ci.format(signed=True) + (" (within noise)" if not ci.excludes_zero else "")
 
 
 def _summary_cards(data: RunData) -> str:
     r = data.result
     total = (r.get("usage") or {}).get("total") or {}
+    intervals = r.get("test_metric_intervals") or {}
     cards = [
-        ("validation score", _score(r.get("val_score"))),
-        ("held-out test score", _score(r.get("test_score"))),
-        *((f"test {name}", _score(value))
+        ("validation score [95% CI]", format_score(r.get("val_score"), r.get("val_interval"))),
+        ("held-out test score [95% CI]",
+         format_score(r.get("test_score"), r.get("test_interval"))),
+        *((f"test {name}", format_score(value, intervals.get(name)))
           for name, value in (r.get("test_metrics") or {}).items()),
+        *((("test vs unoptimized (paired)", format_gain(r.get("test_gain"))),)
+          if r.get("test_gain") else ()),
         ("LM calls", _num(total.get("calls"))),
         ("backend calls", _num(total.get("backend_calls"))),
         ("tokens", _num(total.get("total_tokens"))),
@@ -182,6 +220,12 @@ def _summary_cards(data: RunData) -> str:
                     f'<div class="label">{esc(k)}</div></div>' for k, v in cards)
     budget = ('<p class="note">Stopped by the budget: the program is the best found before it '
               "ran out.</p>" if r.get("stopped_by_budget") else "")
+    if _is_number(r.get("baseline_test_score")):
+        budget += (f'<p class="note">The unoptimized program scores '
+                   f'{esc(_score(r["baseline_test_score"]))} on the same test examples.</p>')
+    reason = (r.get("selection") or {}).get("reason")
+    if reason:
+        budget += f'<p class="note">Why this program: {esc(reason)}</p>'
     return f'<section class="cards">{items}</section>{budget}'
 
 
@@ -286,9 +330,12 @@ def _candidates_section(data: RunData) -> str:
         if isinstance(score, (int, float)) and (running is None or score > running):
             running = score
         mark = " ★" if c.get("index") == data.best_index else ""
+        verdict = c.get("vs_baseline") if isinstance(c.get("vs_baseline"), dict) else {}
         rows.append([f"{c.get('index', '?')}{mark}", _num(c.get("lm_calls")), _score(score),
-                     _score(running), _seconds(c.get("elapsed_s")), c.get("description", "")])
-    head = ["#", "LM calls", "val score", "best so far", "time s", "candidate"]
+                     _score(running), format_gain(verdict.get("interval")),
+                     _seconds(c.get("elapsed_s")), c.get("description", "")])
+    head = ["#", "LM calls", "val score", "best so far", "gain vs baseline (95% CI)", "time s",
+            "candidate"]
     return _section("Candidates (full evaluations)", _table(head, rows, numeric={0, 1, 2, 3, 4},
                                                            highlight=data.best_index))
 
@@ -338,22 +385,51 @@ def _usage_section(result: Mapping[str, Any]) -> str:
 
 BENCH_COLUMNS = (  # a bench's table, in results.md and on its report page
     ("task", "task"), ("optimizer", "label"), ("model", "model"), ("seed", "seed"),
-    ("test", "test_score"), ("other test metrics", "test_metrics"), ("val", "val_score"),
+    ("test", "test_score"), ("test 95% CI", "test_interval"),
+    ("vs vanilla (paired 95% CI)", "test_gain"), ("other test metrics", "test_metrics"),
+    ("val", "val_score"),
     ("LM calls", "lm_calls"), ("backend calls", "backend_calls"), ("tokens", "tokens"),
     ("train s", "train_s"), ("wall s", "wall_s"), ("status", "status"),
 )
 
 
-TEXT_COLUMNS = frozenset({"task", "label", "model", "status", "test_metrics"})
+TEXT_COLUMNS = frozenset({"task", "label", "model", "status", "test_metrics", "test_gain"})
 """Bench columns that are left-aligned."""
+
+
+_OPTIONAL_COLUMNS = frozenset({"test_metrics", "test_interval", "test_gain"})
 
 
 def columns_in_use(
     columns: Sequence[tuple[str, str]], records: Sequence[Mapping[str, Any]]
 ) -> list[tuple[str, str]]:
-    """The bench columns to show: "other test metrics" only where some cell has them."""
+    """The bench columns to show: "other test metrics" and the intervals only where some
+    cell has them (an old bench folder has none)."""
     return [(title, key) for title, key in columns
-            if key != "test_metrics" or any(r.get(key) for r in records)]
+            if key not in _OPTIONAL_COLUMNS or any(r.get(key) for r in records)]
+
+
+def seed_spread(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per task, optimizer entry and model run over two or more seeds: the spread of the test
+    score over those seeds (finished cells with a test score) and the mean paired gain."""
+    from cotune.evaluate.stats import spread
+
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for r in records:
+        if _is_number(r.get("test_score")):
+            key = (str(r.get("task")), str(r.get("label")), str(r.get("model")))
+            groups.setdefault(key, []).append(r)
+    out = []
+    for (task, label, model), rows in groups.items():
+        if len({r.get("seed") for r in rows}) < 2:
+            continue
+        gains = [g["estimate"] for r in rows if isinstance(g := r.get("test_gain"), Mapping)
+                 and _is_number(g.get("estimate"))]
+        out.append({"task": task, "label": label, "model": model,
+                    "seeds": sorted(r.get("seed") for r in rows),
+                    **spread([r["test_score"] for r in rows]),
+                    "gain_mean": sum(gains) / len(gains) if gains else None})
+    return out
 
 
 def bench_report_html(bench_dir: str | os.PathLike[str], links: Mapping[str, str]) -> str:
@@ -380,9 +456,25 @@ def bench_report_html(bench_dir: str | os.PathLike[str], links: Mapping[str, str
         _section("Test scores", chart, "Bars share a colour per optimizer."),
         _section("Cells", _table(head, rows, numeric={
             i for i, (_, key) in enumerate(columns) if key not in TEXT_COLUMNS
-        }) + error_list),
+        }) + error_list, "Test scores with their 95% bootstrap intervals; 'vs vanilla': the "
+                         "paired difference to the unoptimized program on the same test "
+                         "examples, 'within noise' when its interval includes 0."),
+        _spread_section(records),
     ]
     return _page("cotune bench", sections)
+
+
+def _spread_section(records: Sequence[Mapping[str, Any]]) -> str:
+    spreads = seed_spread(records)
+    if not spreads:
+        return ""
+    rows = [[format_value("task", g["task"]), g["label"], g["model"],
+             ", ".join(map(str, g["seeds"])), f"{g['mean']:.3f} ± {g['sd']:.3f}",
+             f"{g['min']:.3f}–{g['max']:.3f}", format_value("gain_mean", g["gain_mean"])]
+            for g in spreads]
+    head = ["task", "optimizer", "model", "seeds", "test mean ± sd", "min–max", "gain mean"]
+    return _section("Over seeds", _table(head, rows, numeric={4, 5, 6}),
+                    "The spread of each grid entry's test score over its seeds.")
 
 
 def _bench_header(bench_dir: Path, records: Sequence[Mapping[str, Any]]) -> str:
@@ -803,6 +895,12 @@ def format_value(key: str, value: Any) -> str:
         return Path(value).stem
     if key == "test_metrics" and isinstance(value, Mapping):
         return format_metrics(value) or "-"
+    if key.endswith("_interval") and isinstance(value, Mapping):
+        return format_interval(value)
+    if key == "test_gain":
+        return format_gain(value)
+    if key == "gain_mean" and _is_number(value):
+        return f"{value:+.3f}"
     if key.endswith("_score") and _is_number(value):
         return f"{value:.3f}"
     if key.endswith("_s") and _is_number(value):

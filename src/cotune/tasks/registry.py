@@ -13,6 +13,7 @@ _TASK_MODULES = {
     "gsm8k": "cotune.tasks.gsm8k",
     "hotpotqa": "cotune.tasks.hotpotqa",
     "hotpotqa-conditional": "cotune.tasks.hotpotqa_conditional",
+    "hover": "cotune.tasks.hover",
     "scone": "cotune.tasks.scone",
     "heart": "cotune.tasks.heart",
 }
