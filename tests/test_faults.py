@@ -183,13 +183,15 @@ def test_max_calls_covers_the_whole_command(tmp_path, server):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "--max-calls 30 covers the whole command" in text
-    assert "1 preflight call(s) and 8 for the test evaluation" in text and "21 for the opt" in text
+    assert "1 preflight call(s) and 16 for the test evaluations" in text
+    assert "13 for the optimization" in text
     usage = RunFolder(run).read_json("result.json")["usage"]
     assert usage["total"]["calls"] <= 30
     assert usage["total"]["calls"] == sum(usage[p]["calls"]
                                           for p in ("optimization", "test", "preflight"))
-    assert usage["preflight"]["calls"] == 1 and usage["test"]["calls"] == 8
-    assert usage["optimization"]["calls"] <= 21
+    # the final program's test evaluation, and the unoptimized one's unless they are the same
+    assert usage["preflight"]["calls"] == 1 and usage["test"]["calls"] in (8, 16)
+    assert usage["optimization"]["calls"] <= 13
     assert server.attempts == usage["total"]["backend_calls"] <= 30
     assert RunFolder(run).read_json("result.json")["test_score"] is not None
 
