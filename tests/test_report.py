@@ -232,7 +232,7 @@ def _chromium(page: Path, tmp_path: Path, *args: str) -> str:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian package "
-                    "`chromium`; .ci/run installs it)")
+                    "`chromium`; scripts/test installs it when run as root)")
 def test_the_report_renders_in_headless_chromium(tmp_path, bt_run):
     page = write_report(bt_run)
     dom = _chromium(page, tmp_path, "--dump-dom")

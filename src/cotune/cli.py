@@ -53,7 +53,9 @@ def evaluate(
     base_url: BaseUrlOpt = None,
     split: Annotated[str, typer.Option(help="train, val or test")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples.")] = None,
-    demos: Annotated[int, typer.Option(help="Labelled demos taken from the train split.")] = 3,
+    demos: Annotated[int, typer.Option(
+        help="Add N labelled demos from the train split (default 0: the program as it is).")]
+    = 0,
     program: Annotated[
         Path | None, typer.Option(help="A saved program (JSON) to load into the task's program.")
     ] = None,

@@ -1,0 +1,58 @@
+"""Paired bootstrap interval of the score difference of two programs on the same examples.
+
+Reads two per-example result files written by ``cotune evaluate ... --out FILE`` (the same
+split and seed, so the same examples in the same order) and prints both scores, the difference
+(second minus first) and its 95% paired bootstrap interval:
+
+    .venv/bin/python benchmarks/paired_diff.py before.json after.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+
+def load_scores(path: Path) -> tuple[list[dict], list[float]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        results = data["results"]
+        return [r["example"] for r in results], [float(r["score"]) for r in results]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"error: {path} is not a `cotune evaluate --out` file ({exc})")
+
+
+def paired_interval(
+    a: list[float], b: list[float], *, resamples: int = 10_000, seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile interval of mean(b - a) over resamples of the examples (pairs kept)."""
+    diffs = [y - x for x, y in zip(a, b, strict=True)]
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    tail = (1 - level) / 2
+    return means[int(tail * resamples)], means[min(resamples - 1, int((1 - tail) * resamples))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before", type=Path)
+    parser.add_argument("after", type=Path)
+    parser.add_argument("--resamples", type=int, default=10_000)
+    args = parser.parse_args()
+    ex_a, a = load_scores(args.before)
+    ex_b, b = load_scores(args.after)
+    if ex_a != ex_b:
+        sys.exit("error: the two files hold different examples (use the same split and seed)")
+    low, high = paired_interval(a, b, resamples=args.resamples)
+    n = len(a)
+    print(json.dumps({"examples": n, "before": sum(a) / n, "after": sum(b) / n,
+                      "difference": (sum(b) - sum(a)) / n, "ci95": [low, high]}))
+
+
+if __name__ == "__main__":
+    main()
