@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install cotune with the embedded llama.cpp engine and the dev tools.
 # Idempotent: reinstalls only when pyproject.toml changed. llama-cpp-python builds from
-# source with gcc (about 5 minutes the first time).
+# source with gcc (about 5 minutes the first time), and so does llama.cpp's server, the batched
+# local engine (scripts/build_llama_server.sh, about N minutes with 2 jobs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -15,3 +16,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --progress-bar off -e ".[local,finetune,tasks,dev]"
   echo "$want" > "$stamp"
 fi
+bash scripts/build_llama_server.sh
