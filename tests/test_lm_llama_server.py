@@ -6,6 +6,7 @@ everything else talks to the real llama-server (built by ``scripts/setup.sh``) s
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import pytest
 from cotune.lm import ContextOverflow, LMCache
 from cotune.lm.child_process import ChildProcess
 from cotune.lm.llama_server import SERVER_ENV, LlamaServer, LlamaServerError, find_llama_server
+from cotune.lm.models import file_sha256
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 QUESTIONS = [
@@ -224,7 +226,7 @@ def test_a_repeated_prefix_is_read_once(smol_server: LlamaServer) -> None:
 
     lm = LlamaServerLM(server=smol_server, cache=None)
     modules = [
-        "You are module %d of a pipeline. " % i + " ".join(f"Rule {j}: be brief." for j in range(60))
+        f"You are module {i} of a pipeline. " + " ".join(f"Rule {j}: be brief." for j in range(60))
         for i in range(3)
     ]  # three ~500-token system prompts that alternate, as a 3-module program's do
 
@@ -357,3 +359,90 @@ def test_a_server_is_gone_after_its_parent_exits_without_closing_it(
     pid = int(parent.stdout.readline())
     assert parent.wait(timeout=60) == 0
     assert wait_gone(pid), f"llama-server {pid} outlived its parent's normal exit"
+
+
+# -- LoRA adapters side by side ---------------------------------------------------------------
+
+
+def random_lora(base_gguf: Path, out: Path, seed: int, scale: float = 0.25) -> Path:
+    """A rank-4 LoRA adapter with random weights on every v and o projection of ``base_gguf``,
+    in peft's file format, written as GGUF by cotune's own exporter (no training needed)."""
+    import numpy as np
+    from gguf import GGUFReader
+    from safetensors.numpy import save_file
+
+    from cotune.finetune import export_lora_to_gguf
+    from cotune.finetune.base_model import SOURCE_FILE
+
+    reader = GGUFReader(base_gguf)
+    arch = bytes(reader.fields["general.architecture"].parts[-1]).decode()
+    field = lambda key: int(reader.fields[f"{arch}.{key}"].parts[-1][0])  # noqa: E731
+    shapes = {t.name: tuple(int(n) for n in t.shape) for t in reader.tensors}
+    rng = np.random.default_rng(seed)
+    rank, tensors = 4, {}
+    for layer in range(field("block_count")):
+        for module, name in (("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output")):
+            n_in, n_out = shapes[f"blk.{layer}.{name}.weight"][:2]
+            key = f"base_model.model.model.layers.{layer}.{module}"
+            tensors[f"{key}.lora_A.weight"] = rng.normal(0, n_in**-0.5, (rank, n_in))
+            tensors[f"{key}.lora_B.weight"] = rng.normal(0, scale, (n_out, rank))
+    adapter_dir, checkpoint = out / "peft", out / "checkpoint"
+    adapter_dir.mkdir(parents=True)
+    checkpoint.mkdir()
+    save_file({k: v.astype(np.float32) for k, v in tensors.items()},
+              str(adapter_dir / "adapter_model.safetensors"))
+    (adapter_dir / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": rank, "lora_alpha": rank, "bias": "none"}))
+    (checkpoint / "config.json").write_text(json.dumps({
+        "model_type": arch, "num_attention_heads": field("attention.head_count"),
+        "num_key_value_heads": field("attention.head_count_kv"),
+    }))
+    (checkpoint / SOURCE_FILE).write_text(json.dumps(
+        {"gguf_path": str(base_gguf), "architecture": arch}))
+    return export_lora_to_gguf(adapter_dir, checkpoint, out / "adapter.gguf")
+
+
+@pytest.fixture(scope="module")
+def two_adapters(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    for module in ("gguf", "safetensors", "numpy"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} not installed (pip install 'cotune[finetune]')")
+    root = tmp_path_factory.mktemp("loras")
+    return [random_lora(smollm2_path, root / name, seed) for seed, name in enumerate("ab")]
+
+
+@pytest.mark.real_model
+def test_two_adapters_served_side_by_side_give_their_own_answers(
+    smol_server: LlamaServer, two_adapters: list[Path], smollm2_path: Path
+) -> None:
+    from cotune.lm import LlamaCppLM
+    from cotune.lm.llama_server_lm import LlamaServerLM
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python not installed (the reference answers come from it)")
+    questions = QUESTIONS[1:5]  # not "capital of France": every adapter says Paris
+    base = LlamaServerLM(server=smol_server, cache=None)
+    tuned = [base.with_lora(path) for path in two_adapters]
+    restarts = smol_server.stats().restarts
+    lms = [base, *tuned]
+    jobs = [(i, q) for q in questions for i in range(len(lms))]  # the adapters interleaved
+    served = {(i, q): lms[i].chat(messages(q), max_tokens=12).text for i, q in jobs}
+    assert smol_server.stats().restarts == restarts + 1  # both adapters loaded in one restart
+    assert smol_server.adapters == [p.resolve() for p in two_adapters]
+    assert [lm.identity()["lora_sha256"] for lm in lms][1:] == [
+        file_sha256(p) for p in two_adapters
+    ]
+    for i, lora in enumerate([None, *two_adapters]):  # each as the embedded engine answers
+        reference = LlamaCppLM(smollm2_path, lora_path=lora, n_ctx=1024, cache=None)
+        try:
+            for q in questions:
+                assert served[(i, q)] == reference.chat(messages(q), max_tokens=12).text, (i, q)
+        finally:
+            reference.close()
+    with ThreadPoolExecutor(len(jobs)) as pool:  # and all at once: the same, up to rounding
+        together = list(pool.map(lambda job: lms[job[0]].chat(messages(job[1]), max_tokens=12)
+                                 .text, jobs))
+    same = sum(served[job] == text for job, text in zip(jobs, together, strict=True))
+    assert same >= len(jobs) - 2, (same, len(jobs))
+    for q in questions:  # the adapters do change the answers, each in its own way
+        assert len({served[(i, q)] for i in range(3)}) == 3, [served[(i, q)] for i in range(3)]

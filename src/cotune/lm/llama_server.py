@@ -130,7 +130,8 @@ class LlamaServer:
         n_threads: CPU threads (default: ``COTUNE_LLAMA_THREADS``, else every usable core).
         loras: GGUF LoRA adapters to load at start (more can be added later).
         cache_ram_mib: host memory for llama-server's prompt cache (saved slot states that a
-            later request with the same prefix restores); 0 turns it off.
+            later request with the same prefix restores); 0 turns it off, and so does any
+            adapter (the cache does not tell adapters apart).
         binary: the llama-server executable (default: :func:`find_llama_server`).
         extra_args: more command-line arguments for llama-server.
         log_dir: where the server's log goes (default: a temporary directory).
@@ -330,10 +331,13 @@ class LlamaServer:
             "--parallel", str(self.parallel),
             "--no-kv-unified",  # each slot gets exactly n_ctx, as the embedded engine does
             "--cont-batching",
+            "--flash-attn", "off",  # as the embedded engine: then both give the same answers
             "--threads", str(self.n_threads),
             "--threads-batch", str(self.n_threads),
             "--threads-http", str(max(2, self.parallel)),
-            "--cache-ram", str(self.cache_ram_mib),
+            # llama-server's host-memory prompt cache does not record which adapter computed
+            # a saved state, so with adapters it could hand one adapter's KV to another
+            "--cache-ram", str(self.cache_ram_mib if not self._loras else 0),
             "--metrics",
             "--no-webui",
             "--no-warmup",

@@ -228,12 +228,17 @@ class _ServerClient(OpenAILM):
             max_retries=0, max_concurrency=server.parallel,
         )  # fmt: skip
         self.lora_id = lora_id
+        self.has_adapters = bool(server.adapters)
         self._server = server
 
     def _body(self, request: LMRequest) -> dict[str, Any]:
         body = super()._body(request)
         if self.lora_id is not None:
             body["lora"] = [{"id": self.lora_id, "scale": 1.0}]
+        elif self.has_adapters:
+            # explicit zeros, never an absent field: llama-server keeps a slot's KV cache when
+            # a request without ``lora`` follows one with an adapter, and reuses it (wrongly)
+            body["lora"] = [{"id": 0, "scale": 0.0}]
         return body
 
     def _parse(self, payload: bytes | str) -> LMResponse:
