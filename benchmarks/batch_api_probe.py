@@ -1,5 +1,6 @@
 """What llama-cpp-python's low-level batch API gives on this CPU: N sequences decoded together
-in one llama.cpp context, greedy, driven from Python (the alternative to llama-server).
+in one llama.cpp context, greedy, driven from Python (the alternative to llama-server); and, with
+``--server``, the same workload sent to llama-server as N concurrent requests.
 
 Each sequence gets its own prompt of ``--prompt`` tokens and generates ``--gen`` tokens; one
 ``llama_decode`` per step carries one token of every sequence, exactly as
@@ -7,7 +8,7 @@ Each sequence gets its own prompt of ``--prompt`` tokens and generates ``--gen``
 two engines can be compared at the same settings:
 
     COTUNE_LLAMA_THREADS=2 python benchmarks/batch_api_probe.py --model qwen2.5-0.5b \
-        --batch 1 4 8 --prompt 200 --gen 100
+        --batch 1 4 8 --prompt 200 --gen 100 [--server]
 """
 
 from __future__ import annotations
@@ -75,9 +76,40 @@ def run(model_path: str, n_seq: int, n_prompt: int, n_gen: int, threads: int) ->
     llama_cpp.llama_free(ctx)
     llama_cpp.llama_model_free(model)
     return {
-        "batch": n_seq,
+        "batch": n_seq, "engine": "batch API",
         "prompt_tok_s": round(n_seq * n_prompt / t_prompt, 1),
         "gen_tok_s": round(n_seq * n_gen / t_gen, 1),
+    }
+
+
+def run_server(model: str, n_seq: int, n_prompt: int, n_gen: int) -> dict:
+    """N concurrent ``/completion`` requests of ``n_prompt`` token ids each, ``n_gen`` tokens
+    generated (EOS ignored), timed by the server itself."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cotune.lm.llama_server import LlamaServer
+
+    with LlamaServer(model, n_ctx=n_prompt + n_gen + 16, parallel=n_seq, cache_ram_mib=0) as srv:
+        url = srv.base_url.removesuffix("/v1") + "/completion"
+
+        def one(seq: int) -> dict:
+            body = {"prompt": [(1000 + 7 * seq + 13 * p) % 30000 for p in range(n_prompt)],
+                    "n_predict": n_gen, "ignore_eos": True, "temperature": 0,
+                    "cache_prompt": False}
+            request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=3600) as r:
+                return json.loads(r.read())["timings"]
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(n_seq) as pool:
+            timings = list(pool.map(one, range(n_seq)))
+        wall = time.perf_counter() - started
+    return {
+        "batch": n_seq, "engine": "llama-server",
+        "gen_tok_s": round(n_seq * n_gen / max(t["predicted_ms"] for t in timings) * 1000, 1),
+        "wall_tok_s": round(n_seq * (n_prompt + n_gen) / wall, 1),
     }
 
 
@@ -87,11 +119,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--prompt", type=int, default=200)
     parser.add_argument("--gen", type=int, default=100)
+    parser.add_argument("--server", action="store_true", help="llama-server instead")
     args = parser.parse_args()
     llama_cpp.llama_backend_init()
     path = str(resolve_model_path(args.model))
     for n in args.batch:
-        print(json.dumps(run(path, n, args.prompt, args.gen, default_threads())), flush=True)
+        if args.server:
+            row = run_server(args.model, n, args.prompt, args.gen)
+        else:
+            row = run(path, n, args.prompt, args.gen, default_threads())
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

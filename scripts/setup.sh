@@ -2,7 +2,7 @@
 # Create .venv and install cotune with the embedded llama.cpp engine and the dev tools.
 # Idempotent: reinstalls only when pyproject.toml changed. llama-cpp-python builds from
 # source with gcc (about 5 minutes the first time), and so does llama.cpp's server, the batched
-# local engine (scripts/build_llama_server.sh, about N minutes with 2 jobs).
+# local engine (scripts/build_llama_server.sh: 12 minutes with 2 jobs on a busy 2-core machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -332,6 +332,20 @@ def test_the_model_spec_server_prefix_makes_the_server_engine(server_binary: Pat
 
 
 @pytest.mark.real_model
+def test_a_server_stops_when_its_lm_is_dropped(server_binary: Path) -> None:
+    import gc
+
+    from cotune.lm.llama_server_lm import LlamaServerLM
+
+    lm = LlamaServerLM("smollm2-135m", n_ctx=256, parallel=1, cache=None)
+    pid = lm.server.pid
+    assert pid is not None and alive(pid)
+    del lm  # e.g. one cell of a bench grid done: its server must not pile up
+    gc.collect()
+    assert wait_gone(pid)
+
+
+@pytest.mark.real_model
 def test_a_server_is_gone_after_its_parent_is_killed(server_binary: Path) -> None:
     parent = run_parent("""
         import time

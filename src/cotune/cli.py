@@ -22,7 +22,8 @@ T = TypeVar("T")
 
 ModelOpt = Annotated[
     str, typer.Option(help="Packaged model name (see `cotune models`), a GGUF path, or the "
-                      "model name on --base-url.")
+                      "model name on --base-url; server:NAME runs it on the batched "
+                      "llama-server engine.")
 ]
 BaseUrlOpt = Annotated[
     str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")

@@ -27,12 +27,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cotune.lm.child_process import ChildProcess
+from cotune.lm.llamacpp import default_threads
 from cotune.lm.models import MODELS, resolve_model_path
 from cotune.lm.types import LMError
 
@@ -151,8 +153,6 @@ class LlamaServer:
         log_dir: str | os.PathLike[str] | None = None,
         start_timeout: float = START_TIMEOUT,
     ) -> None:
-        from cotune.lm.llamacpp import default_threads
-
         if parallel < 1:
             raise ValueError("parallel must be >= 1")
         if n_ctx < 16:
@@ -234,7 +234,7 @@ class LlamaServer:
                 self._loras = previous
                 self._start_locked()
             with self._stats_lock:
-                self._stats = _replace(self._stats, restarts=self._stats.restarts + 1)
+                self._stats = replace(self._stats, restarts=self._stats.restarts + 1)
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -364,6 +364,7 @@ class LlamaServer:
             raise
         self._process = process
         self.generation += 1
+        weakref.finalize(self, process.stop, 5.0)  # a server nobody can reach any more stops
 
     def _wait_until_ready(self, process: ChildProcess) -> int:
         deadline = time.monotonic() + self.start_timeout
@@ -432,9 +433,3 @@ def _adapter_file(path: str | os.PathLike[str]) -> Path:
 
 def _int(value: object) -> int:
     return int(value) if isinstance(value, (int, float)) and value > 0 else 0
-
-
-def _replace(stats: EngineStats, **changes: int) -> EngineStats:
-    from dataclasses import replace
-
-    return replace(stats, **changes)

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from cotune.lm.base import LM
-from cotune.lm.llama_server import EngineStats, LlamaServer, LlamaServerError
+from cotune.lm.llama_server import EngineStats, LlamaServer
 from cotune.lm.models import DEFAULT_MODEL, file_sha256, resolve_model_path
 from cotune.lm.openai_backend import OpenAILM
 from cotune.lm.types import (
-    Choice,
     ContextOverflow,
     LMRequest,
     LMRequestError,
@@ -249,6 +248,3 @@ class _ServerClient(OpenAILM):
         except (ValueError, AttributeError):
             pass  # the counters are a report, not a reason to fail an answer parsed above
         return response
-
-
-__all__ = ["Choice", "LlamaServerError", "LlamaServerLM"]
