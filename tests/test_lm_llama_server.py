@@ -460,3 +460,20 @@ def test_two_adapters_served_side_by_side_give_their_own_answers(
     assert same >= len(jobs) - 2, (same, len(jobs))
     for q in questions:  # the adapters do change the answers, each in its own way
         assert len({served[(i, q)] for i in range(3)}) == 3, [served[(i, q)] for i in range(3)]
+
+
+@pytest.mark.real_model
+def test_fine_tuned_adapters_stay_on_the_shared_server(
+    smol_server: LlamaServer, two_adapters: list[Path]
+) -> None:
+    from cotune.finetune.trainer import with_adapter
+    from cotune.lm.llama_server_lm import LlamaServerLM
+    from cotune.optimize.finetune import lm_from_description
+
+    base = LlamaServerLM(server=smol_server, cache=None, max_tokens=7)
+    tuned = with_adapter(base, two_adapters[0])  # what LoraTrainer returns after training
+    assert isinstance(tuned, LlamaServerLM) and tuned.server is smol_server
+    assert tuned.lora_path == two_adapters[0].resolve() and tuned.max_tokens == 7
+    rebuilt = lm_from_description(tuned.describe(), like=base)  # a saved program, reloaded
+    assert isinstance(rebuilt, LlamaServerLM) and rebuilt.server is smol_server
+    assert rebuilt.identity() == tuned.identity() != base.identity()

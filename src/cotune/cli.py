@@ -71,7 +71,8 @@ def evaluate(
             predictor.demos = labelled_demos(splits.train, demos, seed=seed)
 
     console.print(f"[bold]{task}[/]: {len(devset)} {split} examples, model [cyan]{model}[/]"
-                  + (f" at {base_url}" if base_url else " (embedded llama.cpp)"))
+                  + (f" at {base_url}" if base_url else " (llama-server)"
+                     if model.startswith("server:") else " (embedded llama.cpp)"))
     lm = make_lm(model, base_url)
     evaluator = Evaluate(devset, the_task.metric, num_threads=threads, display_progress=True)
     with context(lm=lm):
