@@ -173,6 +173,19 @@ def test_the_binary_is_looked_up_in_the_environment_then_the_venv(
     assert find_llama_server() == built
 
 
+def test_the_slot_count_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cotune.lm.llama_server import PARALLEL_ENV, default_parallel
+
+    monkeypatch.delenv(PARALLEL_ENV, raising=False)
+    assert default_parallel() == 4
+    monkeypatch.setenv(PARALLEL_ENV, "8")
+    assert default_parallel() == 8
+    for bad in ("0", "many"):
+        monkeypatch.setenv(PARALLEL_ENV, bad)
+        with pytest.raises(ValueError, match=PARALLEL_ENV):
+            default_parallel()
+
+
 def test_a_missing_lora_is_reported_before_starting(smollm2_path: Path, tmp_path: Path) -> None:
     from cotune.lm.llama_server_lm import LlamaServerLM
 

@@ -39,6 +39,8 @@ from cotune.lm.models import MODELS, resolve_model_path
 from cotune.lm.types import LMError
 
 SERVER_ENV = "COTUNE_LLAMA_SERVER"
+PARALLEL_ENV = "COTUNE_LLAMA_PARALLEL"
+DEFAULT_PARALLEL = 4
 START_TIMEOUT = 180.0
 _LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
 
@@ -66,6 +68,20 @@ def find_llama_server() -> Path:
         f"llama-server not found (looked at {built} and on PATH): run scripts/setup.sh, which "
         f"builds it from the llama-cpp-python sdist, or set ${SERVER_ENV} to a llama-server binary"
     )
+
+
+def default_parallel() -> int:
+    """``COTUNE_LLAMA_PARALLEL`` if set, else 4 slots."""
+    setting = os.environ.get(PARALLEL_ENV, "").strip()
+    if not setting:
+        return DEFAULT_PARALLEL
+    try:
+        parallel = int(setting)
+    except ValueError:
+        parallel = 0
+    if parallel < 1:
+        raise ValueError(f"{PARALLEL_ENV} must be a whole number >= 1, got {setting!r}")
+    return parallel
 
 
 @dataclass(frozen=True)
@@ -128,7 +144,7 @@ class LlamaServer:
         model: a registered model name or a GGUF file path.
         n_ctx: context of each slot, in tokens (the server gets ``parallel * n_ctx``, split
             evenly, so a request sees the same context as in :class:`~cotune.lm.LlamaCppLM`).
-        parallel: slots decoded together.
+        parallel: slots decoded together (default: ``COTUNE_LLAMA_PARALLEL``, else 4).
         n_threads: CPU threads (default: ``COTUNE_LLAMA_THREADS``, else every usable core).
         loras: GGUF LoRA adapters to load at start (more can be added later).
         cache_ram_mib: host memory for llama-server's prompt cache (saved slot states that a
@@ -144,7 +160,7 @@ class LlamaServer:
         model: str | os.PathLike[str],
         *,
         n_ctx: int = 2048,
-        parallel: int = 4,
+        parallel: int | None = None,
         n_threads: int | None = None,
         loras: Sequence[str | os.PathLike[str]] = (),
         cache_ram_mib: int = 1024,
@@ -153,6 +169,7 @@ class LlamaServer:
         log_dir: str | os.PathLike[str] | None = None,
         start_timeout: float = START_TIMEOUT,
     ) -> None:
+        parallel = parallel if parallel is not None else default_parallel()
         if parallel < 1:
             raise ValueError("parallel must be >= 1")
         if n_ctx < 16:

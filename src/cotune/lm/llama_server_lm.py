@@ -59,7 +59,7 @@ class LlamaServerLM(LM):
         lora_path: str | os.PathLike[str] | None = None,
         server: LlamaServer | None = None,
         n_ctx: int = 2048,
-        parallel: int = 4,
+        parallel: int | None = None,
         n_threads: int | None = None,
         cache_ram_mib: int = 1024,
         seed: int | None = None,
