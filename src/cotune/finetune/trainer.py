@@ -19,6 +19,7 @@ from cotune.finetune.export import export_lora_to_gguf
 from cotune.finetune.settings import LoraSettings
 from cotune.finetune.train import StepCallback, TrainedLora, train_lora
 from cotune.lm.base import LM
+from cotune.lm.llama_server_lm import LlamaServerLM
 from cotune.lm.llamacpp import LlamaCppLM
 from cotune.lm.models import MODELS
 
@@ -63,7 +64,7 @@ class LoraTrainer:
         Training always starts from the base GGUF: an adapter ``lm`` already carries is
         replaced, not stacked.  ``lm`` itself is left untouched.
         """
-        if not isinstance(lm, LlamaCppLM):
+        if not isinstance(lm, (LlamaCppLM, LlamaServerLM)):
             raise NotFineTunableError(
                 f"{type(lm).__name__} ({getattr(lm, 'model', '?')}) cannot be fine-tuned here: "
                 "cotune trains LoRA adapters for local GGUF models run by LlamaCppLM. For a "
@@ -85,8 +86,11 @@ class LoraTrainer:
         return with_adapter(lm, result.gguf_path)
 
 
-def with_adapter(lm: LlamaCppLM, lora_path: Path) -> LlamaCppLM:
-    """A new llama.cpp LM for the same GGUF and runtime settings as ``lm``, with a LoRA."""
+def with_adapter(lm: LlamaCppLM | LlamaServerLM, lora_path: Path) -> LlamaCppLM | LlamaServerLM:
+    """A new llama.cpp LM for the same GGUF and runtime settings as ``lm``, with a LoRA (on
+    the batched engine: on the same server, beside the adapters it already serves)."""
+    if isinstance(lm, LlamaServerLM):
+        return lm.with_lora(lora_path)
     return LlamaCppLM(
         model=lm.model if lm.model in MODELS else lm.model_path,
         lora_path=lora_path,

@@ -3,6 +3,8 @@
 from cotune.lm.base import LM
 from cotune.lm.budget import Budget, budget, use_budget
 from cotune.lm.cache import LMCache, LMCacheError, cache_disabled, default_cache_dir
+from cotune.lm.llama_server import LlamaServer, LlamaServerError
+from cotune.lm.llama_server_lm import LlamaServerLM
 from cotune.lm.llamacpp import LlamaCppLM
 from cotune.lm.models import list_models, resolve_model_path
 from cotune.lm.openai_backend import OpenAILM  # imports the openai SDK only when constructed
@@ -39,6 +41,9 @@ __all__ = [
     "LMResponse",
     "LMTransientError",
     "LlamaCppLM",
+    "LlamaServer",
+    "LlamaServerError",
+    "LlamaServerLM",
     "OpenAILM",
     "ScriptedLM",
     "TokenUsage",

@@ -27,6 +27,7 @@ from cotune.core.state import StateError
 from cotune.core.validate import check_bool
 from cotune.finetune.errors import NoTrainingDataError
 from cotune.finetune.trainer import with_adapter
+from cotune.lm.llama_server_lm import LlamaServerLM
 from cotune.lm.llamacpp import LlamaCppLM
 from cotune.lm.models import MODELS, ModelError, file_sha256, resolve_model_path
 from cotune.optimize.base import OptimizationRun, Optimizer
@@ -273,7 +274,9 @@ def describe_trainer(trainer: Any) -> dict[str, Any]:
     return entry
 
 
-def lm_from_description(description: Any, *, like: Any = None) -> LlamaCppLM:
+def lm_from_description(
+    description: Any, *, like: Any = None
+) -> LlamaCppLM | LlamaServerLM:
     """A llama.cpp LM with a LoRA adapter, rebuilt from its ``describe()`` after checking that
     the adapter and base model files are the ones recorded (:class:`AdapterFileError` if not).
 
@@ -297,7 +300,7 @@ def lm_from_description(description: Any, *, like: Any = None) -> LlamaCppLM:
             from exc
     _check_file(model_path, description.get("sha256"), "base model")
     n_ctx = description.get("n_ctx", 2048)
-    if isinstance(like, LlamaCppLM) and like.n_ctx == n_ctx \
+    if isinstance(like, (LlamaCppLM, LlamaServerLM)) and like.n_ctx == n_ctx \
             and file_sha256(like.model_path) == file_sha256(model_path):
         return with_adapter(like, lora)
     return LlamaCppLM(model=model, lora_path=lora, n_ctx=n_ctx)
