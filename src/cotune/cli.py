@@ -25,7 +25,8 @@ ModelOpt = Annotated[
                       "model name on --base-url.")
 ]
 BaseUrlOpt = Annotated[
-    str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; "
+                              "several, comma-separated, are replicas served as one pool")
 ]
 TimeoutOpt = Annotated[
     float | None, typer.Option(help="Seconds per request to --base-url (default 120); a request "
