@@ -28,6 +28,11 @@ BaseUrlOpt = Annotated[
     str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; "
                               "several, comma-separated, are replicas served as one pool")
 ]
+MlflowOpt = Annotated[
+    str | None, typer.Option("--mlflow", metavar="URI", help="Log the finished run (each bench "
+                             "cell) to this MLflow tracking URI, e.g. file:./mlruns "
+                             "(needs cotune[mlflow]).")
+]
 TimeoutOpt = Annotated[
     float | None, typer.Option(help="Seconds per request to --base-url (default 120); a request "
                                "that takes longer is retried, then an error.")
@@ -176,6 +181,7 @@ def optimize(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Optimizer option KEY=VALUE, repeatable (e.g. --set num_candidates=4).")]
     = None,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Optimize a task's program; write (or resume) a run folder."""
     from cotune.optimize.reporting import ConsoleReporter
@@ -187,7 +193,7 @@ def optimize(
         options=_optimizer_options(set_ or [], strategy), max_calls=max_calls,
         max_tokens=max_tokens, max_seconds=max_seconds, threads=threads,
         cache_dir=str(cache_dir) if cache_dir is not None else None, use_cache=not no_cache,
-        timeout=timeout,
+        timeout=timeout, mlflow=mlflow,
     )
     folder = run_dir or _default_run_dir(task, optimizer, seed)
     console.print(f"[bold]{task}[/] with [bold]{optimizer}[/], model [cyan]{model}[/]"
@@ -444,6 +450,7 @@ def bench(
     out: Annotated[Path, typer.Option(
         help="The bench folder; a bench already there is resumed (finished cells are kept).")]
     = Path("runs/bench"),
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Run a grid of tasks x optimizers x models x seeds; write results.json and results.md."""
     from cotune.optimize.reporting import ConsoleReporter
@@ -453,7 +460,7 @@ def bench(
                  "base_url": base_url, "train_size": train_size, "val_size": val_size,
                  "test_size": test_size, "max_calls": max_calls, "max_tokens": max_tokens,
                  "max_seconds": max_seconds, "threads": threads, "cache": cache,
-                 "timeout": timeout}
+                 "timeout": timeout, "mlflow": mlflow}
     the_spec = _guarded(lambda: resolve_spec(spec, out, overrides))
     cells = _guarded(the_spec.cells)
     console.print(f"bench of {len(cells)} cells in {out}", highlight=False)

@@ -6,6 +6,7 @@ from cotune.lm.cache import LMCache, LMCacheError, cache_disabled, default_cache
 from cotune.lm.llamacpp import LlamaCppLM
 from cotune.lm.models import list_models, resolve_model_path
 from cotune.lm.openai_backend import OpenAILM  # imports the openai SDK only when constructed
+from cotune.lm.pool import EndpointPool
 from cotune.lm.scripted import ScriptedLM
 from cotune.lm.types import (
     BudgetExceeded,
@@ -30,6 +31,7 @@ __all__ = [
     "Choice",
     "ContentRefused",
     "ContextOverflow",
+    "EndpointPool",
     "LMCache",
     "LMCacheError",
     "LMError",
