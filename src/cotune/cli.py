@@ -30,7 +30,7 @@ BaseUrlOpt = Annotated[
 ]
 MlflowOpt = Annotated[
     str | None, typer.Option("--mlflow", metavar="URI", help="Log the finished run (each bench "
-                             "cell) to this MLflow tracking URI, e.g. file:./mlruns "
+                             "cell) to this MLflow tracking URI, e.g. sqlite:///mlflow.db "
                              "(needs cotune[mlflow]).")
 ]
 TimeoutOpt = Annotated[

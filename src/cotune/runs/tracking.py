@@ -47,8 +47,9 @@ def log_run(
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> str:
-    """Log the finished run in ``run_dir`` to the MLflow store at ``tracking_uri`` (a
-    ``file:`` path, ``sqlite:///...`` or an ``http(s)://`` tracking server); return the MLflow
+    """Log the finished run in ``run_dir`` to the MLflow store at ``tracking_uri``
+    (``sqlite:///mlflow.db``, an ``http(s)://`` tracking server, or a ``file:`` directory,
+    which MLflow 3 accepts only with ``MLFLOW_ALLOW_FILE_STORE=true``); return the MLflow
     run id (the existing one when this folder and attempt were logged already)."""
     client, entities = _client(tracking_uri)
     folder = Path(run_dir).resolve()
