@@ -451,6 +451,14 @@ def bench(
         help="The bench folder; a bench already there is resumed (finished cells are kept).")]
     = Path("runs/bench"),
     mlflow: MlflowOpt = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="ADDRESS", help="Run the cells as Ray tasks on this cluster: auto (the "
+        "running one), HOST:PORT, or local (start one here). Needs cotune[ray]; --out must be "
+        "on storage every node sees.")] = None,
+    ray_cpus: Annotated[float | None, typer.Option(
+        help="CPUs each cell declares to Ray (default --threads).")] = None,
+    ray_gpus: Annotated[float, typer.Option(
+        help="GPUs each fine-tuning cell declares to Ray.")] = 0,
 ) -> None:
     """Run a grid of tasks x optimizers x models x seeds; write results.json and results.md."""
     from cotune.optimize.reporting import ConsoleReporter
@@ -464,8 +472,15 @@ def bench(
     the_spec = _guarded(lambda: resolve_spec(spec, out, overrides))
     cells = _guarded(the_spec.cells)
     console.print(f"bench of {len(cells)} cells in {out}", highlight=False)
-    records = _guarded(lambda: run_bench(the_spec, out, reporter=ConsoleReporter(),
-                                         on_cell=_print_cell))
+    if ray is not None:
+        from cotune.runs.distributed import run_bench_on_ray
+
+        records = _guarded(lambda: run_bench_on_ray(
+            the_spec, out, address=ray, cpus_per_cell=ray_cpus, gpus_per_cell=ray_gpus,
+            reporter=ConsoleReporter(), on_cell=_print_cell))
+    else:
+        records = _guarded(lambda: run_bench(the_spec, out, reporter=ConsoleReporter(),
+                                             on_cell=_print_cell))
     Console().print((out / RESULTS_MD).read_text(encoding="utf-8"), markup=False,
                     highlight=False, soft_wrap=True)
     Console().print(f"results: {out / RESULTS_MD}  (cotune report {out})", highlight=False)
