@@ -3,6 +3,7 @@ local cluster (head + one more node, 1 CPU each, dashboard off) started and stop
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -164,3 +165,21 @@ def test_a_bench_on_ray_gives_the_sequential_results_reports_a_failed_cell_and_r
     assert len(finished) == 2 and all(r["skipped"] for r in finished)  # resumed: read back
     assert all(by_cell[r["cell"]]["test_score"] == r["test_score"]
                for r in on_ray if r["cell"] in by_cell)
+
+
+def test_cotune_bench_ray_runs_the_grid_on_the_connected_cluster(cluster, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cotune.cli import app
+
+    monkeypatch.setattr("cotune.lm.factory.make_lm", scripted.make_scripted_lm)
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(app, [
+        "bench", "--task", str(TASK_FILE), "--optimizer", "vanilla", "--model", "scripted",
+        "--seed", "0", "--seed", "1", "--test-size", "4", "--threads", "1", "--out", str(out),
+        "--ray", cluster, "--ray-cpus", "1"])
+    assert result.exit_code == 0, result.output
+    assert "2 cells submitted to Ray" in result.output
+    records = json.loads((out / "results.json").read_text())
+    records = records["cells"] if isinstance(records, dict) else records
+    assert sorted(r["status"] for r in records) == ["finished", "finished"]

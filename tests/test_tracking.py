@@ -109,3 +109,37 @@ def test_every_finished_bench_cell_is_one_mlflow_run(tmp_path, monkeypatch):
 def test_a_folder_without_a_finished_run_is_a_clear_error(tmp_path):
     with pytest.raises(TrackingError, match="no finished run"):
         log_run(tmp_path, _store(tmp_path))
+
+
+def test_cotune_optimize_mlflow_logs_the_run(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cotune.cli import app
+
+    monkeypatch.setattr("cotune.lm.factory.make_lm", scripted.make_scripted_lm)
+    uri = _store(tmp_path)
+    result = CliRunner().invoke(app, [
+        "optimize", "--task", str(TASK_FILE), "--optimizer", "random-search",
+        "--set", "num_candidates=2", "--threads", "2", "--run-dir", str(tmp_path / "run"),
+        "--no-cache", "--mlflow", uri])
+    assert result.exit_code == 0, result.output
+    (run,) = _runs(uri)
+    assert run.info.run_name == "run" and "test_score" in run.data.metrics
+
+
+def test_an_unusable_store_is_one_line_naming_it(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cotune.cli import app
+
+    monkeypatch.setattr("cotune.lm.factory.make_lm", scripted.make_scripted_lm)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    store = (tmp_path / "mlruns").as_uri()  # a file store MLflow 3 refuses by default
+    result = CliRunner().invoke(app, [
+        "optimize", "--task", str(TASK_FILE), "--optimizer", "vanilla", "--threads", "2",
+        "--run-dir", str(tmp_path / "run"), "--no-cache", "--mlflow", store])
+    assert result.exit_code == 1
+    output = " ".join(result.output.split())
+    assert "to MLflow at file://" in output and "MLFLOW_ALLOW_FILE_STORE" in output
+    assert "Traceback" not in output
+    assert (tmp_path / "run" / "result.json").is_file()  # the run itself finished

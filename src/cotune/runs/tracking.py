@@ -51,7 +51,6 @@ def log_run(
     (``sqlite:///mlflow.db``, an ``http(s)://`` tracking server, or a ``file:`` directory,
     which MLflow 3 accepts only with ``MLFLOW_ALLOW_FILE_STORE=true``); return the MLflow
     run id (the existing one when this folder and attempt were logged already)."""
-    client, entities = _client(tracking_uri)
     folder = Path(run_dir).resolve()
     result = _read(folder / RESULT)
     config = _read(folder / CONFIG)
@@ -59,6 +58,7 @@ def log_run(
         raise TrackingError(f"{folder} holds no finished run ({RESULT} or {CONFIG} is missing)")
     attempt = str(result.get("attempt", 1))
     try:
+        client, entities = _client(tracking_uri)
         exp = client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
         found = client.search_runs(
