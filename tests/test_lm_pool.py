@@ -189,3 +189,33 @@ def test_an_evaluation_completes_with_the_same_results_when_a_replica_fails_midw
     assert faulty.score == clean.score
     assert not pool.stats()[0].healthy and b.attempts > 0
     assert faulty.usage.calls == len(evaluate.devset)
+
+
+def test_an_lm_is_rebuilt_from_its_description(servers):
+    from cotune.lm import OpenAILM
+    from cotune.lm.factory import lm_from_description
+
+    pool = pool_of(servers, max_concurrency=3)
+    again = lm_from_description(pool.describe(), cache=None)
+    assert isinstance(again, EndpointPool)
+    assert (again.base_urls, again.max_concurrency) == (pool.base_urls, 3)
+    assert again.identity() == pool.identity()
+    single = OpenAILM("fake", base_url=servers[0].url, cache=None)
+    assert lm_from_description(single.describe(), cache=None).identity() == single.identity()
+    assert lm_from_description(lambda: single) is single
+    with pytest.raises(ValueError, match="backend 'nope'"):
+        lm_from_description({"backend": "nope"})
+
+
+def test_usage_and_budgets_take_what_another_process_counted():
+    from cotune.lm import Budget, UsageSnapshot
+    from cotune.lm.usage import add_to_active_meters, track_usage
+
+    with track_usage() as meter:
+        add_to_active_meters(UsageSnapshot(calls=3, cache_hits=1, prompt_tokens=10,
+                                           completion_tokens=5, failed_calls=1))
+    assert meter.snapshot() == UsageSnapshot(calls=3, cache_hits=1, prompt_tokens=10,
+                                             completion_tokens=5, failed_calls=1)
+    b = Budget(max_calls=4)
+    b.charge(3, 15)
+    assert (b.calls, b.tokens, b.remaining_calls) == (3, 15, 1)
