@@ -143,3 +143,20 @@ def test_an_unusable_store_is_one_line_naming_it(tmp_path, monkeypatch):
     assert "to MLflow at file://" in output and "MLFLOW_ALLOW_FILE_STORE" in output
     assert "Traceback" not in output
     assert (tmp_path / "run" / "result.json").is_file()  # the run itself finished
+
+
+def test_intervals_beside_the_scores_are_logged_as_low_and_high(tmp_path):
+    spec = RunSpec(task=str(TASK_FILE), optimizer="vanilla", threads=2)
+    run_dir = tmp_path / "run"
+    run_optimization(spec, run_dir, lm=scripted.make_scripted_lm())
+    result = json.loads((run_dir / "result.json").read_text())
+    result["test_score_interval"] = [0.25, 0.75]
+    result["test"]["interval"] = [0.2, 0.8]
+    (run_dir / "result.json").write_text(json.dumps(result))
+    uri = _store(tmp_path)
+    log_run(run_dir, uri)
+    (run,) = _runs(uri)
+    metrics = run.data.metrics
+    assert (metrics["test_score_interval_low"], metrics["test_score_interval_high"]) == \
+        (0.25, 0.75)
+    assert (metrics["test.interval_low"], metrics["test.interval_high"]) == (0.2, 0.8)

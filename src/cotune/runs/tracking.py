@@ -150,6 +150,9 @@ def _metrics(folder: Path, result: Mapping[str, Any]) -> list[tuple[str, float, 
                 out.append((f"trial.{key}", float(value), step, now))
     final = {"val_score": result.get("val_score"), "test_score": result.get("test_score"),
              "wall_s": result.get("wall_s")}
+    for key, value in result.items():  # intervals beside the scores (e.g. [low, high] pairs)
+        if key not in final and isinstance(value, (list, tuple)) and _pair(value):
+            final[key] = value
     for key, value in (result.get("test_metrics") or {}).items():
         final[f"test.{key}"] = value
     test = result.get("test") or {}
@@ -162,10 +165,14 @@ def _metrics(folder: Path, result: Mapping[str, Any]) -> list[tuple[str, float, 
     for key, value in final.items():
         if _number(value):
             out.append((key, float(value), last_step, now))
-        elif isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_number, value)):
+        elif _pair(value):
             out.append((f"{key}_low", float(value[0]), last_step, now))
             out.append((f"{key}_high", float(value[1]), last_step, now))
     return out
+
+
+def _pair(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_number, value))
 
 
 def _number(value: Any) -> bool:
