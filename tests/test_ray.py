@@ -183,3 +183,31 @@ def test_cotune_bench_ray_runs_the_grid_on_the_connected_cluster(cluster, tmp_pa
     records = json.loads((out / "results.json").read_text())
     records = records["cells"] if isinstance(records, dict) else records
     assert sorted(r["status"] for r in records) == ["finished", "finished"]
+
+
+def test_two_evaluations_at_once_share_the_actors(cluster):
+    from concurrent.futures import ThreadPoolExecutor
+
+    executor = RayExecutor(scripted.make_scripted_lm, num_actors=2, num_cpus=1)
+    try:
+        with context(lm=scripted.make_scripted_lm()):
+            expected = _evaluate()(scripted.Parity())
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda _: _evaluate(executor=executor)(scripted.Parity()),
+                                    range(2)))
+        for result in results:
+            _same(result, expected)
+    finally:
+        executor.close()
+
+
+def test_a_cell_whose_worker_dies_is_reported_and_the_others_finish(cluster, tmp_path):
+    dying = tmp_path / "dying_task.py"
+    dying.write_text("import os\nos._exit(3)  # the worker process dies loading the task\n")
+    spec = _bench_spec(tasks=[str(TASK_FILE), str(dying)], seeds=[0],
+                       optimizers=["vanilla"])
+    records = {r["cell"]: r for r in run_bench_on_ray(spec, tmp_path / "bench",
+                                                      cpus_per_cell=1)}
+    assert records["scripted_task-vanilla-scripted-seed0"]["status"] == "finished"
+    died = records["dying_task-vanilla-scripted-seed0"]
+    assert died["status"] == "failed" and "the Ray task failed" in died["error"]

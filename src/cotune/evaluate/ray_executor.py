@@ -124,6 +124,8 @@ class RayExecutor:
         finally:
             for ref in pending:
                 ray.cancel(ref)
+            for actor in actors:
+                actor.unload.remote(job)
 
     def nodes(self) -> list[str]:
         """The Ray node id of each actor (started if need be)."""
@@ -157,8 +159,8 @@ class _EvalWorker:
         from cotune.lm.factory import lm_from_description
 
         self.lm = lm_from_description(lm, **lm_options)
-        self.job: int | None = None
-        self.run_one: Callable[[int], Any] | None = None
+        self.jobs: dict[int, Callable[[int], Any]] = {}
+        """The runner of each evaluation loaded (several may run at once)."""
 
     def node(self) -> str:
         import ray
@@ -171,21 +173,25 @@ class _EvalWorker:
         program, devset, metric, failure_score = payload
         evaluate = Evaluate(devset, metric, num_threads=1, display_progress=False,
                             failure_score=failure_score)
-        self.job, self.run_one = job, evaluate._runner(program)
+        self.jobs[job] = evaluate._runner(program)
+
+    def unload(self, job: int) -> None:
+        self.jobs.pop(job, None)
 
     def run(self, job: int, index: int, limits: dict[str, float | None] | None
             ) -> tuple[Any, UsageSnapshot]:
         from cotune.core.runtime import context
         from cotune.lm.usage import track_usage
 
-        if job != self.job or self.run_one is None:
-            raise RuntimeError(f"actor has evaluation {self.job} loaded, not {job}")
+        run_one = self.jobs.get(job)
+        if run_one is None:  # a restarted actor lost it: the caller's error, not an example's
+            raise RuntimeError(f"evaluation {job} is not loaded in this actor (restarted?)")
         with context(lm=self.lm), track_usage() as meter:
             if limits is None:
-                result = self.run_one(index)
+                result = run_one(index)
             else:
                 with use_budget(Budget(**limits)):  # type: ignore[arg-type]
-                    result = self.run_one(index)
+                    result = run_one(index)
         return result, meter.snapshot()
 
 
