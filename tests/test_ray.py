@@ -211,3 +211,25 @@ def test_a_cell_whose_worker_dies_is_reported_and_the_others_finish(cluster, tmp
     assert records["scripted_task-vanilla-scripted-seed0"]["status"] == "finished"
     died = records["dying_task-vanilla-scripted-seed0"]
     assert died["status"] == "failed" and "the Ray task failed" in died["error"]
+
+
+def test_an_optimizers_evaluations_on_ray_give_the_threads_result(cluster):
+    from cotune.optimize.random_search import BootstrapRandomSearch
+
+    def optimize(executor):
+        optimizer = BootstrapRandomSearch(scripted.metric, num_candidates=3, num_threads=2)
+        optimizer.executor = executor
+        with context(lm=scripted.make_scripted_lm()):
+            return optimizer.optimize(scripted.Parity(), scripted.trainset[:8],
+                                      scripted.valset)
+
+    local = optimize(None)
+    executor = RayExecutor(scripted.make_scripted_lm, num_actors=2, num_cpus=1)
+    try:
+        fanned = optimize(executor)
+    finally:
+        executor.close()
+    assert [(c.score, c.state) for c in fanned.candidates] == \
+        [(c.score, c.state) for c in local.candidates]
+    assert fanned.best_index == local.best_index
+    assert fanned.usage.calls == local.usage.calls

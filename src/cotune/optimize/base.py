@@ -118,7 +118,7 @@ class OptimizationRun:
         def compute() -> dict[str, Any]:
             result = Evaluate(
                 list(examples), self.metric, num_threads=self.num_threads,
-                display_progress=False,
+                display_progress=False, executor=self.optimizer.executor,
             )(program)
             return {
                 "score": result.score,
@@ -167,6 +167,10 @@ class Optimizer(ABC):
     float or bool; an example counts as a success when its score is >= ``metric_threshold``."""
 
     name: ClassVar[str] = "optimizer"
+    executor: Any = None
+    """Where the candidates' evaluations run (``Evaluate``'s ``executor``, e.g. a
+    :class:`~cotune.evaluate.ray_executor.RayExecutor`); None: ``num_threads`` threads.
+    Bootstrapping and proposals stay in threads."""
 
     def __init__(
         self,
