@@ -233,3 +233,13 @@ def test_an_optimizers_evaluations_on_ray_give_the_threads_result(cluster):
         [(c.score, c.state) for c in local.candidates]
     assert fanned.best_index == local.best_index
     assert fanned.usage.calls == local.usage.calls
+
+
+def test_actors_the_cluster_cannot_place_are_a_clear_error_not_a_hang(cluster):
+    executor = RayExecutor(scripted.make_scripted_lm, num_actors=1, num_cpus=8,
+                           start_timeout=3)
+    try:
+        with pytest.raises(RuntimeError, match="did not start within 3 s: each declares 8 CPUs"):
+            _evaluate(executor=executor)(scripted.Parity())
+    finally:
+        executor.close()

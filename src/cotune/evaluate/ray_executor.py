@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -44,6 +45,8 @@ class RayExecutor:
         address: the Ray cluster to connect to when this process is not connected yet
             (``"auto"``, ``"127.0.0.1:6379"``; None: Ray's default, a local one).
         lm_options: keyword arguments for the LM's constructor in the actor (cache, ...).
+        start_timeout: seconds the actors may take to start and load an evaluation; past
+            it (e.g. the cluster has fewer free CPUs than the actors declare) a clear error.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class RayExecutor:
         threads_per_actor: int = 1,
         address: str | None = None,
         lm_options: Mapping[str, Any] | None = None,
+        start_timeout: float = 300.0,
     ) -> None:
         if num_actors < 1 or threads_per_actor < 1:
             raise ValueError("num_actors and threads_per_actor must be >= 1")
@@ -64,8 +68,10 @@ class RayExecutor:
         self.threads_per_actor = threads_per_actor
         self.address = address
         self.lm_options = dict(lm_options or {})
+        self.start_timeout = start_timeout
         self._actors: list[Any] = []
         self._jobs = itertools.count()
+        self._lock = threading.Lock()  # evaluations in several threads share the actors
 
     def imap(self, evaluate: Any, program: Any) -> Iterator[tuple[int, Future[Any]]]:
         """``(index, finished future of its ExampleResult)`` for every example of
@@ -75,7 +81,13 @@ class RayExecutor:
         _check_no_bound_lms(program)
         job = next(self._jobs)
         payload = ray.put((program, evaluate.devset, evaluate.metric, evaluate.failure_score))
-        ray.get([a.load.remote(job, payload) for a in actors])
+        try:
+            ray.get([a.load.remote(job, payload) for a in actors], timeout=self.start_timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise RuntimeError(
+                f"the {len(actors)} Ray actors of the evaluation did not start within "
+                f"{self.start_timeout:g} s: each declares {self.num_cpus:g} CPUs, the cluster "
+                f"has {ray.available_resources().get('CPU', 0):g} free") from None
         slots = len(actors) * self.threads_per_actor
         todo = iter(range(len(evaluate.devset)))
         pending: dict[Any, int] = {}
@@ -125,7 +137,7 @@ class RayExecutor:
             for ref in pending:
                 ray.cancel(ref)
             for actor in actors:
-                actor.unload.remote(job)
+                actor.unload.options(max_task_retries=0).remote(job)
 
     def nodes(self) -> list[str]:
         """The Ray node id of each actor (started if need be)."""
@@ -134,13 +146,18 @@ class RayExecutor:
 
     def close(self) -> None:
         """Stop the actors (a later evaluation starts new ones)."""
-        if self._actors:
-            ray = _ray()
-            for actor in self._actors:
-                ray.kill(actor)
-        self._actors = []
+        with self._lock:
+            if self._actors:
+                ray = _ray()
+                for actor in self._actors:
+                    ray.kill(actor)
+            self._actors = []
 
     def _ensure_actors(self, ray: Any) -> list[Any]:
+        with self._lock:
+            return self._start_actors(ray)
+
+    def _start_actors(self, ray: Any) -> list[Any]:
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
         if not self._actors:
