@@ -9,7 +9,7 @@
    (benchmarks/stub_server.py): 8 threads in this process vs ``RayExecutor`` (2 actors x 4
    threads); wall time per example.
 3. The optimizer's own loop: ``cotune optimize``'s ``run_optimization`` of MIPRO (light preset,
-   20 trials) on the scripted task with an instant scripted LM, journal on, cache off: wall
+   60 trials) on the scripted task with an instant scripted LM, journal on, cache off: wall
    time per trial and per LM call when the LM costs nothing (proposals, TPE, journal writes,
    Evaluate's bookkeeping), the basis of docs/scale-out.md's projection.
 
@@ -47,6 +47,7 @@ from cotune.runs.distributed import run_bench_on_ray  # noqa: E402
 
 CALL_DELAY_S = "0.05"
 NODES = 2
+TRIALS = 60
 KEYS = ("cell", "status", "val_score", "test_score", "lm_calls")
 
 
@@ -132,23 +133,26 @@ def loop_rows(work: Path) -> list[dict[str, Any]]:
     from cotune.runs.optimize import RunSpec, run_optimization
 
     rows = []
-    for threads in (1, 4):
+    for run, threads in enumerate((1, 1, 4)):  # the first: a warm-up (imports, optuna)
         spec = RunSpec(task=str(ROOT / "tests" / "scripted_task.py"), optimizer="mipro",
                        preset="light", threads=threads, use_cache=False,
-                       options={"num_trials": 20, "minibatch_size": 6, "full_eval_every": 5})
+                       options={"num_trials": TRIALS, "minibatch_size": 6,
+                                "full_eval_every": 5})
         lm = scripted_task.SlowScriptedLM(scripted_task.scripted_answer, model="scripted",
                                           cache=None)
         saved = os.environ.pop("COTUNE_TEST_SLEEP", None)
         try:
             start = time.perf_counter()
-            summary = run_optimization(spec, work / f"loop-{threads}", lm=lm)
+            summary = run_optimization(spec, work / f"loop-{run}", lm=lm)
             wall = time.perf_counter() - start
         finally:
             if saved is not None:
                 os.environ["COTUNE_TEST_SLEEP"] = saved
-        trials = json.loads((work / f"loop-{threads}" / "trials.json").read_text())
+        if run == 0:
+            continue
+        trials = json.loads((work / f"loop-{run}" / "trials.json").read_text())
         calls = summary.usage["total"]["calls"]
-        rows.append({"optimizer": "mipro light, 20 trials", "threads": threads,
+        rows.append({"optimizer": f"mipro light, {TRIALS} trials", "threads": threads,
                      "trials": len(trials), "lm_calls": calls, "wall_s": round(wall, 2),
                      "ms_per_trial": round(1000 * wall / max(1, len(trials)), 1),
                      "ms_per_call": round(1000 * wall / max(1, calls), 3)})

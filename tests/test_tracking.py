@@ -62,6 +62,7 @@ def test_a_finished_run_logs_config_scores_by_lm_calls_usage_and_artifacts(tmp_p
     assert max(m.value for m in best) == pytest.approx(summary.val_score)
     assert [m.step for m in best] == sorted(m.step for m in best)
 
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"program.json", "candidates.json", "report.html", "config.json"} <= names
     program = Path(client.download_artifacts(run.info.run_id, "program.json", str(tmp_path)))

@@ -11,7 +11,8 @@ One MLflow run per finished cotune run (and so per bench cell), in the experimen
   interval the result carries (a ``[low, high]`` pair becomes ``..._low`` / ``..._high``);
 * usage: ``usage.<part>.<field>`` for the optimization, the test, the preflight and the total;
 * artifacts: ``program.json``, ``candidates.json``, ``trials.json``, ``result.json``,
-  ``config.json`` and the ``report.html`` written for it.
+  ``config.json`` and the ``report.html`` written for it (for a ``sqlite:///`` store, in
+  ``mlartifacts/`` beside the database when cotune creates the experiment).
 
 Logging reads the run folder, so it is the same for a run that just finished and for one
 finished earlier; a folder already logged to that experiment (same folder, same attempt) is
@@ -60,7 +61,8 @@ def log_run(
     try:
         client, entities = _client(tracking_uri)
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(
+            experiment, artifact_location=_artifact_location(tracking_uri))
         found = client.search_runs(
             [exp_id], filter_string=f"tags.`{RUN_DIR_TAG}` = '{_quote(str(folder))}' and "
                                     f"tags.`{ATTEMPT_TAG}` = '{attempt}'", max_results=1)
@@ -94,6 +96,16 @@ def _client(tracking_uri: str) -> tuple[Any, Any]:
         raise TrackingError("MLflow tracking needs mlflow: pip install 'cotune[mlflow]'") \
             from exc
     return MlflowClient(tracking_uri=tracking_uri), entities
+
+
+def _artifact_location(tracking_uri: str) -> str | None:
+    """For a SQLite store, ``mlartifacts/`` beside the database file (MLflow's own default
+    would be ``./mlruns`` in whatever directory the run happened to start in); for other
+    stores the store's default."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri[len("sqlite:///"):]).resolve()
+    return (db.parent / "mlartifacts").as_uri()
 
 
 def _read(path: Path) -> Any:
