@@ -175,16 +175,27 @@ def llama_server_url(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactor
     """
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python not installed")
-    port = free_port()
     log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
+    with llama_server(smollm2_path, log_path) as (url, _process):
+        yield url
+
+
+@contextlib.contextmanager
+def llama_server(
+    model_path: Path, log_path: Path, extra_args: tuple[str, ...] = ()
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``python -m llama_cpp.server`` serving ``model_path`` on a free port of 127.0.0.1:
+    ``(base URL, process)`` once it answers ``GET /models``; terminated on exit."""
+    port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
                 sys.executable, "-m", "llama_cpp.server",
-                "--model", str(smollm2_path),
+                "--model", str(model_path),
                 "--host", "127.0.0.1",
                 "--port", str(port),
                 "--n_ctx", "2048",
+                *extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -210,7 +221,7 @@ def llama_server_url(smollm2_path: Path, tmp_path_factory: pytest.TempPathFactor
                     + log_path.read_text(errors="replace")[-3000:]
                 )
             time.sleep(0.25)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:

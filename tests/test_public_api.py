@@ -45,6 +45,7 @@ def test_public_names_are_pinned():
 
 
 def test_import_does_not_pull_heavy_dependencies():
-    heavy = {"torch", "transformers", "peft", "llama_cpp", "openai", "optuna", "sklearn"}
+    heavy = {"torch", "transformers", "peft", "llama_cpp", "openai", "optuna", "sklearn",
+             "ray", "mlflow"}
     assert modules_loaded_by("import cotune, cotune.lm, cotune.evaluate, cotune.tasks",
                              heavy) == []

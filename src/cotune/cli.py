@@ -29,7 +29,13 @@ ModelOpt = Annotated[
                       "llama-server engine.")
 ]
 BaseUrlOpt = Annotated[
-    str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; "
+                              "several, comma-separated, are replicas served as one pool")
+]
+MlflowOpt = Annotated[
+    str | None, typer.Option("--mlflow", metavar="URI", help="Log the finished run (each bench "
+                             "cell) to this MLflow tracking URI, e.g. sqlite:///mlflow.db "
+                             "(needs cotune[mlflow]).")
 ]
 TimeoutOpt = Annotated[
     float | None, typer.Option(help="Seconds per request to --base-url (default 120); a request "
@@ -215,6 +221,7 @@ def optimize(
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Optimizer option KEY=VALUE, repeatable (e.g. --set num_candidates=4).")]
     = None,
+    mlflow: MlflowOpt = None,
 ) -> None:
     """Optimize a task's program; write (or resume) a run folder."""
     from cotune.optimize.reporting import ConsoleReporter
@@ -227,7 +234,7 @@ def optimize(
         rescore_size=rescore_size, preset=preset, options=options, max_calls=max_calls,
         max_tokens=max_tokens, max_seconds=max_seconds, threads=threads,
         cache_dir=str(cache_dir) if cache_dir is not None else None, use_cache=not no_cache,
-        timeout=timeout,
+        timeout=timeout, mlflow=mlflow,
     ))
     folder = run_dir or _default_run_dir(task, optimizer, seed)
     console.print(f"[bold]{escape(task)}[/] with [bold]{escape(optimizer)}[/], model "
@@ -512,6 +519,15 @@ def bench(
     out: Annotated[Path, typer.Option(
         help="The bench folder; a bench already there is resumed (finished cells are kept).")]
     = Path("runs/bench"),
+    mlflow: MlflowOpt = None,
+    ray: Annotated[str | None, typer.Option(
+        "--ray", metavar="ADDRESS", help="Run the cells as Ray tasks on this cluster: auto (the "
+        "running one), HOST:PORT, or local (start one here). Needs cotune[ray]; --out must be "
+        "on storage every node sees.")] = None,
+    ray_cpus: Annotated[float | None, typer.Option(
+        help="CPUs each cell declares to Ray (default --threads).")] = None,
+    ray_gpus: Annotated[float, typer.Option(
+        help="GPUs each fine-tuning cell declares to Ray.")] = 0,
 ) -> None:
     """Run a grid of tasks x optimizers x models x seeds; write results.json and results.md."""
     from cotune.optimize.reporting import ConsoleReporter
@@ -521,12 +537,19 @@ def bench(
                  "base_url": base_url, "train_size": train_size, "val_size": val_size,
                  "test_size": test_size, "max_calls": max_calls, "max_tokens": max_tokens,
                  "max_seconds": max_seconds, "threads": threads, "cache": cache,
-                 "timeout": timeout}
+                 "timeout": timeout, "mlflow": mlflow}
     the_spec = _guarded(lambda: resolve_spec(spec, out, overrides))
     cells = _guarded(the_spec.cells)
     console.print(f"bench of {len(cells)} cells in {out}", highlight=False, markup=False)
-    records = _guarded(lambda: run_bench(the_spec, out, reporter=ConsoleReporter(),
-                                         on_cell=_print_cell))
+    if ray is not None:
+        from cotune.runs.distributed import run_bench_on_ray
+
+        records = _guarded(lambda: run_bench_on_ray(
+            the_spec, out, address=ray, cpus_per_cell=ray_cpus, gpus_per_cell=ray_gpus,
+            reporter=ConsoleReporter(), on_cell=_print_cell))
+    else:
+        records = _guarded(lambda: run_bench(the_spec, out, reporter=ConsoleReporter(),
+                                             on_cell=_print_cell))
     Console().print((out / RESULTS_MD).read_text(encoding="utf-8"), markup=False,
                     highlight=False, soft_wrap=True)
     Console().print(f"results: {out / RESULTS_MD}  (cotune report {out})", highlight=False)

@@ -196,6 +196,9 @@ class Evaluate:
         max_lm_errors: abort with :class:`LMUnavailable` once the LM failed (for a reason that
             is no example's) on more examples than this (None: only when it failed on all).
         failure_score: the score of an example whose program or metric raised.
+        executor: runs the examples elsewhere instead of in ``num_threads`` threads, e.g.
+            :class:`~cotune.evaluate.ray_executor.RayExecutor` (Ray actors); the results,
+            failure handling and usage accounting are the same.
 
     ``BudgetExceeded`` (with ``partial_result`` attached), ``NoLMError`` and ``KeyboardInterrupt``
     are not example failures: they stop the run and propagate.  The metric is called as
@@ -213,6 +216,7 @@ class Evaluate:
         max_lm_errors: int | None = 0,
         failure_score: float = 0.0,
         description: str = "Evaluating",
+        executor: Any = None,
     ) -> None:
         self.devset = list(devset)
         if not self.devset:
@@ -231,6 +235,7 @@ class Evaluate:
         self.max_lm_errors = max_lm_errors
         self.failure_score = float(failure_score)
         self.description = description
+        self.executor = executor
 
     def __call__(self, program: Callable[..., Any]) -> EvaluationResult:
         """Run ``program(**example.inputs())`` on every example and score the predictions."""
@@ -242,7 +247,8 @@ class Evaluate:
         run_one = self._runner(program)
         start = time.perf_counter()
         with track_usage() as meter, self._progress(n) as show:
-            work = imap_unordered(run_one, range(n), self.num_threads)
+            work = (imap_unordered(run_one, range(n), self.num_threads) if self.executor is None
+                    else self.executor.imap(self, program))
             try:
                 for index, future in work:
                     result = future.result()  # fatal errors and KeyboardInterrupt re-raise here

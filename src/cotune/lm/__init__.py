@@ -8,6 +8,7 @@ from cotune.lm.llama_server_lm import LlamaServerLM
 from cotune.lm.llamacpp import LlamaCppLM
 from cotune.lm.models import list_models, resolve_model_path
 from cotune.lm.openai_backend import OpenAILM  # imports the openai SDK only when constructed
+from cotune.lm.pool import EndpointPool
 from cotune.lm.scripted import ScriptedLM
 from cotune.lm.types import (
     BudgetExceeded,
@@ -32,6 +33,7 @@ __all__ = [
     "Choice",
     "ContentRefused",
     "ContextOverflow",
+    "EndpointPool",
     "LMCache",
     "LMCacheError",
     "LMError",

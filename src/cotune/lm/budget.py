@@ -55,6 +55,12 @@ class Budget:
         with self._lock:
             self.calls -= 1
 
+    def charge(self, calls: int, tokens: int) -> None:
+        """Count calls and tokens spent elsewhere (another process: a Ray actor)."""
+        with self._lock:
+            self.calls += calls
+            self.tokens += tokens
+
     def record(self, response: LMResponse) -> None:
         with self._lock:
             self.tokens += response.usage.total_tokens

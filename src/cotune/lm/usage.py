@@ -66,6 +66,13 @@ class UsageMeter:
         with self._lock:
             self._totals.failed_calls += 1
 
+    def add(self, usage: UsageSnapshot) -> None:
+        """Add usage counted elsewhere (another process: a Ray actor)."""
+        with self._lock:
+            t = self._totals
+            for name in vars(t):
+                setattr(t, name, getattr(t, name) + getattr(usage, name))
+
     def snapshot(self) -> UsageSnapshot:
         with self._lock:
             return UsageSnapshot(**vars(self._totals))
@@ -95,3 +102,9 @@ def record_failure_in_active_meters() -> None:
     """Count one request that failed for an infrastructure reason (see ``failed_calls``)."""
     for meter in _active_meters.get():
         meter.record_failure()
+
+
+def add_to_active_meters(usage: UsageSnapshot) -> None:
+    """Count usage that another process (a Ray actor) counted, in every active meter."""
+    for meter in _active_meters.get():
+        meter.add(usage)

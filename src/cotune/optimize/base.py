@@ -136,7 +136,7 @@ class OptimizationRun:
         def compute() -> dict[str, Any]:
             result = Evaluate(
                 list(examples), self.metric, num_threads=self.num_threads,
-                display_progress=False,
+                display_progress=False, executor=self.optimizer.executor,
             )(program)
             return {
                 "score": result.score,
@@ -231,6 +231,10 @@ class Optimizer(ABC):
     """
 
     name: ClassVar[str] = "optimizer"
+    executor: Any = None
+    """Where the candidates' evaluations run (``Evaluate``'s ``executor``, e.g. a
+    :class:`~cotune.evaluate.ray_executor.RayExecutor`); None: ``num_threads`` threads.
+    Bootstrapping and proposals stay in threads."""
 
     def __init__(
         self,

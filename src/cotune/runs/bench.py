@@ -142,6 +142,9 @@ class BenchSpec:
     cache: str = "cell"
     """``cell``: each cell keeps its LM cache in its run folder (independent cells, fair wall
     times); ``shared``: the user's LM cache; ``off``: no cache."""
+    mlflow: str | None = None
+    """An MLflow tracking URI: every cell that finishes is logged there as one MLflow run."""
+    mlflow_experiment: str = "cotune"
 
     def cells(self) -> list[Cell]:
         cells = [Cell(t, o, m, s) for t in self.tasks for o in self.optimizers
@@ -161,7 +164,7 @@ class BenchSpec:
             preset=cell.optimizer.preset, options=cell.optimizer.run_options(),
             max_calls=self.max_calls, max_tokens=self.max_tokens, max_seconds=self.max_seconds,
             threads=self.threads, cache_dir=cache_dir, use_cache=self.cache != "off",
-            timeout=self.timeout,
+            timeout=self.timeout, mlflow=self.mlflow, mlflow_experiment=self.mlflow_experiment,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -209,7 +212,7 @@ class BenchSpec:
 
 
 _SETTINGS = ("models", "seeds", "base_url", "max_calls", "max_tokens", "max_seconds", "threads",
-             "cache", "timeout")
+             "cache", "timeout", "mlflow", "mlflow_experiment")
 _SPEC_KEYS = {"tasks", "optimizers", "train_size", "val_size", "test_size", *_SETTINGS}
 
 

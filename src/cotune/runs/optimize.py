@@ -153,6 +153,10 @@ class RunSpec:
     """Seconds per HTTP request to ``base_url`` (None: the backend's default, 120 s).  It cannot
     change a result (a timeout is an error, never an answer), so it is not part of the run's
     identity."""
+    mlflow: str | None = None
+    """An MLflow tracking URI: the finished run is logged there (:mod:`cotune.runs.tracking`);
+    not part of the run's identity."""
+    mlflow_experiment: str = "cotune"
 
     def __post_init__(self) -> None:
         check_spec(self)
@@ -262,6 +266,10 @@ def run_optimization(
                 "replayed": {"steps": journal.replayed_steps, "calls": journal.replayed_calls},
             })
         folder.set_status("finished")
+    if spec.mlflow:
+        from cotune.runs.tracking import log_run
+
+        log_run(folder.path, spec.mlflow, experiment=spec.mlflow_experiment)
     return summary
 
 
