@@ -7,9 +7,11 @@ from cotune.core.predict import ChainOfThought, NoLMError, Predict, demo_from_st
 from cotune.core.runtime import (
     ChatModel,
     PromptAdapter,
+    adapter_named,
     context,
     current_adapter,
     current_lm,
+    register_adapter,
     register_default_adapter,
 )
 from cotune.core.signature import (
@@ -45,8 +47,10 @@ __all__ = [
     "current_adapter",
     "current_lm",
     "demo_from_step",
+    "adapter_named",
     "ensure_signature",
     "imap_unordered",
+    "register_adapter",
     "register_default_adapter",
     "trace",
 ]

@@ -20,6 +20,8 @@ class UsageSnapshot:
     completion_tokens: int = 0
     cost: float = 0.0
     """In the currency of the LM's price table; 0 when no price is known."""
+    repairs: int = 0
+    """Of ``calls``, the repair requests (asking to fix an answer that did not parse)."""
 
     @property
     def backend_calls(self) -> int:
@@ -38,6 +40,7 @@ class UsageSnapshot:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost": self.cost,
+            "repairs": self.repairs,
         }
 
 
@@ -48,10 +51,11 @@ class UsageMeter:
         self._lock = threading.Lock()
         self._totals = UsageSnapshot()
 
-    def record(self, response: LMResponse, cost: float) -> None:
+    def record(self, response: LMResponse, cost: float, *, repair: bool = False) -> None:
         with self._lock:
             t = self._totals
             t.calls += 1
+            t.repairs += repair
             if response.cached:
                 t.cache_hits += 1
             t.prompt_tokens += response.usage.prompt_tokens
@@ -78,6 +82,6 @@ def track_usage() -> Iterator[UsageMeter]:
         _active_meters.reset(token)
 
 
-def record_in_active_meters(response: LMResponse, cost: float) -> None:
+def record_in_active_meters(response: LMResponse, cost: float, *, repair: bool = False) -> None:
     for meter in _active_meters.get():
-        meter.record(response, cost)
+        meter.record(response, cost, repair=repair)
