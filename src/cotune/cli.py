@@ -27,6 +27,10 @@ ModelOpt = Annotated[
 BaseUrlOpt = Annotated[
     str | None, typer.Option(help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
 ]
+NCtxOpt = Annotated[
+    int | None, typer.Option("--n-ctx", min=1, help="Context length of the embedded engine "
+                             "(default: the model's trained length, capped to fit memory).")
+]
 
 
 @app.callback()
@@ -39,6 +43,7 @@ def evaluate(
     task: Annotated[str, typer.Option(help="Task name (see `cotune tasks`).")] = "iris",
     model: ModelOpt = "smollm2-135m",
     base_url: BaseUrlOpt = None,
+    n_ctx: NCtxOpt = None,
     split: Annotated[str, typer.Option(help="train, val or test")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples.")] = None,
     demos: Annotated[int, typer.Option(help="Labelled demos taken from the train split.")] = 3,
@@ -67,11 +72,11 @@ def evaluate(
         load_program(prog, program, restore_lms=True)  # fine-tuned LMs come back too
     elif demos:
         for predictor in prog.predictors():
-            predictor.demos = labelled_demos(splits.train, demos, seed=seed)
+            predictor.demos = labelled_demos(splits.train, demos, seed=seed, predictor=predictor)
 
     console.print(f"[bold]{task}[/]: {len(devset)} {split} examples, model [cyan]{model}[/]"
                   + (f" at {base_url}" if base_url else " (embedded llama.cpp)"))
-    lm = make_lm(model, base_url)
+    lm = make_lm(model, base_url, **({"n_ctx": n_ctx} if n_ctx else {}))
     evaluator = Evaluate(devset, the_task.metric, num_threads=threads, display_progress=True)
     with context(lm=lm):
         if no_cache:
@@ -142,6 +147,7 @@ def optimize(
     = None,
     model: ModelOpt = "smollm2-135m",
     base_url: BaseUrlOpt = None,
+    n_ctx: NCtxOpt = None,
     seed: Annotated[int, typer.Option(help="Seeds the data split and the optimizer.")] = 0,
     train_size: Annotated[int | None, typer.Option(help="Use the first N training examples.")]
     = None,
@@ -176,6 +182,7 @@ def optimize(
         options=_optimizer_options(set_ or [], strategy), max_calls=max_calls,
         max_tokens=max_tokens, max_seconds=max_seconds, threads=threads,
         cache_dir=str(cache_dir) if cache_dir is not None else None, use_cache=not no_cache,
+        n_ctx=n_ctx,
     )
     folder = run_dir or _default_run_dir(task, optimizer, seed)
     console.print(f"[bold]{task}[/] with [bold]{optimizer}[/], model [cyan]{model}[/]"
@@ -413,6 +420,7 @@ def bench(
     seed: Annotated[list[int] | None, typer.Option("--seed", help="A seed (repeatable).")]
     = None,
     base_url: BaseUrlOpt = None,
+    n_ctx: NCtxOpt = None,
     train_size: Annotated[int | None, typer.Option(help="Training examples per task.")] = None,
     val_size: Annotated[int | None, typer.Option(help="Validation examples per task.")] = None,
     test_size: Annotated[int | None, typer.Option(help="Test examples per task.")] = None,
@@ -433,7 +441,7 @@ def bench(
     overrides = {"tasks": task, "optimizers": optimizer, "models": model, "seeds": seed,
                  "base_url": base_url, "train_size": train_size, "val_size": val_size,
                  "test_size": test_size, "max_calls": max_calls, "max_tokens": max_tokens,
-                 "max_seconds": max_seconds, "threads": threads, "cache": cache}
+                 "max_seconds": max_seconds, "threads": threads, "cache": cache, "n_ctx": n_ctx}
     the_spec = _guarded(lambda: resolve_spec(spec, out, overrides))
     cells = _guarded(the_spec.cells)
     console.print(f"bench of {len(cells)} cells in {out}", highlight=False)

@@ -3,7 +3,7 @@
 from cotune.core.example import Example, Prediction
 from cotune.core.module import Module
 from cotune.core.parallel import imap_unordered
-from cotune.core.predict import ChainOfThought, NoLMError, Predict, demo_from_step
+from cotune.core.predict import ChainOfThought, NoLMError, Predict, demo_from_step, labelled_demo
 from cotune.core.runtime import (
     ChatModel,
     PromptAdapter,
@@ -50,6 +50,7 @@ __all__ = [
     "adapter_named",
     "ensure_signature",
     "imap_unordered",
+    "labelled_demo",
     "register_adapter",
     "register_default_adapter",
     "trace",

@@ -64,6 +64,14 @@ class Predict(Module):
             self.__dict__["_active_signature"] = cached
         return cached
 
+    optional_demo_outputs: frozenset[str] = frozenset()
+    """Outputs a demo may lack (a chain of thought's reasoning: labelled data rarely has it)."""
+
+    def demo_is_complete(self, demo: Mapping[str, Any]) -> bool:
+        """True when ``demo`` holds every input and every (non-optional) output."""
+        return all(demo.get(f.name) is not None for f in self.signature.fields
+                   if f.name not in self.optional_demo_outputs)
+
     def reset(self) -> None:
         self.instruction = self.original_instruction
         self.demos = []
@@ -91,8 +99,10 @@ class Predict(Module):
             )
         adapter = adapter_named(self.adapter) if self.adapter is not None else current_adapter(lm)
         signature = self.active_signature
-        # a demo made from this very query would hand the model its own answer
-        demos = [d for d in self.demos if not _is_same_query(d, inputs)]
+        # a demo made from this very query would hand the model its own answer; one that lacks
+        # an output would teach the model to leave it out
+        demos = [d for d in self.demos
+                 if not _is_same_query(d, inputs) and self.demo_is_complete(d)]
         messages = adapter.format(signature, demos, inputs)
         request_options = getattr(adapter, "request_options", None)
         if callable(request_options):  # e.g. the structured adapter's output schema
@@ -124,6 +134,8 @@ class Predict(Module):
 
 class ChainOfThought(Predict):
     """``Predict`` with a ``reasoning`` output produced before the signature's outputs."""
+
+    optional_demo_outputs = frozenset({"reasoning"})
 
     def __init__(
         self,
@@ -165,6 +177,19 @@ def _is_same_query(demo: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
 
 
 _ABSENT = object()
+
+
+def labelled_demo(predictor: Predict, example: Mapping[str, Any]) -> Example | None:
+    """``example`` as a labelled demo for ``predictor``: its fields of the predictor's
+    signature, or None unless it holds every one the demo needs (all inputs and outputs, a
+    chain of thought's reasoning aside).  An intermediate module whose output the labels lack
+    (a multi-hop program's search query) so gets no labelled demo."""
+    if not predictor.demo_is_complete(example):
+        return None
+    sig = predictor.signature
+    inputs = [f.name for f in sig.input_fields]
+    keep = [f.name for f in sig.fields if example.get(f.name) is not None]
+    return Example({k: example[k] for k in keep}, input_keys=inputs)
 
 
 def demo_from_step(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Example:

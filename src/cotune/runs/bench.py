@@ -113,6 +113,8 @@ class BenchSpec:
     models: list[str] = field(default_factory=lambda: [DEFAULT_MODEL])
     seeds: list[int] = field(default_factory=lambda: [0])
     base_url: str | None = None
+    n_ctx: int | None = None
+    """Context length of the embedded engine (None: the model's default)."""
     max_calls: int | None = None
     max_tokens: int | None = None
     max_seconds: float | None = None
@@ -139,6 +141,7 @@ class BenchSpec:
             preset=cell.optimizer.preset, options=cell.optimizer.run_options(),
             max_calls=self.max_calls, max_tokens=self.max_tokens, max_seconds=self.max_seconds,
             threads=self.threads, cache_dir=cache_dir, use_cache=self.cache != "off",
+            n_ctx=self.n_ctx,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -173,7 +176,7 @@ class BenchSpec:
 
 
 _SETTINGS = ("models", "seeds", "base_url", "max_calls", "max_tokens", "max_seconds", "threads",
-             "cache")
+             "cache", "n_ctx")
 _SPEC_KEYS = {"tasks", "optimizers", "train_size", "val_size", "test_size", *_SETTINGS}
 
 
@@ -182,7 +185,7 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
     ``name`` and ``train_size``/``val_size``/``test_size``), ``optimizers`` (``NAME[:ARG]``, or
     tables with ``name``, ``strategy``, ``preset``, ``options`` and a ``label`` for the
     tables), ``models``, ``seeds``, default split sizes, the per-cell budget (``max_calls``,
-    ``max_tokens``, ``max_seconds``), ``threads``, ``base_url`` and ``cache``."""
+    ``max_tokens``, ``max_seconds``), ``threads``, ``base_url``, ``n_ctx`` and ``cache``."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     try:
@@ -366,7 +369,8 @@ def _config_matches(config: Mapping[str, Any], spec: RunSpec) -> bool:
         and optimizer.get("name") == spec.optimizer
         and optimizer.get("preset") == spec.preset
         and all(optimizer.get(k, v) == v for k, v in spec.options.items())
-        and config.get("model") == {"name": spec.model, "base_url": spec.base_url}
+        and config.get("model") == {"name": spec.model, "base_url": spec.base_url,
+                                    **({"n_ctx": spec.n_ctx} if spec.n_ctx is not None else {})}
         and config.get("seed") == spec.seed
         and config.get("budget") == budget
         and all(size is None or splits.get(part) == size for part, size in

@@ -127,6 +127,8 @@ class RunSpec:
     cache_dir: str | None = None
     """Where the LM cache lives (``DIR/lm_cache.sqlite``); None: the shared user cache."""
     use_cache: bool = True
+    n_ctx: int | None = None
+    """Context length of the embedded engine (None: its default, from the model file)."""
 
     def budget(self) -> Budget | None:
         if self.max_calls is None and self.max_tokens is None and self.max_seconds is None:
@@ -205,7 +207,7 @@ def run_optimization(
                 best_index=result.best_index,
             )
             folder.write_json(RESULT, {
-                **summary.to_json(), "test": test,
+                **summary.to_json(), "test": test, "n_ctx": getattr(lm, "n_ctx", None),
                 "replayed": {"steps": journal.replayed_steps, "calls": journal.replayed_calls},
             })
         folder.set_status("finished")
@@ -235,6 +237,8 @@ def run_config(
         task_entry = {"name": str(Path(spec.task).resolve()), "sha256": file_digest(spec.task)}
     model = ({"name": spec.model, "base_url": spec.base_url} if lm is None
              else {"identity": lm.identity()})
+    if spec.n_ctx is not None and lm is None:  # absent by default: older run folders still match
+        model["n_ctx"] = spec.n_ctx
     return {
         "cotune_version": cotune.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -263,6 +267,10 @@ def _make_lm(spec: RunSpec) -> LM:
         options["cache"] = None
     elif spec.cache_dir is not None:
         options["cache"] = LMCache(Path(spec.cache_dir) / "lm_cache.sqlite")
+    if spec.n_ctx is not None:
+        if spec.base_url:
+            raise ValueError("--n-ctx applies to the embedded engine, not to a --base-url server")
+        options["n_ctx"] = spec.n_ctx
     return factory.make_lm(spec.model, spec.base_url, **options)
 
 
@@ -327,6 +335,6 @@ def _evaluate_test(
 def _usage_report(optimization: UsageSnapshot, test: UsageSnapshot) -> dict[str, Any]:
     total = UsageSnapshot(**{k: getattr(optimization, k) + getattr(test, k)
                              for k in ("calls", "cache_hits", "prompt_tokens",
-                                       "completion_tokens", "cost")})
+                                       "completion_tokens", "cost", "repairs")})
     return {name: {**u.to_json(), "total_tokens": u.total_tokens}
             for name, u in (("optimization", optimization), ("test", test), ("total", total))}
