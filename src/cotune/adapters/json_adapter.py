@@ -12,10 +12,10 @@ the JSON object the model must produce)::
     assistant: {"reasoning": "...", "answer": 4}
 
 A chain of thought must still think: its ``reasoning`` comes first and gets a length limit of
-its own in the schema (``budget * reasoning_chars_per_token`` characters, from the predictor's
-``max_tokens``), and the request's ``max_tokens`` leaves room for that much reasoning even at
-one token per character plus the answer after it.  So the grammar closes the reasoning in time
-and the answer is never cut off.
+its own in the schema (``budget * reasoning_chars_per_token`` characters, the budget being the
+predictor's ``max_tokens``); every other text field gets a smaller limit, and the request's
+``max_tokens`` leaves room for all of them at their longest even at one token per character.
+So the grammar closes each field in time and the answer is never cut off.
 
 Parsing reads the first JSON object of the answer; where that misses fields (a backend that
 could not constrain decoding), the field-marker reading of ``ChatAdapter`` fills them in.
@@ -33,6 +33,8 @@ from cotune.adapters.parsing import AdapterParseError, coerce, find_json_object
 from cotune.core.signature import Field, Signature
 
 REASONING = "reasoning"
+_JSON_TOKENS = 8
+"""Tokens per field for its key, quotes and separators."""
 
 
 class JSONAdapter(ChatAdapter):
@@ -53,22 +55,32 @@ class JSONAdapter(ChatAdapter):
     # -- the request -------------------------------------------------------------------------
 
     def response_schema(self, signature: Signature, budget: int) -> dict[str, Any]:
-        """The signature's output schema, with the reasoning's length limited to its budget."""
+        """The signature's output schema, each free-text field's length limited to its share of
+        the budget: the reasoning ``budget`` tokens' worth, every other text field
+        ``answer_tokens``' worth (without reasoning, the text fields share the budget)."""
         schema = signature.output_schema()
-        reasoning = schema["properties"].get(REASONING)
-        if reasoning is not None and reasoning.get("type") == "string":
-            reasoning["maxLength"] = budget * self.reasoning_chars_per_token
+        texts = _text_fields(schema)
+        chars = self.reasoning_chars_per_token
+        for name in texts:
+            if REASONING in texts:
+                tokens = budget if name == REASONING else self.answer_tokens
+            else:
+                tokens = max(1, budget // len(texts))
+            schema["properties"][name]["maxLength"] = tokens * chars
         return schema
 
     def request_options(self, signature: Signature, budget: int) -> dict[str, Any]:
-        """Options for the LM call: the schema, and a ``max_tokens`` with room for the
-        reasoning (at worst one token per character) and the answer after it."""
+        """Options for the LM call: the schema, and a ``max_tokens`` in which the answer always
+        closes: every text field at its longest (at worst one token per character) plus room
+        for the other fields and the JSON around them."""
         schema = self.response_schema(signature, budget)
-        answers = sum(1 for f in signature.output_fields if f.name != REASONING)
-        max_tokens = budget
-        if REASONING in schema["properties"]:
-            max_tokens = budget * self.reasoning_chars_per_token + answers * self.answer_tokens
-        return {"response_schema": schema, "max_tokens": max_tokens}
+        texts = _text_fields(schema)
+        if not texts:  # choices, numbers, booleans: the budget as it is
+            return {"response_schema": schema, "max_tokens": budget}
+        others = len(schema["properties"]) - len(texts)
+        max_tokens = (sum(schema["properties"][n]["maxLength"] for n in texts)
+                      + others * self.answer_tokens + _JSON_TOKENS * len(schema["properties"]))
+        return {"response_schema": schema, "max_tokens": max(budget, max_tokens)}
 
     # -- rendering ---------------------------------------------------------------------------
 
@@ -123,6 +135,11 @@ def _system_prompt(signature: Signature) -> str:
     lines += [f"- {_describe(f)}" for f in signature.output_fields]
     lines += ["", f"Answer with one JSON object and nothing else: {_keys(signature)}."]
     return "\n".join(lines)
+
+
+def _text_fields(schema: Mapping[str, Any]) -> list[str]:
+    return [name for name, prop in schema["properties"].items()
+            if prop.get("type") == "string" and "enum" not in prop]
 
 
 def _keys(signature: Signature) -> str:

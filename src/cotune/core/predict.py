@@ -64,6 +64,13 @@ class Predict(Module):
             self.__dict__["_active_signature"] = cached
         return cached
 
+    def effective_adapter(self, lm: ChatModel | None = None) -> PromptAdapter:
+        """This predictor's adapter, else the ``cotune.context`` one, else the default of the
+        LM that answers (``lm``, the bound one, or the context's)."""
+        if self.adapter is not None:
+            return adapter_named(self.adapter)
+        return current_adapter(lm or self.lm or current_lm())
+
     optional_demo_outputs: frozenset[str] = frozenset()
     """Outputs a demo may lack (a chain of thought's reasoning: labelled data rarely has it)."""
 
@@ -97,7 +104,7 @@ class Predict(Module):
                 "no LM for this predictor: bind one (Predict(..., lm=lm)) "
                 "or use `with cotune.context(lm=lm):`"
             )
-        adapter = adapter_named(self.adapter) if self.adapter is not None else current_adapter(lm)
+        adapter = self.effective_adapter(lm)
         signature = self.active_signature
         # a demo made from this very query would hand the model its own answer; one that lacks
         # an output would teach the model to leave it out

@@ -406,7 +406,7 @@ class GroundedProposer:
     ) -> list[dict[str, str]]:
         """The chat messages :meth:`propose_one` sends, for inspection."""
         inputs = self.prompt_inputs(predictor_name, predictor, demos, tip)
-        return current_adapter().format(_proposer_signature(inputs), [], inputs)
+        return current_adapter(self.prompt_lm).format(_proposer_signature(inputs), [], inputs)
 
     def _grounding(self) -> Grounding:
         if self.grounding is not None:
