@@ -193,9 +193,8 @@ class OpenAILM(LM):
         for mode in _STRUCTURED_MODES[_STRUCTURED_MODES.index(start):]:
             try:
                 response = self._send(self._body(request, mode))
-            except LMRequestError as e:
-                refused = e.status_code in _REFUSAL_STATUS and not isinstance(e, ContextOverflow)
-                if mode == "none" or not refused:
+            except (LMRequestError, LMTransientError) as e:
+                if mode == "none" or not _refuses_format(e):
                     raise  # also refused without response_format: not about the format
                 logger.debug("%s refused response_format %s: %s", self.base_url, mode, e)
                 continue
@@ -271,6 +270,16 @@ class OpenAILM(LM):
     def __repr__(self) -> str:
         lora = f", lora={self.lora!r}" if self.lora else ""
         return f"OpenAILM(model={self.model!r}, base_url={self.base_url!r}{lora})"
+
+
+def _refuses_format(e: LMRequestError | LMTransientError) -> bool:
+    """A 400/422 to a request with ``response_format`` (or any error naming it: llama-cpp-python's
+    server answers 500 to a form it does not know) is a refusal of the format."""
+    if isinstance(e, ContextOverflow):
+        return False
+    if "response_format" in str(e):
+        return True
+    return isinstance(e, LMRequestError) and e.status_code in _REFUSAL_STATUS
 
 
 def _status_error(status: int, message: str, base_url: str) -> LMTransientError | LMRequestError:
