@@ -160,7 +160,7 @@ def report(path: Path) -> str:
     for r in rows:
         by[(r["task"], r["adapter"])].append(r)
     lines = ["| task | adapter | n | score [95% CI] | parse failures first answer, per module "
-             "| after one repair | examples failed | tokens/example | s/example |",
+             "| after one repair | examples failed | tokens/example | s/example (not cached) |",
              "|---|---|---|---|---|---|---|---|---|"]
     paired = []
     for task in TASKS:
@@ -181,11 +181,12 @@ def report(path: Path) -> str:
                 first.append(f"{module} {f1}/{calls}")
                 final.append(f"{module} {f2}/{calls}")
             failed = sum(1 for r in rs if r["error"])
+            fresh = [r["wall_s"] for r in rs if not r["cache_hits"]]  # replays took no time
+            wall = f"{sum(fresh) / len(fresh):.1f}" if fresh else "-"
             lines.append(
                 f"| {task} | {adapter} | {n} | {score / n:.3f} [{lo:.2f}, {hi:.2f}] | "
                 f"{'; '.join(first)} | {'; '.join(final)} | {failed} | "
-                f"{sum(r['tokens'] for r in rs) / n:.0f} | "
-                f"{sum(r['wall_s'] for r in rs) / n:.1f} |")
+                f"{sum(r['tokens'] for r in rs) / n:.0f} | {wall} |")
         if common:
             diffs = [both["json"][i]["score"] - both["chat"][i]["score"] for i in common]
             lo, hi = paired_interval(diffs)
