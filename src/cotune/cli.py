@@ -64,6 +64,8 @@ def evaluate(
     from cotune.tasks import get_task
     from cotune.tasks.demos import labelled_demos
 
+    if n_ctx is not None and base_url:
+        raise _fail("--n-ctx applies to the embedded engine, not to a --base-url server")
     the_task = get_task(task)
     splits = the_task.load_splits(seed=seed)
     devset = splits.get(split)[:limit] if limit else splits.get(split)
