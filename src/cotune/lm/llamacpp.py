@@ -9,6 +9,7 @@ simply queue (the engine already uses every core for one request).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 import threading
@@ -206,7 +207,30 @@ class LlamaCppLM(LM):
 
 @functools.lru_cache(maxsize=256)
 def _grammar_for(schema: str) -> Any:
-    """llama-cpp-python's grammar for a JSON schema (a GBNF string: safe to share)."""
-    from llama_cpp.llama_grammar import LlamaGrammar
+    """llama-cpp-python's grammar for a JSON schema (a GBNF string: safe to share).
 
-    return LlamaGrammar.from_json_schema(schema, verbose=False)
+    Its converter spells a string's ``maxLength`` N as N nested optional groups, which
+    llama.cpp's grammar parser reads recursively: at a few thousand it overflows the stack.
+    Each such run is respelled in GBNF's own bounded repetition, ``char{0,N}``, which the
+    parser expands into a flat chain of rules; the language is the same."""
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+    gbnf = json_schema_to_gbnf(schema)
+    for n in sorted(_max_lengths(json.loads(schema)), reverse=True):
+        nested = ("(char " * n).rstrip() + ")?" * n
+        gbnf = gbnf.replace(nested, f"char{{0,{n}}}")
+    return LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+def _max_lengths(schema: Any) -> set[int]:
+    """Every ``maxLength`` in a JSON schema."""
+    found: set[int] = set()
+    if isinstance(schema, dict):
+        if isinstance(schema.get("maxLength"), int) and schema["maxLength"] > 0:
+            found.add(schema["maxLength"])
+        for value in schema.values():
+            found |= _max_lengths(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            found |= _max_lengths(value)
+    return found
