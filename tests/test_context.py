@@ -129,3 +129,12 @@ def test_n_ctx_reaches_the_engine_and_the_run_folder(tmp_path, monkeypatch):
     refused = CliRunner().invoke(app, ["evaluate", "--base-url", "http://127.0.0.1:1/v1",
                                        "--n-ctx", "512"])
     assert refused.exit_code == 1 and "embedded engine" in refused.output
+
+
+def test_a_bench_spec_sets_n_ctx_for_every_cell(tmp_path):
+    from cotune.runs.bench import BenchSpec
+
+    spec = BenchSpec.from_dict({"tasks": ["iris"], "optimizers": ["vanilla"], "n_ctx": 1024})
+    cell = spec.cells()[0]
+    assert spec.run_spec(cell, tmp_path).n_ctx == 1024
+    assert BenchSpec.from_dict({"tasks": ["iris"], "optimizers": ["vanilla"]}).n_ctx is None
