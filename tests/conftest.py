@@ -44,6 +44,8 @@ class FakeOpenAIServer:
         self.failures: list[int | float] = []
         self.delay = 0.0
         """Seconds every successful answer waits (to observe concurrency)."""
+        self.refuse: Callable[[dict[str, Any]], tuple[int, str] | None] | None = None
+        """A function of the request body: ``(status, message)`` to refuse it, None to answer."""
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.in_flight = 0
@@ -73,6 +75,9 @@ class FakeOpenAIServer:
         if isinstance(failure, int):
             error = {"message": f"scripted failure {failure}", "type": "test", "code": failure}
             return failure, {"error": error}, 0.0
+        refusal = self.refuse(body) if self.refuse is not None else None
+        if refusal is not None:
+            return refusal[0], {"error": {"message": refusal[1], "type": "test"}}, 0.0
         text = self.answer(body) if callable(self.answer) else self.answer
         n = int(body.get("n") or 1)
         completion = {

@@ -28,8 +28,10 @@ from cotune.lm import ContextOverflow, LMInvalidResponse, LMRequestError, LMTran
 
 
 def question_of(request) -> str:
-    """The question of the final user message (``Question: ...``)."""
-    return request.messages[-1]["content"].split("Question:", 1)[1].strip()
+    """The question of the last user message that has one (``Question: ...``; a repair
+    request ends with the request to answer again)."""
+    asked = [m["content"] for m in request.messages if "Question:" in m["content"]]
+    return asked[-1].split("Question:", 1)[1].strip()
 
 
 def make_devset(n: int) -> list[Example]:
@@ -119,6 +121,7 @@ def test_unparsable_answer_is_a_recorded_failure():
     assert "I have no idea, sorry" in failed.error
     assert failed.score == -1.0
     assert result.num_errors == 1
+    assert result.usage.repairs == 1  # one repair request before the example failed
     assert result.score == pytest.approx((5 - 1) / 6)
     assert not any(r.failed for i, r in enumerate(result.results) if i != 2)
 
@@ -149,7 +152,8 @@ def test_max_errors_aborts_with_partial_results(num_threads):
     assert partial.num_errors == 4
     assert not partial.complete and partial.num_total == 200
     assert all(r.failed for r in partial.results)
-    assert len(lm.requests) <= 4 + num_threads  # stopped submitting new work
+    assert len(lm.requests) <= 2 * (4 + num_threads)  # stopped submitting new work (each
+    # example asks once, then once more to repair its unparsable answer)
     # partial results keep dev-set order
     indices = [devset.index(r.example) for r in partial.results]
     assert indices == sorted(indices)

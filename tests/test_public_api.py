@@ -13,6 +13,7 @@ EXPECTED = {
     "ChatAdapter",
     "Example",
     "InputField",
+    "JSONAdapter",
     "LMCache",
     "LMError",
     "LMRequestError",

@@ -5,7 +5,7 @@ The public API is what ``__all__`` lists; everything else is private.  Heavy dep
 used, so ``import cotune`` stays fast.
 """
 
-from cotune.adapters import AdapterParseError, ChatAdapter
+from cotune.adapters import AdapterParseError, ChatAdapter, JSONAdapter
 from cotune.core import (
     ChainOfThought,
     Example,
@@ -19,6 +19,7 @@ from cotune.core import (
     SignatureError,
     StateError,
     context,
+    register_adapter,
     register_default_adapter,
     trace,
 )
@@ -38,7 +39,9 @@ from cotune.lm import (
 )
 from cotune.runs import load_program, save_program
 
-register_default_adapter(ChatAdapter())
+register_adapter("chat", ChatAdapter())
+register_adapter("json", JSONAdapter())
+register_default_adapter(ChatAdapter())  # LM backends name their own default (default_adapter)
 
 __version__ = "0.1.0"
 
@@ -51,6 +54,7 @@ __all__ = [
     "ChatAdapter",
     "Example",
     "InputField",
+    "JSONAdapter",
     "LMCache",
     "LMError",
     "LMRequestError",

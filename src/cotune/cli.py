@@ -43,6 +43,10 @@ TimeoutOpt = Annotated[
 ]
 LM_FAILURE_EXIT = 3
 """Exit status when the LM failed (unreachable, erroring, invalid answers): no result, retry."""
+NCtxOpt = Annotated[
+    int | None, typer.Option("--n-ctx", min=1, help="Context length of the embedded engine "
+                             "(default: the model's trained length, capped to fit memory).")
+]
 
 
 @app.callback()
@@ -58,6 +62,7 @@ def evaluate(
     task: Annotated[str, typer.Option(help="Task name (see `cotune tasks`).")] = "iris",
     model: ModelOpt = "smollm2-135m",
     base_url: BaseUrlOpt = None,
+    n_ctx: NCtxOpt = None,
     split: Annotated[str, typer.Option(help="train, val or test")] = "test",
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples.")] = None,
     demos: Annotated[int, typer.Option(
@@ -75,7 +80,8 @@ def evaluate(
     """Evaluate a task's program on one split and print the score."""
     _guarded(lambda: _check_evaluate_options(limit, demos, threads))
     result, the_task = _guarded(lambda: _run_evaluation(
-        task, model, base_url, split, limit, demos, program, threads, seed, no_cache, timeout))
+        task, model, base_url, split, limit, demos, program, threads, seed, no_cache, timeout,
+        n_ctx))
     table = Table(title=f"{task} / {split}")
     for column in ("score", "examples", "errors", "LM calls", "cache hits", "tokens", "wall s"):
         table.add_column(column, justify="right")
@@ -107,7 +113,8 @@ def _check_evaluate_options(limit: int | None, demos: int, threads: int) -> None
 
 def _run_evaluation(task: str, model: str, base_url: str | None, split: str, limit: int | None,
                     demos: int, program: Path | None, threads: int, seed: int,
-                    no_cache: bool, timeout: float | None) -> tuple[Any, Any]:
+                    no_cache: bool, timeout: float | None, n_ctx: int | None
+                    ) -> tuple[Any, Any]:
     from cotune.core.runtime import context
     from cotune.evaluate import Evaluate
     from cotune.lm.cache import cache_disabled
@@ -116,6 +123,8 @@ def _run_evaluation(task: str, model: str, base_url: str | None, split: str, lim
     from cotune.tasks import get_task
     from cotune.tasks.demos import labelled_demos
 
+    if n_ctx is not None and base_url:
+        raise ValueError("--n-ctx applies to the embedded engine, not to a --base-url server")
     the_task = get_task(task)
     splits = the_task.load_splits(seed=seed)
     devset = splits.get(split)
@@ -130,13 +139,13 @@ def _run_evaluation(task: str, model: str, base_url: str | None, split: str, lim
         load_program(prog, program, restore_lms=True)  # fine-tuned LMs come back too
     elif demos:
         for predictor in prog.predictors():
-            predictor.demos = labelled_demos(splits.train, demos, seed=seed)
+            predictor.demos = labelled_demos(splits.train, demos, seed=seed, predictor=predictor)
 
     console.print(f"{task}: {len(devset)} {split} examples, model {model}"
                   + (f" at {redact(base_url)}" if base_url else " (llama-server)"
                      if model.startswith("server:") else " (embedded llama.cpp)"),
                   markup=False, highlight=False)
-    lm = make_lm(model, base_url, timeout=timeout)
+    lm = make_lm(model, base_url, timeout=timeout, **({"n_ctx": n_ctx} if n_ctx else {}))
     evaluator = Evaluate(devset, the_task.metric, num_threads=threads, display_progress=True)
     with context(lm=lm):
         if no_cache:
@@ -192,6 +201,7 @@ def optimize(
     = None,
     model: ModelOpt = "smollm2-135m",
     base_url: BaseUrlOpt = None,
+    n_ctx: NCtxOpt = None,
     seed: Annotated[int, typer.Option(help="Seeds the data split and the optimizer.")] = 0,
     train_size: Annotated[int | None, typer.Option(help="Use the first N training examples.")]
     = None,
@@ -234,7 +244,7 @@ def optimize(
         rescore_size=rescore_size, preset=preset, options=options, max_calls=max_calls,
         max_tokens=max_tokens, max_seconds=max_seconds, threads=threads,
         cache_dir=str(cache_dir) if cache_dir is not None else None, use_cache=not no_cache,
-        timeout=timeout, mlflow=mlflow,
+        timeout=timeout, mlflow=mlflow, n_ctx=n_ctx,
     ))
     folder = run_dir or _default_run_dir(task, optimizer, seed)
     console.print(f"[bold]{escape(task)}[/] with [bold]{escape(optimizer)}[/], model "
@@ -506,6 +516,7 @@ def bench(
     seed: Annotated[list[int] | None, typer.Option("--seed", help="A seed (repeatable).")]
     = None,
     base_url: BaseUrlOpt = None,
+    n_ctx: NCtxOpt = None,
     train_size: Annotated[int | None, typer.Option(help="Training examples per task.")] = None,
     val_size: Annotated[int | None, typer.Option(help="Validation examples per task.")] = None,
     test_size: Annotated[int | None, typer.Option(help="Test examples per task.")] = None,
@@ -537,7 +548,8 @@ def bench(
                  "base_url": base_url, "train_size": train_size, "val_size": val_size,
                  "test_size": test_size, "max_calls": max_calls, "max_tokens": max_tokens,
                  "max_seconds": max_seconds, "threads": threads, "cache": cache,
-                 "timeout": timeout, "mlflow": mlflow}
+                 "timeout": timeout, "mlflow": mlflow,
+                 "n_ctx": n_ctx}
     the_spec = _guarded(lambda: resolve_spec(spec, out, overrides))
     cells = _guarded(the_spec.cells)
     console.print(f"bench of {len(cells)} cells in {out}", highlight=False, markup=False)

@@ -1,6 +1,8 @@
-"""Adapters between signatures and chat messages."""
+"""Adapters between signatures and chat messages: field markers (``ChatAdapter``, ``"chat"``)
+and structured JSON with its schema sent to the LM (``JSONAdapter``, ``"json"``)."""
 
 from cotune.adapters.chat import ChatAdapter
+from cotune.adapters.json_adapter import JSONAdapter
 from cotune.adapters.parsing import AdapterParseError
 
-__all__ = ["AdapterParseError", "ChatAdapter"]
+__all__ = ["AdapterParseError", "ChatAdapter", "JSONAdapter"]

@@ -28,6 +28,8 @@ from cotune.core.signature import Field, Signature
 
 
 class ChatAdapter:
+    name = "chat"
+
     def format(
         self,
         signature: Signature,
@@ -71,6 +73,23 @@ class ChatAdapter:
             for f in signature.output_fields
             if f.name in values
         )
+
+    def repair_messages(
+        self,
+        signature: Signature,
+        messages: Sequence[Mapping[str, str]],
+        text: str,
+        error: Exception,
+    ) -> list[dict[str, str]]:
+        """The conversation so far, the unreadable answer, and a request to answer again."""
+        reason = str(error).split("\n", 1)[0]
+        form = "\n".join(f"{f.title}: <{f.name}>" for f in signature.output_fields)
+        return [
+            *({"role": m["role"], "content": m["content"]} for m in messages),
+            {"role": "assistant", "content": text},
+            {"role": "user", "content": f"That answer could not be read ({reason}). Answer "
+             f"again in exactly this form, one field per line:\n{form}"},
+        ]
 
     # -- parsing -----------------------------------------------------------------------------
 

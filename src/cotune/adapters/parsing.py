@@ -131,7 +131,7 @@ def _load_json(text: Any, kind: type) -> Any:
 
 def find_json_object(text: str) -> dict[str, Any] | None:
     """The first JSON object embedded in ``text`` (e.g. inside a ```json fence), if any."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(strict=False)  # raw newlines in strings: grammars allow them
     for match in re.finditer(r"\{", text):
         try:
             data, _ = decoder.raw_decode(text, match.start())

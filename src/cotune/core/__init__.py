@@ -3,13 +3,15 @@
 from cotune.core.example import Example, Prediction
 from cotune.core.module import Module
 from cotune.core.parallel import imap_unordered
-from cotune.core.predict import ChainOfThought, NoLMError, Predict, demo_from_step
+from cotune.core.predict import ChainOfThought, NoLMError, Predict, demo_from_step, labelled_demo
 from cotune.core.runtime import (
     ChatModel,
     PromptAdapter,
+    adapter_named,
     context,
     current_adapter,
     current_lm,
+    register_adapter,
     register_default_adapter,
 )
 from cotune.core.signature import (
@@ -45,8 +47,11 @@ __all__ = [
     "current_adapter",
     "current_lm",
     "demo_from_step",
+    "adapter_named",
     "ensure_signature",
     "imap_unordered",
+    "labelled_demo",
+    "register_adapter",
     "register_default_adapter",
     "trace",
 ]

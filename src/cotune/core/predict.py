@@ -8,7 +8,13 @@ from typing import Any
 
 from cotune.core.example import Example, Prediction
 from cotune.core.module import Module
-from cotune.core.runtime import ChatModel, current_adapter, current_lm
+from cotune.core.runtime import (
+    ChatModel,
+    PromptAdapter,
+    adapter_named,
+    current_adapter,
+    current_lm,
+)
 from cotune.core.signature import Signature, ensure_signature
 from cotune.core.trace import TraceStep, record_step
 
@@ -23,7 +29,9 @@ class Predict(Module):
     """One LM call.
 
     Learnable state: ``instruction``, ``demos`` (examples holding this predictor's input and output
-    fields) and ``lm`` (which model, and later which LoRA adapter, answers).
+    fields) and ``lm`` (which model, and later which LoRA adapter, answers).  ``adapter`` (an
+    adapter or a registered name: ``"chat"`` field markers, ``"json"`` structured) overrides
+    the ``cotune.context`` one and the LM backend's default.
     """
 
     def __init__(
@@ -32,6 +40,7 @@ class Predict(Module):
         *,
         instruction: str | None = None,
         lm: ChatModel | None = None,
+        adapter: PromptAdapter | str | None = None,
         **lm_options: Any,
     ) -> None:
         unknown = set(lm_options) - _LM_OPTIONS
@@ -43,6 +52,7 @@ class Predict(Module):
         """What ``reset()`` returns to: the instruction the program was written with."""
         self.demos: list[Example] = []
         self.lm = lm
+        self.adapter = adapter
         self.lm_options = lm_options
 
     @property
@@ -53,6 +63,21 @@ class Predict(Module):
             cached = self.signature.with_instruction(self.instruction)
             self.__dict__["_active_signature"] = cached
         return cached
+
+    def effective_adapter(self, lm: ChatModel | None = None) -> PromptAdapter:
+        """This predictor's adapter, else the ``cotune.context`` one, else the default of the
+        LM that answers (``lm``, the bound one, or the context's)."""
+        if self.adapter is not None:
+            return adapter_named(self.adapter)
+        return current_adapter(lm or self.lm or current_lm())
+
+    optional_demo_outputs: frozenset[str] = frozenset()
+    """Outputs a demo may lack (a chain of thought's reasoning: labelled data rarely has it)."""
+
+    def demo_is_complete(self, demo: Mapping[str, Any]) -> bool:
+        """True when ``demo`` holds every input and every (non-optional) output."""
+        return all(demo.get(f.name) is not None for f in self.signature.fields
+                   if f.name not in self.optional_demo_outputs)
 
     def reset(self) -> None:
         self.instruction = self.original_instruction
@@ -79,13 +104,22 @@ class Predict(Module):
                 "no LM for this predictor: bind one (Predict(..., lm=lm)) "
                 "or use `with cotune.context(lm=lm):`"
             )
-        adapter = current_adapter()
+        adapter = self.effective_adapter(lm)
         signature = self.active_signature
-        # a demo made from this very query would hand the model its own answer
-        demos = [d for d in self.demos if not _is_same_query(d, inputs)]
+        # a demo made from this very query would hand the model its own answer; one that lacks
+        # an output would teach the model to leave it out
+        demos = [d for d in self.demos
+                 if not _is_same_query(d, inputs) and self.demo_is_complete(d)]
         messages = adapter.format(signature, demos, inputs)
+        request_options = getattr(adapter, "request_options", None)
+        if callable(request_options):  # e.g. the structured adapter's output schema
+            budget = options.get("max_tokens") or getattr(lm, "max_tokens", None) or 512
+            options.update(request_options(signature, budget))
         response = lm.chat(messages, **options)
-        completions = [adapter.parse(signature, choice.text) for choice in response.choices]
+        completions = [
+            _parse_or_repair(adapter, lm, signature, messages, choice.text, options)
+            for choice in response.choices
+        ]
         prediction = Prediction(completions[0], completions=completions)
         record_step(TraceStep(predictor=self, inputs=dict(inputs), outputs=prediction))
         return prediction
@@ -108,6 +142,8 @@ class Predict(Module):
 class ChainOfThought(Predict):
     """``Predict`` with a ``reasoning`` output produced before the signature's outputs."""
 
+    optional_demo_outputs = frozenset({"reasoning"})
+
     def __init__(
         self,
         signature: str | Signature | type[Signature],
@@ -121,11 +157,46 @@ class ChainOfThought(Predict):
         super().__init__(base.prepend_output("reasoning", str, reasoning_description), **kwargs)
 
 
+def _parse_or_repair(
+    adapter: PromptAdapter,
+    lm: ChatModel,
+    signature: Signature,
+    messages: list[dict[str, str]],
+    text: str,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """The parsed answer; an unparsable one gets one repair request (when the adapter can
+    write one), whose failure is the error that counts."""
+    try:
+        return adapter.parse(signature, text)
+    except ValueError as first:  # the adapter's parse error (a ValueError, raw text attached)
+        repair_messages = getattr(adapter, "repair_messages", None)
+        if not callable(repair_messages):
+            raise
+        again = repair_messages(signature, messages, text, first)
+        retry = {k: v for k, v in options.items() if k not in ("n", "rollout_id")}
+        response = lm.chat(again, **retry, repair=True)
+        return adapter.parse(signature, response.choices[0].text)
+
+
 def _is_same_query(demo: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
     return all(demo.get(k, _ABSENT) == v for k, v in inputs.items())
 
 
 _ABSENT = object()
+
+
+def labelled_demo(predictor: Predict, example: Mapping[str, Any]) -> Example | None:
+    """``example`` as a labelled demo for ``predictor``: its fields of the predictor's
+    signature, or None unless it holds every one the demo needs (all inputs and outputs, a
+    chain of thought's reasoning aside).  An intermediate module whose output the labels lack
+    (a multi-hop program's search query) so gets no labelled demo."""
+    if not predictor.demo_is_complete(example):
+        return None
+    sig = predictor.signature
+    inputs = [f.name for f in sig.input_fields]
+    keep = [f.name for f in sig.fields if example.get(f.name) is not None]
+    return Example({k: example[k] for k in keep}, input_keys=inputs)
 
 
 def demo_from_step(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> Example:

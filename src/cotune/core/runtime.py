@@ -49,16 +49,20 @@ class PromptAdapter(Protocol):
 _lm: ContextVar[ChatModel | None] = ContextVar("cotune_lm", default=None)
 _adapter: ContextVar[PromptAdapter | None] = ContextVar("cotune_adapter", default=None)
 _default_adapter: list[PromptAdapter] = []
+_named_adapters: dict[str, PromptAdapter] = {}
 
 
 @contextmanager
-def context(lm: ChatModel | None = None, adapter: PromptAdapter | None = None) -> Iterator[None]:
-    """Use ``lm`` (and/or ``adapter``) for every predictor without one of its own in the block."""
+def context(
+    lm: ChatModel | None = None, adapter: PromptAdapter | str | None = None
+) -> Iterator[None]:
+    """Use ``lm`` (and/or ``adapter``, an object or a registered name) for every predictor
+    without one of its own in the block."""
     tokens = []
     if lm is not None:
         tokens.append((_lm, _lm.set(lm)))
     if adapter is not None:
-        tokens.append((_adapter, _adapter.set(adapter)))
+        tokens.append((_adapter, _adapter.set(adapter_named(adapter))))
     try:
         yield
     finally:
@@ -70,13 +74,34 @@ def current_lm() -> ChatModel | None:
     return _lm.get()
 
 
-def current_adapter() -> PromptAdapter:
+def current_adapter(lm: object | None = None) -> PromptAdapter:
+    """The adapter of a ``context(adapter=...)`` block; else the one ``lm`` names as its
+    backend's default (its ``default_adapter`` attribute); else the registered default."""
     adapter = _adapter.get()
     if adapter is not None:
         return adapter
+    preferred = getattr(lm, "default_adapter", None)
+    if isinstance(preferred, str) and preferred in _named_adapters:
+        return _named_adapters[preferred]
     if not _default_adapter:
         raise RuntimeError("no adapter registered; import cotune (the package root) first")
     return _default_adapter[0]
+
+
+def adapter_named(setting: PromptAdapter | str) -> PromptAdapter:
+    """``setting`` itself, or the adapter registered under that name."""
+    if not isinstance(setting, str):
+        return setting
+    if setting not in _named_adapters:
+        known = ", ".join(sorted(_named_adapters)) or "none registered"
+        raise ValueError(f"unknown adapter {setting!r}; known: {known}")
+    return _named_adapters[setting]
+
+
+def register_adapter(name: str, adapter: PromptAdapter) -> None:
+    """Make ``adapter`` selectable by ``name`` (in ``Predict(adapter=...)``, ``context``, saved
+    programs and as an LM's ``default_adapter``)."""
+    _named_adapters[name] = adapter
 
 
 def register_default_adapter(adapter: PromptAdapter) -> None:

@@ -152,6 +152,26 @@ class Signature:
             "outputs": [f.name for f in self.output_fields],
         }
 
+    def output_schema(self) -> dict[str, Any]:
+        """The JSON schema of an answer: one object with every output field, in order (a
+        chain of thought's ``reasoning`` first), all required, nothing else allowed."""
+        defs: dict[str, Any] = {}
+        properties = {}
+        for f in self.output_fields:
+            prop = type_schema(f.annotation, defs)
+            if f.description:
+                prop = {**prop, "description": f.description}
+            properties[f.name] = prop
+        schema: dict[str, Any] = {
+            "type": "object",
+            "properties": properties,
+            "required": list(properties),
+            "additionalProperties": False,
+        }
+        if defs:
+            schema["$defs"] = defs
+        return schema
+
     def spec(self) -> str:
         def part(fs: tuple[Field, ...]) -> str:
             return ", ".join(f"{f.name}: {f.type_name()}" if f.annotation is not str else f.name
@@ -255,6 +275,37 @@ def _parse_type(text: str, spec: str) -> Any:
         )
 
     return convert(node)
+
+
+def type_schema(annotation: Any, defs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON schema of one field type: ``Literal`` -> enum, ``int`` -> integer, ``float`` ->
+    number, ``bool``, ``list[...]`` -> array, ``dict[...]`` -> object, a pydantic model -> its
+    own schema.  A pydantic model's ``$defs`` go into ``defs`` (they belong at the root of the
+    schema that embeds it, where its ``#/$defs/...`` references point)."""
+    simple = {str: "string", int: "integer", float: "number", bool: "boolean",
+              list: "array", dict: "object"}
+    if annotation in simple:
+        return {"type": simple[annotation]}
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is Literal:
+        schema: dict[str, Any] = {"enum": list(args)}
+        kinds = {type(a) for a in args}
+        if len(kinds) == 1 and (kind := kinds.pop()) in simple:
+            schema = {"type": simple[kind], **schema}
+        return schema
+    if origin is list:
+        return {"type": "array", "items": type_schema(args[0], defs)} if args else {"type": "array"}
+    if origin is dict:
+        if len(args) == 2:
+            return {"type": "object", "additionalProperties": type_schema(args[1], defs)}
+        return {"type": "object"}
+    if hasattr(annotation, "model_json_schema"):  # a pydantic model
+        schema = dict(annotation.model_json_schema())
+        if defs is not None:
+            defs.update(schema.pop("$defs", {}))
+        return schema
+    raise SignatureError(f"no JSON schema for the type {type_to_str(annotation)}")
 
 
 def type_to_str(annotation: Any) -> str:

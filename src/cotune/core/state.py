@@ -34,6 +34,9 @@ def dump_state(program: Module) -> dict[str, Any]:
             ],
             "lm": lm_state,
         }
+        adapter = p.adapter if isinstance(p.adapter, str) else getattr(p.adapter, "name", None)
+        if adapter is not None:  # only when set: states saved before adapters stay the same
+            predictors[name]["adapter"] = adapter
     return {
         "cotune_state_version": STATE_VERSION,
         "program": type(program).__name__,
@@ -77,10 +80,14 @@ def load_state(program: Module, state: Any) -> None:
             )
         if not isinstance(instruction, str):
             raise StateError(f"predictor {name!r}: instruction must be a string")
-        updates.append((p, instruction, loaded_demos))
-    for p, instruction, loaded_demos in updates:  # all checked first: no half-loaded program
+        adapter = entry.get("adapter", p.adapter)
+        if adapter is not None and not isinstance(adapter, str) and adapter is not p.adapter:
+            raise StateError(f"predictor {name!r}: adapter must be a name, like 'json'")
+        updates.append((p, instruction, loaded_demos, adapter))
+    for p, instruction, loaded_demos, adapter in updates:  # all checked: no half-loaded program
         p.instruction = instruction
         p.demos = loaded_demos
+        p.adapter = adapter
 
 
 def state_to_json(state: dict[str, Any]) -> str:

@@ -15,11 +15,12 @@ LM) and ``attempts``.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cotune.lm.budget import Budget, active_budgets
@@ -57,6 +58,10 @@ class LM(ABC):
         budget: a :class:`Budget` that applies to this LM alone (``budget()`` blocks apply too).
         price_per_million: ``(prompt, completion)`` price per million tokens, for cost accounting.
     """
+
+    default_adapter = "chat"
+    """The name of the adapter predictors use with this LM when nothing else says which: the
+    field-marker format unless a backend can constrain its output (then ``"json"``)."""
 
     def __init__(
         self,
@@ -111,10 +116,17 @@ class LM(ABC):
         n: int = 1,
         rollout_id: int | None = None,
         cache: bool = True,
+        response_schema: Mapping[str, Any] | str | None = None,
+        repair: bool = False,
     ) -> LMResponse:
-        """Send chat messages; return the completion(s), token usage and finish reason."""
+        """Send chat messages; return the completion(s), token usage and finish reason.
+
+        ``response_schema``: a JSON schema the answer must follow (decoding is constrained to it
+        where the backend can); ``repair``: this request asks to fix an unparsable answer."""
         if n < 1:
             raise ValueError("n must be >= 1")
+        if response_schema is not None and not isinstance(response_schema, str):
+            response_schema = json.dumps(response_schema, ensure_ascii=False)
         request = LMRequest(
             messages=tuple({"role": m["role"], "content": m["content"]} for m in messages),
             temperature=self.temperature if temperature is None else temperature,
@@ -123,6 +135,8 @@ class LM(ABC):
             seed=seed,
             n=n,
             rollout_id=rollout_id,
+            response_schema=response_schema,
+            repair=repair,
         )
         return self.complete(request, cache=cache)
 
@@ -164,8 +178,8 @@ class LM(ABC):
         for b in reserved:
             b.record(response)
         cost = self.cost_of(response)
-        self.meter.record(response, cost)
-        record_in_active_meters(response, cost)
+        self.meter.record(response, cost, repair=request.repair)
+        record_in_active_meters(response, cost, repair=request.repair)
         return response
 
     def check(self) -> None:

@@ -8,13 +8,21 @@ simply queue (the engine already uses every core for one request).
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
 from cotune.lm.base import LM
-from cotune.lm.models import DEFAULT_MODEL, MODELS, file_sha256, resolve_model_path
+from cotune.lm.models import (
+    DEFAULT_MODEL,
+    MODELS,
+    default_n_ctx,
+    file_sha256,
+    resolve_model_path,
+)
 from cotune.lm.types import (
     Choice,
     ContextOverflow,
@@ -49,12 +57,16 @@ def default_threads() -> int:
 
 
 class LlamaCppLM(LM):
-    """A GGUF model run in-process by llama.cpp.
+    """A GGUF model run in-process by llama.cpp.  A request with a ``response_schema`` is
+    decoded under the grammar llama-cpp-python builds from that JSON schema, so its answer
+    always has the schema's form (unless ``max_tokens`` cuts it off).
 
     Args:
         model: a registered model name (see :func:`cotune.lm.list_models`) or a GGUF file path.
-        n_ctx: context length in tokens; a longer prompt is a :class:`ContextOverflow` (a
-            recorded failure of that one example).
+        n_ctx: context length in tokens (default: the model's trained context length from its
+            GGUF metadata, capped by :func:`~cotune.lm.models.default_n_ctx`'s memory limit);
+            a longer prompt is a :class:`ContextOverflow` (a recorded failure of that one
+            example).
         n_threads: CPU threads for prompt processing and generation (default: the
             ``COTUNE_LLAMA_THREADS`` environment variable, else every core this process may use).
             On a machine shared with other jobs, fewer threads than cores is much faster:
@@ -71,7 +83,7 @@ class LlamaCppLM(LM):
         self,
         model: str | os.PathLike[str] = DEFAULT_MODEL,
         *,
-        n_ctx: int = 2048,
+        n_ctx: int | None = None,
         n_threads: int | None = None,
         lora_path: str | os.PathLike[str] | None = None,
         seed: int | None = None,
@@ -84,7 +96,9 @@ class LlamaCppLM(LM):
         self.lora_path = Path(lora_path) if lora_path is not None else None
         if self.lora_path is not None and not self.lora_path.is_file():
             raise FileNotFoundError(f"LoRA adapter not found: {self.lora_path}")
-        self.n_ctx = n_ctx
+        if n_ctx is not None and n_ctx < 1:
+            raise ValueError(f"n_ctx must be >= 1, got {n_ctx}")
+        self.n_ctx = n_ctx or default_n_ctx(self.model_path)
         self.n_threads = n_threads or default_threads()
         self.seed = seed
         self._lock = threading.Lock()
@@ -100,13 +114,16 @@ class LlamaCppLM(LM):
             options["seed"] = seed
         self._llama = llama_cpp.Llama(
             model_path=str(self.model_path),
-            n_ctx=n_ctx,
+            n_ctx=self.n_ctx,
             n_threads=self.n_threads,
             n_threads_batch=self.n_threads,
             lora_path=str(self.lora_path) if self.lora_path is not None else None,
             verbose=verbose,
             **options,
         )
+
+    default_adapter = "json"
+    """Grammar-constrained JSON answers: see docs/results.md (structured output formats)."""
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -150,6 +167,7 @@ class LlamaCppLM(LM):
                         max_tokens=request.max_tokens,
                         stop=list(request.stop) or None,
                         seed=seed,
+                        grammar=self._grammar(request.response_schema),
                     )
                 except ValueError as e:  # e.g. "Requested tokens (N) exceed context window of M"
                     error = ContextOverflow if "context" in str(e).lower() else LMRequestError
@@ -169,9 +187,51 @@ class LlamaCppLM(LM):
             model=self.model,
         )
 
+    def _grammar(self, schema: str | None) -> Any:
+        if schema is None:
+            return None
+        try:
+            return _grammar_for(schema)
+        except Exception as e:  # the converter's own errors (asserts, KeyErrors, ...)
+            raise LMRequestError(
+                f"llama.cpp ({self.model}): cannot build a grammar from the output schema "
+                f"({type(e).__name__}: {e}); schema: {schema[:300]}"
+            ) from e
+
     def close(self) -> None:
         """Free the model's memory now rather than at garbage collection."""
         with self._lock:
             close = getattr(self._llama, "close", None)
             if callable(close):
                 close()
+
+
+@functools.lru_cache(maxsize=256)
+def _grammar_for(schema: str) -> Any:
+    """llama-cpp-python's grammar for a JSON schema (a GBNF string: safe to share).
+
+    Its converter spells a string's ``maxLength`` N as N nested optional groups, which
+    llama.cpp's grammar parser reads recursively: at a few thousand it overflows the stack.
+    Each such run is respelled in GBNF's own bounded repetition, ``char{0,N}``, which the
+    parser expands into a flat chain of rules; the language is the same."""
+    from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
+
+    gbnf = json_schema_to_gbnf(schema)
+    for n in sorted(_max_lengths(json.loads(schema)), reverse=True):
+        nested = ("(char " * n).rstrip() + ")?" * n
+        gbnf = gbnf.replace(nested, f"char{{0,{n}}}")
+    return LlamaGrammar.from_string(gbnf, verbose=False)
+
+
+def _max_lengths(schema: Any) -> set[int]:
+    """Every ``maxLength`` in a JSON schema."""
+    found: set[int] = set()
+    if isinstance(schema, dict):
+        if isinstance(schema.get("maxLength"), int) and schema["maxLength"] > 0:
+            found.add(schema["maxLength"])
+        for value in schema.values():
+            found |= _max_lengths(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            found |= _max_lengths(value)
+    return found

@@ -20,6 +20,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cotune.lm.cache import default_cache_dir
 
@@ -272,3 +273,101 @@ def _remember_hash(path: Path, sha256: str, key: tuple[str, int, int] | None = N
         # Only an optimization: with a read-only cache directory we simply hash again later.
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+# -- GGUF metadata: the trained context length and what a context costs in memory -----------
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+                 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_metadata(path: str | os.PathLike[str], wanted: set[str] | None = None) -> dict[str, Any]:
+    """The scalar and string key/values of a GGUF file's header (arrays, e.g. the vocabulary,
+    are skipped); with ``wanted``, reading stops once all of those keys were seen."""
+    import struct
+
+    def read(f: Any, fmt: str) -> Any:
+        size = struct.calcsize(fmt)
+        data = f.read(size)
+        if len(data) != size:
+            raise ModelError(f"{path}: truncated GGUF header")
+        return struct.unpack(fmt, data)[0]
+
+    def read_string(f: Any) -> str:
+        return f.read(read(f, "<Q")).decode("utf-8", "replace")
+
+    def skip_value(f: Any, kind: int) -> None:
+        if kind == _GGUF_STRING:
+            f.seek(read(f, "<Q"), 1)
+        elif kind == _GGUF_ARRAY:
+            item_kind, count = read(f, "<I"), read(f, "<Q")
+            if item_kind in _GGUF_SCALARS:
+                f.seek(struct.calcsize(_GGUF_SCALARS[item_kind]) * count, 1)
+            else:
+                for _ in range(count):
+                    skip_value(f, item_kind)
+        elif kind in _GGUF_SCALARS:
+            f.seek(struct.calcsize(_GGUF_SCALARS[kind]), 1)
+        else:
+            raise ModelError(f"{path}: unknown GGUF value type {kind}")
+
+    found: dict[str, Any] = {}
+    with open(path, "rb") as f:
+        if f.read(4) != _GGUF_MAGIC:
+            raise ModelError(f"{path} is not a GGUF file")
+        version = read(f, "<I")
+        if version < 2:
+            raise ModelError(f"{path}: GGUF version {version} is too old")
+        read(f, "<Q")  # tensor count
+        for _ in range(read(f, "<Q")):
+            key, kind = read_string(f), read(f, "<I")
+            if kind in _GGUF_SCALARS:
+                found[key] = read(f, _GGUF_SCALARS[kind])
+            elif kind == _GGUF_STRING:
+                found[key] = read_string(f)
+            else:
+                skip_value(f, kind)
+            if wanted is not None and wanted <= found.keys():
+                break
+    return found
+
+
+CONTEXT_MEMORY_BYTES = 1 << 30
+"""At most this much memory (KV cache + attention scratch) goes to a default-sized context."""
+MIN_DEFAULT_N_CTX = 2048
+
+
+def default_n_ctx(path: str | os.PathLike[str], *, batch: int = 512) -> int:
+    """The model's trained context length (GGUF ``<arch>.context_length``), capped so that its
+    KV cache (f16 K and V per layer) and attention scratch (``batch`` x context f32 scores per
+    head) fit in ``min(1 GiB, available memory / 8)``; a power of two, at least 2048."""
+    meta = gguf_metadata(path)
+    arch = meta.get("general.architecture", "")
+    trained = int(meta.get(f"{arch}.context_length") or MIN_DEFAULT_N_CTX)
+    layers = int(meta.get(f"{arch}.block_count") or 0)
+    heads = int(meta.get(f"{arch}.attention.head_count") or 0)
+    kv_heads = int(meta.get(f"{arch}.attention.head_count_kv") or heads)
+    width = int(meta.get(f"{arch}.embedding_length") or 0)
+    if not (layers and heads and width):
+        return min(trained, MIN_DEFAULT_N_CTX)
+    head_dim = int(meta.get(f"{arch}.attention.key_length") or width // heads)
+    per_token = 2 * layers * kv_heads * head_dim * 2 + batch * heads * 4
+    budget = min(CONTEXT_MEMORY_BYTES, _available_memory() // 8)
+    fits = max(MIN_DEFAULT_N_CTX, budget // per_token)
+    capped = 1 << (fits.bit_length() - 1)  # a power of two
+    return max(min(trained, MIN_DEFAULT_N_CTX), min(trained, capped))
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30

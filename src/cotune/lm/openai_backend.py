@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import logging
 import os
 import re
 import socket
@@ -50,13 +51,26 @@ Transport = Literal["auto", "sdk", "http"]
 CHECK_RETRIES = 2
 """Retries of the preflight request (:meth:`OpenAILM.check`)."""
 
+StructuredMode = Literal["json_schema", "json_object", "none"]
+
+logger = logging.getLogger(__name__)
+
+_STRUCTURED_MODES: tuple[StructuredMode, ...] = ("json_schema", "json_object", "none")
+"""How a request's output schema is sent, best first: OpenAI's ``json_schema`` (OpenAI, vLLM,
+SGLang, llama.cpp's llama-server), ``json_object`` with a ``schema`` (llama-cpp-python's
+server), or not at all (free text)."""
+_endpoint_modes: dict[str, StructuredMode] = {}
+"""Per endpoint, the best mode it accepted; endpoints not in it get the first."""
+_endpoint_lock = threading.Lock()
+_FORMAT_REFUSAL_STATUS = {400, 422, 501}
+"""Statuses with which a server refuses a ``response_format`` it does not support."""
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _TRANSIENT_STATUS = {408, 409, 429}
 """Besides 5xx: request timeout, conflict (lock contention) and rate limit, as the SDK retries."""
 _CONTEXT_STATUS = {400, 413, 422}
 _CONTEXT_OVERFLOW = re.compile(
     r"context.{0,20}(length|window|size)|exceed.{0,40}context|context_length_exceeded|"
-    r"too many tokens|prompt is too long",
+    r"too many tokens|prompt is too long|maximum context",
     re.IGNORECASE,
 )
 """How OpenAI, vLLM, SGLang, llama.cpp's server and llama-cpp-python's say that a prompt does
@@ -164,7 +178,18 @@ class OpenAILM(LM):
             "lora": self.lora,
         }
 
-    def _body(self, request: LMRequest) -> dict[str, Any]:
+    @property
+    def default_adapter(self) -> str:  # type: ignore[override]
+        """Structured JSON, unless this endpoint refused every structured-output format."""
+        return "chat" if self.structured_mode == "none" else "json"
+
+    @property
+    def structured_mode(self) -> StructuredMode:
+        """How this endpoint gets a request's output schema (see ``_STRUCTURED_MODES``)."""
+        with _endpoint_lock:
+            return _endpoint_modes.get(self.base_url, _STRUCTURED_MODES[0])
+
+    def _body(self, request: LMRequest, mode: StructuredMode = "none") -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.lora or self.model,
             "messages": list(request.messages),
@@ -177,10 +202,44 @@ class OpenAILM(LM):
             body["stop"] = list(request.stop)
         if request.seed is not None or request.temperature > 0:  # sampled: reproducibly
             body["seed"] = request.sampling_seed()
+        if request.response_schema is not None and mode == "json_schema":
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "answer", "schema": request.schema, "strict": True}}
+        elif request.response_schema is not None and mode == "json_object":
+            body["response_format"] = {"type": "json_object", "schema": request.schema}
         return body
 
     def _complete(self, request: LMRequest) -> LMResponse:
-        body = self._body(request)
+        if request.response_schema is None:
+            return self._send(self._body(request))
+        start = self.structured_mode
+        for mode in _STRUCTURED_MODES[_STRUCTURED_MODES.index(start):]:
+            try:
+                response = self._send(self._body(request, mode))
+            except (LMRequestError, LMTransientError) as e:
+                if mode == "none" or not _refuses_format(e):
+                    raise  # also refused without response_format: not about the format
+                logger.debug("%s refused response_format %s: %s", self.base_url, mode, e)
+                continue
+            if mode != start:
+                self._remember(mode, start)
+            return response
+        raise AssertionError("unreachable: the last mode raises or returns")
+
+    def _remember(self, mode: StructuredMode, refused: StructuredMode) -> None:
+        with _endpoint_lock:
+            if _STRUCTURED_MODES.index(_endpoint_modes.get(self.base_url, refused)) >= \
+                    _STRUCTURED_MODES.index(mode):
+                return  # another thread got there first
+            _endpoint_modes[self.base_url] = mode
+        if mode == "none":
+            logger.warning("%s accepts no response_format (structured output): requests to it "
+                           "go without one and predictors use the free-text format", self.base_url)
+        else:
+            logger.warning("%s refused response_format type %r; using %r from now on",
+                           self.base_url, refused, mode)
+
+    def _send(self, body: dict[str, Any]) -> LMResponse:
         with self._slots:
             if self._http is not None:
                 status, payload, headers = self._http.post(body)
@@ -263,10 +322,22 @@ class OpenAILM(LM):
         return f"OpenAILM(model={self.model!r}, base_url={self.base_url!r}{lora})"
 
 
+def _refuses_format(e: LMRequestError | LMTransientError) -> bool:
+    """A 400/422 to a request with ``response_format`` (or any error naming it: llama-cpp-python's
+    server answers 500 to a form it does not know) is a refusal of the format."""
+    if isinstance(e, ContextOverflow):
+        return False
+    if "response_format" in str(e):
+        return True
+    return isinstance(e, LMRequestError) and e.status_code in _FORMAT_REFUSAL_STATUS
+
+
 def _status_error(
     status: int, message: str, base_url: str, wait: float | None = None
 ) -> LMTransientError | LMRequestError:
     text = f"HTTP {status} from {base_url}: {message}"
+    if status == 501:  # "not implemented": asking again cannot help
+        return LMRequestError(text, status_code=status)
     if status in _TRANSIENT_STATUS or status >= 500:
         return LMTransientError(text, retry_after=wait)
     if status in _CONTEXT_STATUS and _CONTEXT_OVERFLOW.search(message):

@@ -23,12 +23,26 @@ class LMRequest:
     n: int = 1
     rollout_id: int | None = None
     """Tells repeated samples of the same prompt apart (and so keeps them apart in the cache)."""
+    response_schema: str | None = None
+    """The JSON schema (as JSON text, key order kept) the answer must follow, when the caller
+    wants structured output; backends constrain decoding to it where they can."""
+    repair: bool = False
+    """A second request asking to fix an answer that did not parse (counted apart in usage)."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["messages"] = [dict(m) for m in self.messages]
         data["stop"] = list(self.stop)
+        # absent unless set: requests without them keep the fingerprints (cache keys) they had
+        for key, unset in (("response_schema", None), ("repair", False)):
+            if data[key] == unset:
+                del data[key]
         return data
+
+    @property
+    def schema(self) -> dict[str, Any] | None:
+        """``response_schema`` as a dict (None when the request has none)."""
+        return None if self.response_schema is None else json.loads(self.response_schema)
 
     def sampling_seed(self, salt: int | None = None) -> int:
         """The seed to sample this request with: its own ``seed``, else one derived from the

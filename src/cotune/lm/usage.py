@@ -23,6 +23,8 @@ class UsageSnapshot:
     failed_calls: int = 0
     """Requests that failed for an infrastructure reason once their retries were spent (not
     in ``calls``).  A journal never records a step during which this grew."""
+    repairs: int = 0
+    """Of ``calls``, the repair requests (asking to fix an answer that did not parse)."""
 
     @property
     def backend_calls(self) -> int:
@@ -42,6 +44,7 @@ class UsageSnapshot:
             "completion_tokens": self.completion_tokens,
             "cost": self.cost,
             "failed_calls": self.failed_calls,
+            "repairs": self.repairs,
         }
 
 
@@ -52,10 +55,11 @@ class UsageMeter:
         self._lock = threading.Lock()
         self._totals = UsageSnapshot()
 
-    def record(self, response: LMResponse, cost: float) -> None:
+    def record(self, response: LMResponse, cost: float, *, repair: bool = False) -> None:
         with self._lock:
             t = self._totals
             t.calls += 1
+            t.repairs += repair
             if response.cached:
                 t.cache_hits += 1
             t.prompt_tokens += response.usage.prompt_tokens
@@ -93,9 +97,9 @@ def track_usage() -> Iterator[UsageMeter]:
         _active_meters.reset(token)
 
 
-def record_in_active_meters(response: LMResponse, cost: float) -> None:
+def record_in_active_meters(response: LMResponse, cost: float, *, repair: bool = False) -> None:
     for meter in _active_meters.get():
-        meter.record(response, cost)
+        meter.record(response, cost, repair=repair)
 
 
 def record_failure_in_active_meters() -> None:

@@ -7,22 +7,11 @@ from typing import Any
 
 from cotune.core.example import Example
 from cotune.core.module import Module
-from cotune.core.predict import Predict
+from cotune.core.predict import labelled_demo
 from cotune.core.validate import check_int
 from cotune.optimize.base import OptimizationRun, Optimizer
 from cotune.optimize.reporting import CostEstimate
 from cotune.optimize.traces import SuccessfulTrace, collect_successful_traces
-
-
-def labelled_demo(predictor: Predict, example: Example) -> Example | None:
-    """``example`` as a demo for ``predictor``, if it holds all of the predictor's inputs and
-    at least one of its outputs (a ChainOfThought demo may lack the reasoning)."""
-    sig = predictor.signature
-    inputs = [f.name for f in sig.input_fields]
-    outputs = [f.name for f in sig.output_fields if f.name in example]
-    if not outputs or any(name not in example for name in inputs):
-        return None
-    return Example({k: example[k] for k in inputs + outputs}, input_keys=inputs)
 
 
 def demo_sets_from_traces(

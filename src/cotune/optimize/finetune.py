@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from cotune.core.example import Example
 from cotune.core.module import Module
 from cotune.core.predict import Predict
-from cotune.core.runtime import ChatModel, current_adapter, current_lm
+from cotune.core.runtime import ChatModel, current_lm
 from cotune.core.state import StateError
 from cotune.core.validate import check_bool
 from cotune.finetune.errors import NoTrainingDataError
@@ -222,11 +222,6 @@ def training_records(
     The record is the exact prompt the predictor sends at inference (its instruction, its
     demos minus any demo of this very query, as ``Predict`` drops it) plus the traced answer.
     """
-    adapter = current_adapter()
-    render = getattr(adapter, "format_training_example", None)
-    if not callable(render):
-        raise TypeError(f"{type(adapter).__name__} cannot render training examples "
-                        "(no format_training_example)")
     predictors = dict(program.named_predictors())
     records = []
     for t in traces:
@@ -234,13 +229,19 @@ def training_records(
             p = predictors.get(name)
             if p is None:
                 continue
+            adapter = p.effective_adapter()  # the one that formats its prompts at inference
+            render = getattr(adapter, "format_training_example", None)
+            if not callable(render):
+                raise TypeError(f"{type(adapter).__name__} cannot render training examples "
+                                "(no format_training_example)")
             demos = _demos_at_inference(p, inputs) if with_demos else []
             records.append((name, render(p.active_signature, demos, inputs, outputs)))
     return records
 
 
 def _demos_at_inference(p: Predict, inputs: Mapping[str, Any]) -> list[Example]:
-    return [d for d in p.demos if any(d.get(k, _ABSENT) != v for k, v in inputs.items())]
+    return [d for d in p.demos if any(d.get(k, _ABSENT) != v for k, v in inputs.items())
+            and p.demo_is_complete(d)]
 
 
 _ABSENT = object()

@@ -64,6 +64,8 @@ SUMMARY_BATCHES = 3
 """Batches of training data the proposer's dataset summary looks at (one LM call each)."""
 
 _PROPOSER_SWITCHES = ("use_dataset_summary", "use_program_summary", "use_demos")
+_FITTING_NOTES = "notes: prompts fitted to the context"
+"""A key of the journaled proposals that no predictor name can be (it has spaces)."""
 
 
 class MIPRO(Optimizer):
@@ -258,6 +260,8 @@ class MIPRO(Optimizer):
         grounding = _memo(run, "grounding", lambda: proposer.ground(
             student, trainset, run.rng("mipro-grounding")).to_json())
         proposer.grounding = Grounding.from_json(grounding)
+        for note in proposer.grounding.notes:  # journaled with the grounding
+            run.reporter.message(note)
         return proposer
 
     def _instruction_candidates(
@@ -283,9 +287,14 @@ class MIPRO(Optimizer):
                     run.rng("mipro-propose", name),
                 )
                 run.reporter.advance(run.best_score)
+            if proposer.notes:  # prompts cut to fit the context, journaled with the proposals
+                proposals[_FITTING_NOTES] = list(proposer.notes)
             return proposals
 
-        return _memo(run, "instructions", compute)
+        proposals = _memo(run, "instructions", compute)
+        for note in proposals.pop(_FITTING_NOTES, []):
+            run.reporter.message(note)
+        return proposals
 
 
 # -- search space and program building --------------------------------------------------------

@@ -8,6 +8,11 @@ the proposals useful is the context it is given, each part of which can be switc
 * a few demos bootstrapped from the program's own successful runs,
 * a randomly drawn "tip" on how to write the instruction (be concise, be creative, ...).
 
+Every prompt here is fitted to the prompt LM's context: one that does not fit
+(:class:`~cotune.lm.ContextOverflow`) is sent again with its longest part shortened (fewer
+examples or demos, a cut summary or source), and each such cut is noted in ``notes`` (MIPRO
+journals them with the grounding and the proposals).
+
 A switched-off source is left out of the proposer's prompt entirely: its field disappears from
 the signature, so neither its text nor its name reaches the LM.
 """
@@ -16,8 +21,10 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import random
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +35,9 @@ from cotune.core.parallel import imap_unordered
 from cotune.core.predict import Predict
 from cotune.core.runtime import ChatModel, current_adapter
 from cotune.core.signature import Field, Signature
+from cotune.lm.types import ContextOverflow
+
+logger = logging.getLogger(__name__)
 
 TIPS: dict[str, str] = {
     "concise": "Keep the instruction short: say what to do in as few words as possible.",
@@ -118,46 +128,60 @@ def summarize_dataset(
     batch_size: int = 10,
     rng: random.Random,
     max_batches: int = 3,
+    notes: list[str] | None = None,
 ) -> str:
     """Let ``lm`` observe up to ``max_batches`` shuffled batches of ``trainset``, then summarize
-    its observations.  Costs at most ``max_batches + 1`` LM calls."""
+    its observations.  Costs at most ``max_batches + 1`` LM calls (more when a prompt has to be
+    shortened to fit the context; a batch that cannot be made to fit is skipped)."""
     order = list(trainset)
     rng.shuffle(order)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)][:max_batches]
     observations = ""
-    for batch in batches:
+    for number, batch in enumerate(batches, 1):
         text = format_examples(batch)
+        what = f"dataset summary, batch {number}"
         if observations:
-            more = _ask(lm, _OBSERVE_MORE, prior_observations=observations, examples=text)
-            observations = f"{observations}\n{more}"
+            more = _ask_fitted(lm, _OBSERVE_MORE, notes, what,
+                               prior_observations=observations, examples=text)
+            observations = f"{observations}\n{more}" if more else observations
         else:
-            observations = _ask(lm, _OBSERVE, examples=text)
-    return _ask(lm, _SUMMARIZE, observations=observations)
+            observations = _ask_fitted(lm, _OBSERVE, notes, what, examples=text) or ""
+    if not observations:
+        return ""
+    return _ask_fitted(lm, _SUMMARIZE, notes, "dataset summary", observations=observations) or ""
 
 
-def describe_program(lm: ChatModel, program: Module) -> str:
+def describe_program(lm: ChatModel, program: Module, notes: list[str] | None = None) -> str:
     """Let ``lm`` describe what ``program`` does, from its source code and its signatures."""
-    return _ask(
+    return _ask_fitted(
         lm,
         _DESCRIBE_PROGRAM,
+        notes,
+        "program description",
         program_code=program_source(program),
         module_signatures="\n".join(
             f"{name}: {describe_signature(p)}" for name, p in program.named_predictors()
         ),
-    )
+    ) or ""
 
 
 def describe_module(
-    lm: ChatModel, program_description: str, predictor_name: str, predictor: Predict
+    lm: ChatModel,
+    program_description: str,
+    predictor_name: str,
+    predictor: Predict,
+    notes: list[str] | None = None,
 ) -> str:
     """Let ``lm`` describe the role of one predictor within the program."""
-    return _ask(
+    return _ask_fitted(
         lm,
         _DESCRIBE_MODULE,
-        program_description=program_description,
+        notes,
+        f"description of module {predictor_name}",
+        program_description=program_description or "(none)",
         module_name=predictor_name,
         module_signature=describe_signature(predictor),
-    )
+    ) or ""
 
 
 def program_source(program: Module) -> str:
@@ -200,18 +224,23 @@ class Grounding:
     dataset_summary: str | None = None
     program_description: str | None = None
     module_descriptions: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """Prompts that had to be shortened to fit the prompt LM's context, and how."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "dataset_summary": self.dataset_summary,
             "program_description": self.program_description,
             "module_descriptions": dict(self.module_descriptions),
         }
+        if self.notes:
+            data["notes"] = list(self.notes)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Grounding:
         return cls(data.get("dataset_summary"), data.get("program_description"),
-                   dict(data.get("module_descriptions") or {}))
+                   dict(data.get("module_descriptions") or {}), list(data.get("notes") or []))
 
 
 # -- the proposer ------------------------------------------------------------------------------
@@ -252,11 +281,14 @@ class GroundedProposer:
         self.data_batch_size = data_batch_size
         self.num_threads = num_threads
         self.grounding: Grounding | None = None
+        self.notes: list[str] = []
+        """Proposal prompts shortened to fit the context (appended from worker threads)."""
+        self._notes_lock = threading.Lock()
 
     def configured(self, **settings: Any) -> GroundedProposer:
         """A copy with some settings changed (sharing the grounding): MIPRO++ uses one per
         proposer configuration it tries."""
-        new = copy.copy(self)
+        new = copy.copy(self)  # shares ``notes``: one record of the cuts for the whole run
         for key, value in settings.items():
             if not hasattr(self, key) or key in {"prompt_lm", "grounding"}:
                 raise TypeError(f"unknown proposer setting {key!r}")
@@ -269,15 +301,16 @@ class GroundedProposer:
                ) -> Grounding:
         """Write the summaries the switched-on sources need (a few LM calls)."""
         grounding = Grounding()
+        notes = grounding.notes
         if self.use_dataset_summary:
             grounding.dataset_summary = summarize_dataset(
-                self.prompt_lm, trainset, batch_size=self.data_batch_size, rng=rng
+                self.prompt_lm, trainset, batch_size=self.data_batch_size, rng=rng, notes=notes
             )
         if self.use_program_summary:
-            description = describe_program(self.prompt_lm, program)
+            description = describe_program(self.prompt_lm, program, notes)
             grounding.program_description = description
             grounding.module_descriptions = {
-                name: describe_module(self.prompt_lm, description, name, p)
+                name: describe_module(self.prompt_lm, description, name, p, notes)
                 for name, p in program.named_predictors()
             }
         self.grounding = grounding
@@ -330,14 +363,21 @@ class GroundedProposer:
         *,
         rollout_id: int,
     ) -> str | None:
-        """One proposal, or None when the LM's answer is empty."""
+        """One proposal, or None when the LM's answer is empty (or its prompt cannot be made
+        to fit the context even with its demos and summaries cut down)."""
         inputs = self.prompt_inputs(predictor_name, predictor, demos, tip)
-        text = _ask(
-            self.prompt_lm, _proposer_signature(inputs), _PROPOSED[0],
+        notes: list[str] = []
+        text = _ask_fitted(
+            self.prompt_lm, _proposer_signature, notes,
+            f"instruction proposal {rollout_id} for {predictor_name}",
+            keep=("module_signature", "current_instruction"),
             temperature=self.temperature, rollout_id=rollout_id,
             max_tokens=_MAX_INSTRUCTION_TOKENS, **inputs,
         )
-        text = _clean_instruction(text)
+        if notes:
+            with self._notes_lock:
+                self.notes.extend(notes)
+        text = _clean_instruction(text or "")
         return text or None
 
     def prompt_inputs(
@@ -366,7 +406,7 @@ class GroundedProposer:
     ) -> list[dict[str, str]]:
         """The chat messages :meth:`propose_one` sends, for inspection."""
         inputs = self.prompt_inputs(predictor_name, predictor, demos, tip)
-        return current_adapter().format(_proposer_signature(inputs), [], inputs)
+        return current_adapter(self.prompt_lm).format(_proposer_signature(inputs), [], inputs)
 
     def _grounding(self) -> Grounding:
         if self.grounding is not None:
@@ -391,10 +431,82 @@ def _proposer_signature(inputs: Mapping[str, str]) -> Signature:
 def _ask(lm: ChatModel, signature: Signature, output: str | None = None, **inputs: Any) -> str:
     """One LM call through a ``Predict``; an unparsable answer is taken whole (free text)."""
     output = output or signature.output_fields[-1].name
+    options = {k: inputs.pop(k) for k in ("temperature", "rollout_id", "max_tokens")
+               if k in inputs}
     try:
-        return str(Predict(signature, lm=lm)(**inputs)[output]).strip()
+        return str(Predict(signature, lm=lm, **options)(**inputs)[output]).strip()
     except AdapterParseError as exc:
         return exc.raw_text.strip()
+
+
+_MAX_FITTING_STEPS = 12
+_MIN_PART_CHARS = 24
+
+
+def _ask_fitted(
+    lm: ChatModel,
+    signature: Signature | Callable[[Mapping[str, str]], Signature],
+    notes: list[str] | None,
+    what: str,
+    *,
+    keep: Sequence[str] = (),
+    temperature: float | None = None,
+    rollout_id: int | None = None,
+    max_tokens: int | None = None,
+    **inputs: str,
+) -> str | None:
+    """:func:`_ask`, with the prompt fitted to the LM's context: while it does not fit, its
+    longest input (other than ``keep``) is shortened — a list of examples or demos loses its
+    second half, a text is cut to half — and dropped once too short, where ``signature`` is
+    built from the inputs (a function).  Each cut is added to ``notes``; None when the prompt
+    cannot be made to fit."""
+    options = {k: v for k, v in (("temperature", temperature), ("rollout_id", rollout_id),
+                                 ("max_tokens", max_tokens)) if v is not None}
+    inputs = dict(inputs)
+    for _ in range(_MAX_FITTING_STEPS):
+        sig = signature(inputs) if callable(signature) else signature
+        try:
+            return _ask(lm, sig, _PROPOSED[0] if callable(signature) else None,
+                        **options, **inputs)
+        except ContextOverflow as exc:
+            cut = _shorten_longest(inputs, keep, droppable=callable(signature))
+            if cut is None:
+                _note(notes, f"{what}: skipped, the prompt does not fit the context even "
+                      f"shortened ({str(exc)[:200]})")
+                return None
+            _note(notes, f"{what}: the prompt did not fit the context; {cut}")
+    _note(notes, f"{what}: skipped, still too long after {_MAX_FITTING_STEPS} cuts")
+    return None
+
+
+def _note(notes: list[str] | None, text: str) -> None:
+    logger.info("%s", text)
+    if notes is not None:
+        notes.append(text)
+
+
+def _shorten_longest(inputs: dict[str, str], keep: Sequence[str], *, droppable: bool
+                     ) -> str | None:
+    """Shorten (or drop) the longest shortenable input in place; say what was done, or None
+    when nothing is left to shorten."""
+    parts = [k for k, v in inputs.items() if k not in keep and len(v) > _MIN_PART_CHARS]
+    if not parts:
+        parts = [k for k, v in inputs.items() if k not in keep] if droppable else []
+        if not parts:
+            return None
+        name = max(parts, key=lambda k: len(inputs[k]))
+        del inputs[name]
+        return f"dropped {name}"
+    name = max(parts, key=lambda k: len(inputs[k]))
+    before = inputs[name]
+    blocks = before.split("\n\n")
+    if len(blocks) > 1:  # examples or demos: keep the first half of them
+        kept = blocks[: len(blocks) // 2]
+        inputs[name] = "\n\n".join(kept)
+        return f"kept {len(kept)} of the {len(blocks)} items of {name}"
+    half = before[: len(before) // 2].rsplit(" ", 1)[0]
+    inputs[name] = half + " ..."
+    return f"cut {name} from {len(before)} to {len(half)} characters"
 
 
 _MAX_INSTRUCTION_TOKENS = 256

@@ -133,6 +133,8 @@ class BenchSpec:
     models: list[str] = field(default_factory=lambda: [DEFAULT_MODEL])
     seeds: list[int] = field(default_factory=lambda: [0])
     base_url: str | None = None
+    n_ctx: int | None = None
+    """Context length of the embedded engine (None: the model's default)."""
     max_calls: int | None = None
     max_tokens: int | None = None
     max_seconds: float | None = None
@@ -165,6 +167,7 @@ class BenchSpec:
             max_calls=self.max_calls, max_tokens=self.max_tokens, max_seconds=self.max_seconds,
             threads=self.threads, cache_dir=cache_dir, use_cache=self.cache != "off",
             timeout=self.timeout, mlflow=self.mlflow, mlflow_experiment=self.mlflow_experiment,
+            n_ctx=self.n_ctx,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -212,7 +215,7 @@ class BenchSpec:
 
 
 _SETTINGS = ("models", "seeds", "base_url", "max_calls", "max_tokens", "max_seconds", "threads",
-             "cache", "timeout", "mlflow", "mlflow_experiment")
+             "cache", "timeout", "mlflow", "mlflow_experiment", "n_ctx")
 _SPEC_KEYS = {"tasks", "optimizers", "train_size", "val_size", "test_size", *_SETTINGS}
 
 
@@ -221,7 +224,7 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
     ``name`` and ``train_size``/``val_size``/``test_size``), ``optimizers`` (``NAME[:ARG]``, or
     tables with ``name``, ``strategy``, ``preset``, ``options`` and a ``label`` for the
     tables), ``models``, ``seeds``, default split sizes, the per-cell budget (``max_calls``,
-    ``max_tokens``, ``max_seconds``), ``threads``, ``base_url`` and ``cache``."""
+    ``max_tokens``, ``max_seconds``), ``threads``, ``base_url``, ``n_ctx`` and ``cache``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"bench spec not found: {path}")

@@ -29,6 +29,7 @@ def check_spec(spec: Any) -> None:
     check_str("cache_dir", spec.cache_dir, allow_none=True)
     check_bool("use_cache", spec.use_cache)
     check_number("timeout", spec.timeout, above=0, allow_none=True)
+    check_int("n_ctx", spec.n_ctx, minimum=1, allow_none=True)
 
 
 def load_splits_sized(task: Task, seed: int, sizes: tuple[int | None, int | None, int | None]

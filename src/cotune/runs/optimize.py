@@ -149,6 +149,8 @@ class RunSpec:
     cache_dir: str | None = None
     """Where the LM cache lives (``DIR/lm_cache.sqlite``); None: the shared user cache."""
     use_cache: bool = True
+    n_ctx: int | None = None
+    """Context length of the embedded engine (None: its default, from the model file)."""
     timeout: float | None = None
     """Seconds per HTTP request to ``base_url`` (None: the backend's default, 120 s).  It cannot
     change a result (a timeout is an error, never an answer), so it is not part of the run's
@@ -263,6 +265,7 @@ def run_optimization(
                 **summary.to_json(), "test": test,
                 "test_metric_intervals": intervals["test_metric_intervals"],
                 "baseline_test": baseline, "selection": result.selection,
+                "n_ctx": getattr(lm, "n_ctx", None),
                 "replayed": {"steps": journal.replayed_steps, "calls": journal.replayed_calls},
             })
         folder.set_status("finished")
@@ -332,6 +335,8 @@ def run_config(
         task_entry = {"name": str(Path(spec.task).resolve()), "sha256": file_digest(spec.task)}
     model = ({"name": spec.model, "base_url": spec.base_url} if lm is None
              else {"identity": lm.identity()})
+    if spec.n_ctx is not None and lm is None:  # absent by default: older run folders still match
+        model["n_ctx"] = spec.n_ctx
     return redact_data({  # a URL's credentials are not part of a run's identity
         "cotune_version": cotune.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -376,6 +381,10 @@ def _make_lm(spec: RunSpec) -> LM:
         options["cache"] = LMCache(Path(spec.cache_dir) / "lm_cache.sqlite")
     if spec.timeout is not None:
         options["timeout"] = spec.timeout
+    if spec.n_ctx is not None:
+        if spec.base_url:
+            raise ValueError("--n-ctx applies to the embedded engine, not to a --base-url server")
+        options["n_ctx"] = spec.n_ctx
     return factory.make_lm(spec.model, spec.base_url, **options)
 
 
