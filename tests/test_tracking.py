@@ -58,8 +58,10 @@ def test_a_finished_run_logs_config_scores_by_lm_calls_usage_and_artifacts(tmp_p
     candidates = json.loads((run_dir / "candidates.json").read_text())["candidates"]
     assert sorted((m.step, m.value) for m in history) == sorted(
         (c["lm_calls"], c["score"]) for c in candidates)
-    best = client.get_metric_history(run.info.run_id, "best_score")
-    assert max(m.value for m in best) == pytest.approx(summary.val_score)
+    best = client.get_metric_history(run.info.run_id, "best_candidate_score")
+    # the highest validation score seen; the chosen program's (val_score) may be lower when
+    # its gain over the baseline was within noise
+    assert max(m.value for m in best) == pytest.approx(max(c["score"] for c in candidates))
     assert [m.step for m in best] == sorted(m.step for m in best)
 
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())

@@ -5,7 +5,8 @@ One MLflow run per finished cotune run (and so per bench cell), in the experimen
 
 * params: the run's ``config.json``, flattened (``optimizer.name``, ``splits.train``, ...);
 * metrics with **LM calls as the step**: every candidate's validation score
-  (``candidate_score``), the best score so far (``best_score``), and every numeric ``*score``
+  (``candidate_score``), the highest of them so far (``best_candidate_score``: not always the
+  chosen program's, since the choice respects noise), and every numeric ``*score``
   field of the search trials (``trial.minibatch_score``, ...);
 * the final scores: ``val_score``, ``test_score``, the test's extra metrics and whatever
   interval the result carries (a ``[low, high]`` pair becomes ``..._low`` / ``..._high``);
@@ -152,7 +153,7 @@ def _metrics(folder: Path, result: Mapping[str, Any]) -> list[tuple[str, float, 
         if _number(c.get("score")):
             out.append(("candidate_score", float(c["score"]), step, now))
             best = max(best, float(c["score"]))
-            out.append(("best_score", best, step, now))
+            out.append(("best_candidate_score", best, step, now))
     trials = _read(folder / TRIALS) or []
     for trial in trials if isinstance(trials, list) else []:
         step = int(trial.get("lm_calls") or 0)
