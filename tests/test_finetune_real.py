@@ -60,7 +60,9 @@ def agreement(first: list[str | None], second: list[str | None]) -> float:
 
 def llama_answers(lm: Any) -> list[str | None]:
     """Greedy answers through the normal cotune path: Predict + ChatAdapter + llama.cpp."""
-    predict = Predict(CodeLabel, lm=lm, max_tokens=8, temperature=0.0)
+    # the free-text format the training records were rendered in (not the engine's default,
+    # the grammar-constrained JSON adapter), as in torch_answers
+    predict = Predict(CodeLabel, lm=lm, adapter=ChatAdapter(), max_tokens=8, temperature=0.0)
     answers: list[str | None] = []
     for code, _ in TRAIN:
         try:
