@@ -83,13 +83,17 @@ class ChatAdapter:
     ) -> list[dict[str, str]]:
         """The conversation so far, the unreadable answer, and a request to answer again."""
         reason = str(error).split("\n", 1)[0]
-        form = "\n".join(f"{f.title}: <{f.name}>" for f in signature.output_fields)
         return [
             *({"role": m["role"], "content": m["content"]} for m in messages),
             {"role": "assistant", "content": text},
             {"role": "user", "content": f"That answer could not be read ({reason}). Answer "
-             f"again in exactly this form, one field per line:\n{form}"},
+             f"again {self.answer_form(signature)}"},
         ]
+
+    def answer_form(self, signature: Signature) -> str:
+        """How a repair request asks for the answer (completes "Answer again ...")."""
+        form = "\n".join(f"{f.title}: <{f.name}>" for f in signature.output_fields)
+        return f"in exactly this form, one field per line:\n{form}"
 
     # -- parsing -----------------------------------------------------------------------------
 
@@ -97,7 +101,7 @@ class ChatAdapter:
         outputs = signature.output_fields
         raw = _from_markers(signature, text)
         if len(raw) < len(outputs):
-            from_json = _from_json(outputs, text)
+            from_json = json_fields(outputs, text)
             raw = {**from_json, **raw}
         if len(raw) < len(outputs):
             raw = _lenient(outputs, text, raw)
@@ -168,7 +172,8 @@ def _from_markers(signature: Signature, text: str) -> dict[str, str]:
     return found
 
 
-def _from_json(outputs: Sequence[Field], text: str) -> dict[str, Any]:
+def json_fields(outputs: Sequence[Field], text: str) -> dict[str, Any]:
+    """The output fields found (by name, any case) in the first JSON object of ``text``."""
     data = find_json_object(text)
     if data is None:
         return {}

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from cotune.adapters.chat import ChatAdapter, _describe, _render_value
-from cotune.adapters.parsing import AdapterParseError, coerce, find_json_object
+from cotune.adapters.chat import ChatAdapter, _describe, _render_value, json_fields
+from cotune.adapters.parsing import AdapterParseError, coerce
 from cotune.core.signature import Field, Signature
 
 REASONING = "reasoning"
@@ -94,28 +94,14 @@ class JSONAdapter(ChatAdapter):
                 if f.name in values}
         return json.dumps(data, ensure_ascii=False)
 
-    def repair_messages(
-        self,
-        signature: Signature,
-        messages: Sequence[Mapping[str, str]],
-        text: str,
-        error: Exception,
-    ) -> list[dict[str, str]]:
-        reason = str(error).split("\n", 1)[0]
-        return [
-            *({"role": m["role"], "content": m["content"]} for m in messages),
-            {"role": "assistant", "content": text},
-            {"role": "user", "content": f"That answer could not be read ({reason}). Answer "
-             f"again with only the JSON object: {_keys(signature)}."},
-        ]
+    def answer_form(self, signature: Signature) -> str:
+        return f"with only the JSON object: {_keys(signature)}."
 
     # -- parsing -----------------------------------------------------------------------------
 
     def parse(self, signature: Signature, text: str) -> dict[str, Any]:
         outputs = signature.output_fields
-        data = find_json_object(text) or {}
-        lowered = {str(k).lower(): v for k, v in data.items()}
-        raw = {f.name: lowered[f.name.lower()] for f in outputs if f.name.lower() in lowered}
+        raw = json_fields(outputs, text)
         if len(raw) < len(outputs):
             try:  # no (complete) JSON object: read it as the field-marker format
                 return super().parse(signature, text)
