@@ -115,13 +115,20 @@ class ChatAdapter:
 
 @functools.lru_cache(maxsize=512)
 def _system_prompt(signature: Signature) -> str:
+    lines = describe_fields(signature)
+    lines += ["", "Answer in exactly this form, one field per line:"]
+    lines += [f"{f.title}: <{f.name}>" for f in signature.output_fields]
+    return "\n".join(lines)
+
+
+def describe_fields(signature: Signature) -> list[str]:
+    """The instruction, then every input and output field with its type and description: the
+    head of every adapter's system prompt."""
     lines = [signature.instruction.strip(), "", "Inputs:"]
     lines += [f"- {_describe(f)}" for f in signature.input_fields]
     lines += ["Outputs:"]
     lines += [f"- {_describe(f)}" for f in signature.output_fields]
-    lines += ["", "Answer in exactly this form, one field per line:"]
-    lines += [f"{f.title}: <{f.name}>" for f in signature.output_fields]
-    return "\n".join(lines)
+    return lines
 
 
 def _describe(f: Field) -> str:

@@ -28,7 +28,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from cotune.adapters.chat import ChatAdapter, _describe, _render_value, json_fields
+from cotune.adapters.chat import ChatAdapter, _render_value, describe_fields, json_fields
 from cotune.adapters.parsing import AdapterParseError, coerce
 from cotune.core.signature import Field, Signature
 
@@ -115,10 +115,7 @@ class JSONAdapter(ChatAdapter):
 
 @functools.lru_cache(maxsize=512)
 def _system_prompt(signature: Signature) -> str:
-    lines = [signature.instruction.strip(), "", "Inputs:"]
-    lines += [f"- {_describe(f)}" for f in signature.input_fields]
-    lines += ["Outputs:"]
-    lines += [f"- {_describe(f)}" for f in signature.output_fields]
+    lines = describe_fields(signature)
     lines += ["", f"Answer with one JSON object and nothing else: {_keys(signature)}."]
     return "\n".join(lines)
 

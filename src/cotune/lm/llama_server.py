@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cotune.lm.child_process import ChildProcess
-from cotune.lm.llamacpp import default_threads
+from cotune.lm.llamacpp import default_threads, whole_number_env
 from cotune.lm.models import MODELS, resolve_model_path
 from cotune.lm.types import LMError
 
@@ -72,16 +72,7 @@ def find_llama_server() -> Path:
 
 def default_parallel() -> int:
     """``COTUNE_LLAMA_PARALLEL`` if set, else 4 slots."""
-    setting = os.environ.get(PARALLEL_ENV, "").strip()
-    if not setting:
-        return DEFAULT_PARALLEL
-    try:
-        parallel = int(setting)
-    except ValueError:
-        parallel = 0
-    if parallel < 1:
-        raise ValueError(f"{PARALLEL_ENV} must be a whole number >= 1, got {setting!r}")
-    return parallel
+    return whole_number_env(PARALLEL_ENV) or DEFAULT_PARALLEL
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 from cotune.lm.base import LM
 from cotune.lm.llama_server import EngineStats, LlamaServer
+from cotune.lm.llamacpp import gguf_description
 from cotune.lm.models import DEFAULT_MODEL, file_sha256, resolve_model_path
 from cotune.lm.openai_backend import OpenAILM
 from cotune.lm.types import (
@@ -119,16 +120,8 @@ class LlamaServerLM(LM):
     def describe(self) -> dict[str, Any]:
         """JSON-able settings to save with a program (the fields of LlamaCppLM's, so a saved
         fine-tuned program loads on either engine)."""
-        return {
-            "backend": "llamacpp",
-            "engine": "server",
-            "model": self.model,
-            "path": str(self.model_path),
-            "sha256": file_sha256(self.model_path),
-            "lora_path": str(self.lora_path) if self.lora_path is not None else None,
-            "lora_sha256": file_sha256(self.lora_path) if self.lora_path is not None else None,
-            "n_ctx": self.n_ctx,
-        }
+        return {**gguf_description(self.model, self.model_path, self.lora_path, self.n_ctx),
+                "engine": "server"}
 
     def with_lora(self, lora_path: str | os.PathLike[str] | None) -> LlamaServerLM:
         """An LM on the same server (and with the same settings) that applies ``lora_path``

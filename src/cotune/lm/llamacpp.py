@@ -42,18 +42,39 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def whole_number_env(name: str) -> int | None:
+    """The environment variable ``name`` as a whole number >= 1; None when it is not set."""
+    setting = os.environ.get(name, "").strip()
+    if not setting:
+        return None
+    try:
+        value = int(setting)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {setting!r}")
+    return value
+
+
 def default_threads() -> int:
     """``COTUNE_LLAMA_THREADS`` if set, else the cores this process may run on."""
-    setting = os.environ.get(THREADS_ENV, "").strip()
-    if setting:
-        try:
-            threads = int(setting)
-        except ValueError:
-            threads = 0
-        if threads < 1:
-            raise ValueError(f"{THREADS_ENV} must be a whole number >= 1, got {setting!r}")
-        return threads
-    return usable_cores()
+    return whole_number_env(THREADS_ENV) or usable_cores()
+
+
+def gguf_description(
+    model: str, model_path: Path, lora_path: Path | None, n_ctx: int
+) -> dict[str, Any]:
+    """What a saved program records of a local GGUF model (either local engine): enough to load
+    it again and to check that the files are the same."""
+    return {
+        "backend": "llamacpp",
+        "model": model,
+        "path": str(model_path),
+        "sha256": file_sha256(model_path),
+        "lora_path": str(lora_path) if lora_path is not None else None,
+        "lora_sha256": file_sha256(lora_path) if lora_path is not None else None,
+        "n_ctx": n_ctx,
+    }
 
 
 class LlamaCppLM(LM):
@@ -136,15 +157,7 @@ class LlamaCppLM(LM):
 
     def describe(self) -> dict[str, Any]:
         """JSON-able settings to save with a program."""
-        return {
-            "backend": "llamacpp",
-            "model": self.model,
-            "path": str(self.model_path),
-            "sha256": file_sha256(self.model_path),
-            "lora_path": str(self.lora_path) if self.lora_path is not None else None,
-            "lora_sha256": file_sha256(self.lora_path) if self.lora_path is not None else None,
-            "n_ctx": self.n_ctx,
-        }
+        return gguf_description(self.model, self.model_path, self.lora_path, self.n_ctx)
 
     def _seeds(self, request: LMRequest) -> list[int | None]:
         """One seed per sample, so that the n samples of a request differ from each other."""
