@@ -5,6 +5,7 @@ The public API is what ``__all__`` lists; everything else is private.  Heavy dep
 used, so ``import cotune`` stays fast.
 """
 
+from cotune._version import __version__
 from cotune.adapters import AdapterParseError, ChatAdapter, JSONAdapter
 from cotune.core import (
     ChainOfThought,
@@ -19,8 +20,6 @@ from cotune.core import (
     SignatureError,
     StateError,
     context,
-    register_adapter,
-    register_default_adapter,
     trace,
 )
 from cotune.evaluate.metrics import Score
@@ -38,12 +37,6 @@ from cotune.lm import (
     track_usage,
 )
 from cotune.runs import load_program, save_program
-
-register_adapter("chat", ChatAdapter())
-register_adapter("json", JSONAdapter())
-register_default_adapter(ChatAdapter())  # LM backends name their own default (default_adapter)
-
-__version__ = "0.1.0"
 
 __all__ = [
     "LM",

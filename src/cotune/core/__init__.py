@@ -1,18 +1,23 @@
 """The programming model: examples, signatures, modules, predictors and tracing. No I/O."""
 
 from cotune.core.example import Example, Prediction
-from cotune.core.module import Module
 from cotune.core.parallel import imap_unordered
-from cotune.core.predict import ChainOfThought, NoLMError, Predict, demo_from_step, labelled_demo
+from cotune.core.predict import (
+    ChainOfThought,
+    Module,
+    NoLMError,
+    Predict,
+    demo_from_step,
+    labelled_demo,
+)
 from cotune.core.runtime import (
+    DEFAULT_ADAPTER,
     ChatModel,
     PromptAdapter,
     adapter_named,
     context,
     current_adapter,
     current_lm,
-    register_adapter,
-    register_default_adapter,
 )
 from cotune.core.signature import (
     Field,
@@ -26,6 +31,7 @@ from cotune.core.state import STATE_VERSION, StateError
 from cotune.core.trace import Trace, TraceStep, trace
 
 __all__ = [
+    "DEFAULT_ADAPTER",
     "STATE_VERSION",
     "ChainOfThought",
     "ChatModel",
@@ -51,7 +57,5 @@ __all__ = [
     "ensure_signature",
     "imap_unordered",
     "labelled_demo",
-    "register_adapter",
-    "register_default_adapter",
     "trace",
 ]

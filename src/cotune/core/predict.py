@@ -1,13 +1,19 @@
-"""``Predict``: one LM call with learnable instruction and demos; ``ChainOfThought``."""
+"""Programs and their predictors: ``Module``, the base class of programs, whose learnable
+parameters are the ``Predict`` objects (one LM call with learnable instruction and demos;
+``ChainOfThought``) among its attributes.  The two live together because each needs the other:
+a module finds its predictors, a predictor is a module.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Self
 
 from cotune.core.example import Example, Prediction
-from cotune.core.module import Module
 from cotune.core.runtime import (
     ChatModel,
     PromptAdapter,
@@ -16,9 +22,99 @@ from cotune.core.runtime import (
     current_lm,
 )
 from cotune.core.signature import Signature, ensure_signature
-from cotune.core.trace import TraceStep, record_step
+from cotune.core.state import dump_state, load_state
 
 _LM_OPTIONS = {"temperature", "max_tokens", "stop", "seed", "n", "rollout_id", "cache"}
+
+
+class Module:
+    """Base class of programs.  Subclasses set sub-modules as attributes and define
+    ``forward(**inputs)``.  The learnable parameters are the ``Predict`` objects found among the
+    attributes, recursively (also inside lists, tuples and dicts)."""
+
+    def forward(self, **inputs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    def named_predictors(self) -> list[tuple[str, Predict]]:
+        """``(dotted name, predictor)`` for every predictor, in a stable order, each once."""
+        found: list[tuple[str, Predict]] = []
+        seen: set[int] = set()
+
+        def visit(value: Any, name: str) -> None:
+            if id(value) in seen:
+                return
+            if isinstance(value, Predict):
+                seen.add(id(value))
+                found.append((name or "self", value))
+            elif isinstance(value, Module):
+                seen.add(id(value))
+                for attr, child in vars(value).items():
+                    if not attr.startswith("_"):
+                        visit(child, f"{name}.{attr}" if name else attr)
+            elif isinstance(value, (list, tuple)):
+                for i, child in enumerate(value):
+                    visit(child, f"{name}[{i}]")
+            elif isinstance(value, dict):
+                for key, child in value.items():
+                    visit(child, f"{name}[{key!r}]")
+
+        if isinstance(self, Predict):
+            return [("self", self)]
+        visit(self, "")
+        return found
+
+    def predictors(self) -> list[Predict]:
+        return [p for _, p in self.named_predictors()]
+
+    def deepcopy(self) -> Self:
+        """An independent copy: learnable state copied, LMs and other resources shared."""
+        return copy.deepcopy(self)
+
+    def reset_copy(self) -> Self:
+        """A copy with every predictor's demos cleared and instruction reset."""
+        new = self.deepcopy()
+        for p in new.predictors():
+            p.reset()
+        return new
+
+    # Save / load of learnable state (the format is cotune.core.state's)
+    def dump_state(self) -> dict[str, Any]:
+        return dump_state(self)
+
+    def load_state(self, state: dict[str, Any]) -> Self:
+        load_state(self, state)
+        return self
+
+    def __iter__(self) -> Iterator[Any]:  # pragma: no cover - guard against accidental use
+        raise TypeError(f"{type(self).__name__} is not iterable")
+
+
+@dataclass(frozen=True)
+class TraceStep:
+    """One predictor call, as ``cotune.trace()`` records it."""
+
+    predictor: Predict
+    inputs: dict[str, Any]
+    outputs: Prediction
+
+
+_step_listeners: ContextVar[tuple[Callable[[TraceStep], None], ...]] = ContextVar(
+    "cotune_step_listeners", default=()
+)
+
+
+@contextmanager
+def steps_to(listener: Callable[[TraceStep], None]) -> Iterator[None]:
+    """Hand every predictor call made in the block to ``listener`` (after the ones of the
+    enclosing blocks): what ``cotune.trace()`` is built on."""
+    token = _step_listeners.set((*_step_listeners.get(), listener))
+    try:
+        yield
+    finally:
+        _step_listeners.reset(token)
 
 
 class NoLMError(RuntimeError):
@@ -121,7 +217,9 @@ class Predict(Module):
             for choice in response.choices
         ]
         prediction = Prediction(completions[0], completions=completions)
-        record_step(TraceStep(predictor=self, inputs=dict(inputs), outputs=prediction))
+        step = TraceStep(predictor=self, inputs=dict(inputs), outputs=prediction)
+        for listener in _step_listeners.get():
+            listener(step)
         return prediction
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Predict:

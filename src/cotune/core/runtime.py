@@ -2,8 +2,9 @@
 
 There is no global settings object.  ``with context(lm=...)`` applies to the block and to the
 worker threads that cotune starts inside it (they copy the context).  ``core`` cannot import the
-layers above it, so it talks to LMs and adapters through the two small protocols below; the
-package root registers the default adapter.
+layers above it, so it talks to LMs and adapters through the two small protocols below, and
+reaches an adapter given by name (``"chat"``, ``"json"``) through the adapters layer when a
+predictor runs: nothing has to be registered by importing the package.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from importlib import import_module
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -48,8 +50,9 @@ class PromptAdapter(Protocol):
 
 _lm: ContextVar[ChatModel | None] = ContextVar("cotune_lm", default=None)
 _adapter: ContextVar[PromptAdapter | None] = ContextVar("cotune_adapter", default=None)
-_default_adapter: list[PromptAdapter] = []
-_named_adapters: dict[str, PromptAdapter] = {}
+
+DEFAULT_ADAPTER = "chat"
+"""The adapter of an LM that names none (``default_adapter``): the field-marker format."""
 
 
 @contextmanager
@@ -76,33 +79,19 @@ def current_lm() -> ChatModel | None:
 
 def current_adapter(lm: object | None = None) -> PromptAdapter:
     """The adapter of a ``context(adapter=...)`` block; else the one ``lm`` names as its
-    backend's default (its ``default_adapter`` attribute); else the registered default."""
+    backend's default (its ``default_adapter`` attribute); else ``DEFAULT_ADAPTER``."""
     adapter = _adapter.get()
     if adapter is not None:
         return adapter
     preferred = getattr(lm, "default_adapter", None)
-    if isinstance(preferred, str) and preferred in _named_adapters:
-        return _named_adapters[preferred]
-    if not _default_adapter:
-        raise RuntimeError("no adapter registered; import cotune (the package root) first")
-    return _default_adapter[0]
+    return adapter_named(preferred if isinstance(preferred, str) else DEFAULT_ADAPTER)
 
 
 def adapter_named(setting: PromptAdapter | str) -> PromptAdapter:
-    """``setting`` itself, or the adapter registered under that name."""
+    """``setting`` itself, or the adapter of that name (a ``ValueError`` naming the known ones
+    for an unknown name)."""
     if not isinstance(setting, str):
         return setting
-    if setting not in _named_adapters:
-        known = ", ".join(sorted(_named_adapters)) or "none registered"
-        raise ValueError(f"unknown adapter {setting!r}; known: {known}")
-    return _named_adapters[setting]
-
-
-def register_adapter(name: str, adapter: PromptAdapter) -> None:
-    """Make ``adapter`` selectable by ``name`` (in ``Predict(adapter=...)``, ``context``, saved
-    programs and as an LM's ``default_adapter``)."""
-    _named_adapters[name] = adapter
-
-
-def register_default_adapter(adapter: PromptAdapter) -> None:
-    _default_adapter[:] = [adapter]
+    # the one reference from core upward, by name and at call time: the adapters layer owns
+    # the names (tests/test_layers.py lists it as the sole such reference)
+    return import_module("cotune.adapters.names").adapter_named(setting)  # type: ignore

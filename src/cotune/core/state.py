@@ -1,23 +1,42 @@
-"""Save and load a program's learnable state as versioned JSON (never pickle)."""
+"""Save and load a program's learnable state as versioned JSON (never pickle).
+
+The format knows programs only by the two protocols below (``Module`` and ``Predict`` meet
+them), so the modules that define programs can use it without it importing them.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from cotune.core.example import Example
-
-if TYPE_CHECKING:
-    from cotune.core.module import Module
+from cotune.core.signature import Signature
 
 STATE_VERSION = 1
+
+
+class Learnable(Protocol):
+    """A predictor's state that is saved: what ``Predict`` holds."""
+
+    signature: Signature
+    instruction: str
+    demos: list[Example]
+    lm: Any
+    adapter: Any
+
+
+class Program(Protocol):
+    """A program whose predictors' state is saved: what ``Module`` is."""
+
+    def named_predictors(self) -> Sequence[tuple[str, Learnable]]: ...
 
 
 class StateError(ValueError):
     """A saved program that is corrupt, of an unknown version, or of a different shape."""
 
 
-def dump_state(program: Module) -> dict[str, Any]:
+def dump_state(program: Program) -> dict[str, Any]:
     predictors = {}
     for name, p in program.named_predictors():
         lm = p.lm
@@ -44,7 +63,7 @@ def dump_state(program: Module) -> dict[str, Any]:
     }
 
 
-def load_state(program: Module, state: Any) -> None:
+def load_state(program: Program, state: Any) -> None:
     """Load ``state`` into ``program`` in place, after checking that the shapes agree.
 
     LM bindings are not restored here (they are live objects); ``state["predictors"][name]["lm"]``

@@ -5,20 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from cotune.core.example import Prediction
-    from cotune.core.predict import Predict
+from cotune.core.predict import TraceStep, steps_to
 
-
-@dataclass(frozen=True)
-class TraceStep:
-    predictor: Predict
-    inputs: dict[str, Any]
-    outputs: Prediction
+__all__ = ["Trace", "TraceStep", "trace"]
 
 
 class Trace:
@@ -44,20 +34,9 @@ class Trace:
         return iter(self.steps)
 
 
-_active_traces: ContextVar[tuple[Trace, ...]] = ContextVar("cotune_traces", default=())
-
-
 @contextmanager
 def trace() -> Iterator[Trace]:
     """Record the predictor calls made inside the block (nested blocks each get them all)."""
     t = Trace()
-    token = _active_traces.set((*_active_traces.get(), t))
-    try:
+    with steps_to(t.append):
         yield t
-    finally:
-        _active_traces.reset(token)
-
-
-def record_step(step: TraceStep) -> None:
-    for t in _active_traces.get():
-        t.append(step)

@@ -29,7 +29,7 @@ from typing import Any
 from cotune.core.example import Example, Prediction
 from cotune.core.parallel import imap_unordered
 from cotune.core.predict import NoLMError
-from cotune.core.progress import progress_bar
+from cotune.evaluate.progress import progress_bar
 from cotune.lm.types import BudgetExceeded, LMError, is_infrastructure_error
 from cotune.lm.usage import UsageMeter, UsageSnapshot, track_usage
 

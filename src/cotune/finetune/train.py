@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cotune.core.progress import progress_bar
+from cotune.evaluate.progress import progress_bar
 from cotune.finetune.device import cpu_threads, resolve_device
 from cotune.finetune.errors import OUT_OF_MEMORY_ADVICE, FineTuneError, NoTrainingDataError
 from cotune.finetune.records import Encoded, collate, encode_records

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from cotune.core import Module
 from cotune.core.example import Example
-from cotune.core.module import Module
 from cotune.core.validate import check_int, check_number
 from cotune.evaluate import Evaluate
 from cotune.lm.budget import Budget, use_budget

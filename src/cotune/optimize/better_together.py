@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from cotune.core import Module
 from cotune.core.example import Example
-from cotune.core.module import Module
 from cotune.core.validate import check_mapping
 from cotune.finetune.errors import NoTrainingDataError
 from cotune.lm.types import BudgetExceeded

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from cotune.core import Module
 from cotune.core.example import Example
-from cotune.core.module import Module
 from cotune.core.predict import labelled_demo
 from cotune.core.validate import check_int
 from cotune.optimize.base import OptimizationRun, Optimizer

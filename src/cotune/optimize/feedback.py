@@ -14,8 +14,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from cotune.core import Module
 from cotune.core.example import Example, Prediction
-from cotune.core.module import Module
 from cotune.core.trace import trace
 from cotune.evaluate import Evaluate
 from cotune.evaluate.metrics import Score

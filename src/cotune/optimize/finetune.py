@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cotune.core import Module
 from cotune.core.example import Example
-from cotune.core.module import Module
 from cotune.core.predict import Predict
 from cotune.core.runtime import ChatModel, current_lm
 from cotune.core.state import StateError

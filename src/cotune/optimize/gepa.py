@@ -38,8 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cotune.core import Module
 from cotune.core.example import Example
-from cotune.core.module import Module
 from cotune.core.parallel import imap_unordered
 from cotune.core.predict import NoLMError
 from cotune.core.runtime import ChatModel, current_lm

@@ -36,8 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cotune.core import Module
 from cotune.core.example import Example
-from cotune.core.module import Module
 from cotune.core.predict import NoLMError, Predict
 from cotune.core.runtime import ChatModel, current_lm
 from cotune.core.validate import check_bool, check_choice, check_int, check_number

@@ -22,8 +22,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from cotune.core import Module
 from cotune.core.example import Example
-from cotune.core.module import Module
 from cotune.core.parallel import imap_unordered
 from cotune.core.predict import NoLMError, Predict
 from cotune.core.runtime import ChatModel, current_lm

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cotune.adapters.parsing import AdapterParseError
+from cotune.core import Module
 from cotune.core.example import Example
-from cotune.core.module import Module
 from cotune.core.parallel import imap_unordered
 from cotune.core.predict import Predict
 from cotune.core.runtime import ChatModel, current_adapter

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cotune.core import Module
 from cotune.core.example import Example
-from cotune.core.module import Module
 from cotune.core.parallel import imap_unordered
 from cotune.core.trace import trace
 from cotune.lm.types import BudgetExceeded, is_infrastructure_error

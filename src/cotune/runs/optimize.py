@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cotune._version import __version__
+from cotune.core import Module
 from cotune.core.example import Example
-from cotune.core.module import Module
 from cotune.core.runtime import context
 from cotune.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
 from cotune.lm.base import LM
@@ -326,7 +327,6 @@ def run_config(
     spec: RunSpec, task: Task, splits: Splits, optimizer: Optimizer, lm: LM | None
 ) -> dict[str, Any]:
     """The run's identity, as written to ``config.json`` and checked on resume."""
-    import cotune
     from cotune.tasks.registry import task_names
     from cotune.tasks.user import file_digest
 
@@ -338,7 +338,7 @@ def run_config(
     if spec.n_ctx is not None and lm is None:  # absent by default: older run folders still match
         model["n_ctx"] = spec.n_ctx
     return redact_data({  # a URL's credentials are not part of a run's identity
-        "cotune_version": cotune.__version__,
+        "cotune_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "task": task_entry,
         "optimizer": {"name": spec.optimizer, "preset": spec.preset, **optimizer.config()},

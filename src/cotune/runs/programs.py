@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cotune.core.module import Module
+from cotune.core import Module
 from cotune.core.state import StateError, load_state, state_from_json, state_to_json
 
 

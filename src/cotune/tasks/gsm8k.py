@@ -7,8 +7,8 @@ drawn with the seed from the 7,473-row training pool; the official test split st
 
 from __future__ import annotations
 
+from cotune.core import Module
 from cotune.core.example import Example, Prediction
-from cotune.core.module import Module
 from cotune.core.predict import ChainOfThought
 from cotune.core.signature import InputField, OutputField, Signature
 from cotune.evaluate.metrics import Score, numeric_match, parse_number

@@ -12,8 +12,8 @@ disjoint, from one seeded shuffle of ``dev.jsonl`` (so the three never share a q
 
 from __future__ import annotations
 
+from cotune.core import Module
 from cotune.core.example import Example, Prediction
-from cotune.core.module import Module
 from cotune.core.predict import ChainOfThought
 from cotune.core.signature import InputField, OutputField, Signature
 from cotune.evaluate.metrics import Score, exact_match, get_field

@@ -14,8 +14,8 @@ from those 89 claims; the default 20/19/50 keeps as many as possible for the tes
 
 from __future__ import annotations
 
+from cotune.core import Module
 from cotune.core.example import Example, Prediction
-from cotune.core.module import Module
 from cotune.core.predict import ChainOfThought
 from cotune.core.signature import InputField, OutputField, Signature
 from cotune.evaluate.metrics import get_field

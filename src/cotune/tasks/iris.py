@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from cotune.core import Module
 from cotune.core.example import Example, Prediction
-from cotune.core.module import Module
 from cotune.core.predict import Predict
 from cotune.core.signature import InputField, OutputField, Signature
 from cotune.evaluate.metrics import Score

@@ -2,7 +2,7 @@
 
 The file exposes (module-level names):
 
-* ``program`` (a :class:`~cotune.core.module.Module` instance) or ``make_program()``;
+* ``program`` (a :class:`~cotune.Module` instance) or ``make_program()``;
 * ``trainset``, ``valset``, ``testset`` (lists of :class:`~cotune.core.example.Example` with their
   inputs marked; ``valset`` and ``testset`` are optional), or ``load_splits(seed)`` returning a
   :class:`~cotune.tasks.base.Splits` or a ``(train, val, test)`` tuple;
@@ -24,8 +24,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from cotune.core import Module
 from cotune.core.example import Example
-from cotune.core.module import Module
 from cotune.tasks.base import Splits, Task
 
 

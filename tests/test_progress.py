@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from cotune.core.progress import progress_bar
+from cotune.evaluate.progress import progress_bar
 
 rich_console = pytest.importorskip("rich.console")
 

@@ -1,4 +1,5 @@
-"""One progress bar style for the long loops (evaluation, LoRA training)."""
+"""One progress bar style for the long loops (evaluation, LoRA training): terminal output, so
+it lives with the lowest layer that draws it (evaluation), not in ``core``."""
 
 from __future__ import annotations
 
