@@ -191,6 +191,31 @@ def test_adapter_setting_per_predictor_context_and_backend():
         Predict("question -> answer", adapter="nope").effective_adapter(chat_lm)
 
 
+def test_an_lm_naming_no_adapter_gets_field_markers_and_an_unknown_name_is_an_error():
+    class PlainModel:  # a ChatModel without a ``default_adapter``
+        model = "plain"
+
+        def __init__(self) -> None:
+            self.scripted = ScriptedLM("Answer: 4")
+
+        def chat(self, messages, **options):
+            return self.scripted.chat(messages, **options)
+
+    plain = PlainModel()
+    p = Predict("question -> answer")
+    assert p.effective_adapter(plain).name == "chat"
+    with context(lm=plain):
+        assert p(question="2 + 2?").answer == "4"
+    assert plain.scripted.requests[0].messages[0]["content"].endswith("Answer: <answer>")
+
+    misnamed = ScriptedLM("Answer: 4")
+    misnamed.default_adapter = "nope"
+    with context(lm=misnamed), pytest.raises(
+        ValueError, match="unknown adapter 'nope'; known: chat, json"
+    ):
+        p(question="2 + 2?")
+
+
 def test_the_adapter_setting_is_saved_with_the_program(tmp_path):
     class Two(cotune.Module):
         def __init__(self):
