@@ -1,7 +1,11 @@
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
+import cotune
 from cotune import (
     ChainOfThought,
     Example,
@@ -165,3 +169,28 @@ def test_reset_returns_to_the_instruction_given_at_construction():
     p.demos = [Example(q="x", a="y").with_inputs("q")]
     p.reset()
     assert (p.instruction, p.demos) == ("Be brief.", [])
+
+
+def test_core_runs_a_predictor_without_the_package_root(tmp_path):
+    """Nothing has to be registered by ``cotune/__init__.py``: with the package root never run
+    (a bare ``cotune`` package in its place), ``cotune.core`` and ``cotune.lm`` alone run a
+    predictor with the adapter its LM names."""
+    code = f"""
+import sys, types
+root = types.ModuleType("cotune")
+root.__path__ = [{str(Path(cotune.__file__).parent)!r}]
+sys.modules["cotune"] = root
+from cotune.core import Predict, context
+from cotune.lm import ScriptedLM
+chat, structured = ScriptedLM("Answer: 4"), ScriptedLM('{{"answer": "5"}}')
+structured.default_adapter = "json"
+with context(lm=chat):
+    first = Predict("question -> answer")(question="2 + 2?").answer
+second = Predict("question -> answer", lm=structured)(question="2 + 3?").answer
+assert not hasattr(root, "Predict")  # the package root never ran
+print(first, second, chat.requests[0].messages[0]["content"].splitlines()[-1])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["4", "5", "Answer:", "<answer>"]
