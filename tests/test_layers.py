@@ -67,13 +67,9 @@ def _called_name(func: ast.expr) -> str | None:
 def _is_module(dotted: str) -> bool:
     if dotted.split(".")[0] != "cotune":
         return False
-    relative = Path(*dotted.split(".")[1:]) if "." in dotted else Path()
+    relative = Path(*dotted.split(".")[1:])
     return (PACKAGE / relative).with_suffix(".py").is_file() or (
         PACKAGE / relative / "__init__.py").is_file()
-
-
-def imported_modules(path: Path) -> set[str]:
-    return imports_of(path)
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -149,7 +145,7 @@ def test_no_layer_imports_a_higher_one():
         own = relative.parts[0].removesuffix(".py")
         if own not in LAYERS:
             continue  # the package root wires everything together
-        for module in imported_modules(path):
+        for module in imports_of(path):
             target = layer_of(module)
             if (target in LAYERS and LAYERS.index(target) > LAYERS.index(own)
                     and (relative.as_posix(), module) not in LATE_BOUND):
@@ -191,7 +187,7 @@ def test_core_does_no_io():
               "rich", "sys"}
     offenders = []
     for path in sorted((PACKAGE / "core").rglob("*.py")):
-        modules = {m.split(".")[0] for m in imported_modules(path)}
+        modules = {m.split(".")[0] for m in imports_of(path)}
         offenders += [f"{path.name} imports {m}" for m in modules & banned]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("open", "print"):
