@@ -44,6 +44,7 @@ from cotune.core.validate import check_bool, check_choice, check_int, check_numb
 from cotune.optimize.base import OptimizationRun, Optimizer
 from cotune.optimize.bootstrap import bootstrap_demo_sets
 from cotune.optimize.proposer import TIPS, GroundedProposer, Grounding
+from cotune.optimize.registry import register
 from cotune.optimize.reporting import CostEstimate
 
 Mode = Literal["full", "instructions_only", "demos_only"]
@@ -68,6 +69,8 @@ _FITTING_NOTES = "notes: prompts fitted to the context"
 """A key of the journaled proposals that no predictor name can be (it has spaces)."""
 
 
+@register("MIPRO: instructions and demos, Bayesian search", arg="preset",
+          presets=tuple(PRESETS))
 class MIPRO(Optimizer):
     """MIPRO (see the module docstring).
 
@@ -499,6 +502,7 @@ def _memo(run: OptimizationRun, key: str, compute: Callable[[], Any]) -> Any:
 # -- paper baselines --------------------------------------------------------------------------
 
 
+@register("MIPRO, instructions only (0-shot)", arg="preset", presets=tuple(PRESETS))
 class ZeroShotMIPRO(MIPRO):
     """0-shot MIPRO: instructions only; the optimized program has no demos."""
 
@@ -508,6 +512,8 @@ class ZeroShotMIPRO(MIPRO):
         super().__init__(metric, mode="instructions_only", **kwargs)
 
 
+@register("MIPRO's Bayesian search over demo sets only", arg="preset",
+          presets=tuple(PRESETS))
 class BayesianBootstrap(MIPRO):
     """Bayesian bootstrap: MIPRO's demo-set search with the instructions left as they are."""
 

@@ -32,6 +32,7 @@ from cotune.optimize.feedback import short
 from cotune.optimize.gepa import _memo
 from cotune.optimize.proposer import _ask, _clean_instruction, _text_signature, describe_signature
 from cotune.optimize.reflection import cap_length, strip_echo
+from cotune.optimize.registry import register
 from cotune.optimize.reporting import CostEstimate
 
 _OPTIMIZE = _text_signature(
@@ -45,6 +46,7 @@ _OPTIMIZE = _text_signature(
 )
 
 
+@register("module-level OPRO: instructions from the history of (instruction, score)")
 class OPRO(Optimizer):
     """Module-level OPRO (see the module docstring).  ``prompt_lm`` writes the instructions
     (default: the LM of ``cotune.context``); ``max_history`` caps the scored instructions shown
