@@ -8,7 +8,7 @@ import re
 import pytest
 
 from cotune import Example, Module, Predict, ScriptedLM
-from cotune.optimize import TIPS, GroundedProposer
+from cotune.optimize import TIPS, GroundedProposer, ProposerSettings
 from cotune.optimize.proposer import describe_program, program_source, summarize_dataset
 
 REPLIES = {
@@ -69,7 +69,7 @@ SOURCES = {
 
 def propose(n=4, **switches):
     lm = prompt_lm()
-    proposer = GroundedProposer(lm, **switches)
+    proposer = GroundedProposer(lm, ProposerSettings(**switches))
     program = QA()
     proposer.ground(program, TRAIN, random.Random(0))
     name, predictor = program.named_predictors()[0]
@@ -123,8 +123,8 @@ def test_grounding_calls_only_what_is_switched_on():
 
 def test_fixed_tip_and_temperature():
     lm = prompt_lm()
-    proposer = GroundedProposer(lm, use_dataset_summary=False, use_program_summary=False,
-                                tip="persona", temperature=0.5)
+    proposer = GroundedProposer(lm, ProposerSettings(
+        use_dataset_summary=False, use_program_summary=False, tip="persona", temperature=0.5))
     name, predictor = QA().named_predictors()[0]
     proposer.propose(name, predictor, DEMO_SETS, 3, random.Random(0))
     for request in lm.requests:
@@ -134,7 +134,8 @@ def test_fixed_tip_and_temperature():
 
 def test_repeated_proposals_are_dropped():
     lm = ScriptedLM("Proposed Instruction: Always the same.")
-    proposer = GroundedProposer(lm, use_dataset_summary=False, use_program_summary=False)
+    proposer = GroundedProposer(lm, ProposerSettings(use_dataset_summary=False,
+                                                     use_program_summary=False))
     name, predictor = QA().named_predictors()[0]
     result = proposer.propose(name, predictor, DEMO_SETS, 5, random.Random(0))
     assert result == ["Answer the question.", "Always the same."]

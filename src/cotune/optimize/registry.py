@@ -2,7 +2,7 @@
 
 Each optimizer class registers itself where it is defined, under its ``name`` attribute::
 
-    @register("demos bootstrapped from the program's own traces")
+    @register_optimizer("demos bootstrapped from the program's own traces")
     class BootstrapFewShot(Optimizer):
         name = "bootstrap"
 
@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 from cotune.optimize.base import Metric, Optimizer
 
 OptimizerArg = Literal["preset", "strategy"]
+OptionsHook = Callable[[Mapping[str, Any]], dict[str, Any]]
 OptimizerClass = TypeVar("OptimizerClass", bound=type[Optimizer])
 
 
@@ -36,9 +37,12 @@ class RegisteredOptimizer:
     """The option ``NAME:ARG`` sets, if any."""
     presets: tuple[str, ...] = ()
     """The values ``preset`` takes (for optimizers whose ``arg`` is ``"preset"``)."""
+    options: OptionsHook | None = None
+    """Turns options as the command line and specs spell them into constructor arguments."""
 
     def build(self, metric: Metric, **options: Any) -> Optimizer:
-        return self.cls(metric, **options)
+        """The optimizer, from options spelled as ``--set`` gives them."""
+        return self.cls(metric, **(self.options(options) if self.options else options))
 
     def label(self) -> str:
         """``mipro[:light|medium|heavy]``, ``bettertogether[:STRATEGY]``, ``vanilla``."""
@@ -51,10 +55,16 @@ class RegisteredOptimizer:
 _REGISTRY: dict[str, RegisteredOptimizer] = {}
 
 
-def register(
-    summary: str, *, arg: OptimizerArg | None = None, presets: Sequence[str] = ()
+def register_optimizer(
+    summary: str,
+    *,
+    arg: OptimizerArg | None = None,
+    presets: Sequence[str] = (),
+    options: OptionsHook | None = None,
 ) -> Callable[[OptimizerClass], OptimizerClass]:
-    """A class decorator: file the optimizer under its ``name``."""
+    """A class decorator: file the optimizer under its ``name``.  ``options`` maps the
+    command line's flat options to the constructor's (MIPRO's ``use_demos=false`` to its
+    ``proposer_settings``)."""
 
     def add(cls: OptimizerClass) -> OptimizerClass:
         name = cls.name
@@ -65,7 +75,7 @@ def register(
             raise ValueError(f"optimizer name {name!r} is taken by {taken.cls.__qualname__}")
         if presets and arg != "preset":
             raise ValueError(f"{cls.__qualname__}: presets need arg='preset'")
-        _REGISTRY[name] = RegisteredOptimizer(name, cls, summary, arg, tuple(presets))
+        _REGISTRY[name] = RegisteredOptimizer(name, cls, summary, arg, tuple(presets), options)
         return cls
 
     return add
