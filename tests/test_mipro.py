@@ -287,3 +287,18 @@ class TestMIPROSuite(OptimizerSuite):
         return MIPRO(metric, num_instruction_candidates=3, num_demo_candidates=3, num_trials=6,
                      minibatch_size=4, full_eval_every=3, max_bootstrapped_demos=2,
                      max_labeled_demos=1, prompt_lm=prompt_lm(), seed=seed, num_threads=2)
+
+
+SUITE_SIZES = dict(num_instruction_candidates=3, num_demo_candidates=3, num_trials=6,
+                   minibatch_size=4, full_eval_every=3, max_bootstrapped_demos=2,
+                   max_labeled_demos=1, num_threads=2)
+
+
+class TestZeroShotMIPROSuite(OptimizerSuite):
+    def make_optimizer(self, metric, seed):
+        return ZeroShotMIPRO(metric, prompt_lm=prompt_lm(), seed=seed, **SUITE_SIZES)
+
+
+class TestBayesianBootstrapSuite(OptimizerSuite):
+    def make_optimizer(self, metric, seed):
+        return BayesianBootstrap(metric, seed=seed, **SUITE_SIZES)
