@@ -161,3 +161,30 @@ def test_no_optimizer_module_imports_a_private_name_of_another():
                 offenders += [f"{path.name}: {node.module}.{a.name}" for a in node.names
                               if a.name.startswith("_") and not a.name.startswith("__")]
     assert offenders == []
+
+
+# -- run folders ---------------------------------------------------------------------------------
+
+
+def test_a_run_folder_records_flat_proposer_options_and_resumes_with_them(tmp_path):
+    import scripted_task as scripted
+
+    from cotune.runs.folder import RunFolder, RunFolderError
+    from cotune.runs.optimize import run_optimization
+
+    options = {"num_trials": 3, "num_instruction_candidates": 2, "num_demo_candidates": 2,
+               "minibatch_size": 4, "full_eval_every": 3, "use_demos": False,
+               "use_tip": False, "proposer_temperature": 0.5}
+    spec = RunSpec(task=str(Path(scripted.__file__)), optimizer="mipro", threads=2,
+                   options=options)
+    first = run_optimization(spec, tmp_path / "run", lm=scripted.make_scripted_lm())
+    saved = RunFolder(tmp_path / "run").config()["optimizer"]
+    assert (saved["use_demos"], saved["use_tip"], saved["proposer_temperature"]) == (
+        False, False, 0.5)
+    lm = scripted.make_scripted_lm()
+    again = run_optimization(spec, tmp_path / "run", lm=lm)
+    assert again.attempt == 2 and lm.requests == []
+    assert again.val_score == first.val_score
+    changed = RunSpec(**{**spec.__dict__, "options": {**options, "use_tip": True}})
+    with pytest.raises(RunFolderError, match="different configuration .*use_tip: False -> True"):
+        run_optimization(changed, tmp_path / "run", lm=scripted.make_scripted_lm())
