@@ -1,5 +1,6 @@
 """The test suite every optimizer must pass.  Plug an optimizer in by subclassing
-``OptimizerSuite`` and defining ``make_optimizer`` (see test_optimizer_suite.py)."""
+``OptimizerSuite`` and defining ``make_optimizer`` (see test_optimizer_suite.py; every
+registered optimizer has such a subclass, which test_optimizer_registry.py checks)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from cotune import Budget, Example, Module, Predict, ScriptedLM, context, load_program, save_program
 from cotune.lm import LMError, LMTransientError, is_infrastructure_error
-from cotune.optimize import Optimizer
+from cotune.optimize import MemoryJournal, Optimizer
 
 
 class AddTwo(Module):
@@ -80,6 +81,30 @@ class OutageLM(ScriptedLM):
         return super()._complete(request)
 
 
+class SimulatedKill(BaseException):
+    """The process dies here: nothing in cotune may catch it (as nothing catches a kill)."""
+
+
+class KillingJournal(MemoryJournal):
+    """A journal that 'kills the process' when a step is about to be recorded once it holds
+    ``kill_at`` steps: the step in flight is lost, as it is when a run is killed."""
+
+    def __init__(self, kill_at: int | None = None) -> None:
+        super().__init__()
+        self.kill_at = kill_at
+        self._kill_lock = threading.Lock()  # the kill comes before any step beyond kill_at
+
+    def put(self, key, value):
+        with self._kill_lock:
+            if self.kill_at is not None and len(self.keys()) >= self.kill_at:
+                raise SimulatedKill(key)
+            super().put(key, value)
+
+
+def journal_entries(journal) -> dict:
+    return {k: journal.get(k) for k in journal.keys("")}
+
+
 def own_demo_violations(lm: ScriptedLM) -> list[str]:
     """Queries that also appear as a demo in the same prompt."""
     bad = []
@@ -136,6 +161,58 @@ class OptimizerSuite:
             assert {k: journal.get(k) for k in journal.keys("")} == clean_steps
         assert again.program.dump_state() == clean.program.dump_state()
         assert [c.score for c in again.candidates] == [c.score for c in clean.candidates]
+
+    def test_a_killed_run_resumes_to_the_uninterrupted_result(self, tmp_path):
+        """Killed halfway through its journaled steps, the rerun on the same journal replays
+        what was finished, computes only the rest (fewer LM calls than a run from scratch)
+        and ends with the program, candidates and journal of the run never killed."""
+        work = tmp_path / "work"
+        clean_journal, reference = KillingJournal(), scripted_solver()
+        _, clean, _ = self.run(lm=reference, journal=clean_journal, workdir=work)
+        steps = journal_entries(clean_journal)
+        if len(steps) < 2:
+            pytest.skip("this optimizer journals fewer than two steps: no point between them")
+
+        journal = KillingJournal(kill_at=len(steps) // 2)
+        with pytest.raises(SimulatedKill):
+            self.run(journal=journal, workdir=work)
+        kept = journal_entries(journal)
+        assert len(kept) == len(steps) // 2 and all(steps[k] == v for k, v in kept.items())
+
+        journal.kill_at = None
+        lm = scripted_solver()
+        _, resumed, _ = self.run(lm=lm, journal=journal, workdir=work)
+        assert resumed.program.dump_state() == clean.program.dump_state()
+        assert [c.score for c in resumed.candidates] == [c.score for c in clean.candidates]
+        assert journal_entries(journal) == steps
+        assert len(lm.requests) < len(reference.requests)
+
+    def test_a_run_stopped_by_its_budget_resumes_to_the_unbudgeted_result(self, tmp_path):
+        """A call budget stops the run mid-step; rerun on the same run journal without the
+        budget, it ends where the run that never stopped ends."""
+        from cotune.runs.journal import SQLiteJournal
+
+        work = tmp_path / "work"
+        reference = scripted_solver()
+        with SQLiteJournal(tmp_path / "clean.sqlite") as journal:
+            _, clean, _ = self.run(lm=reference, journal=journal, workdir=work)
+            steps = journal_entries(journal)
+        if len(reference.requests) < 2:
+            pytest.skip("this optimizer makes no LM calls")
+
+        cap = len(reference.requests) // 2
+        with SQLiteJournal(tmp_path / "run.sqlite") as journal:
+            _, stopped, _ = self.run(budget=Budget(max_calls=cap), journal=journal, workdir=work)
+            assert stopped.stopped_by_budget and stopped.usage.calls <= cap
+            kept = journal_entries(journal)
+        assert all(steps[k] == v for k, v in kept.items())
+
+        with SQLiteJournal(tmp_path / "run.sqlite") as journal:
+            _, resumed, _ = self.run(journal=journal, workdir=work)
+            assert journal_entries(journal) == steps
+        assert not resumed.stopped_by_budget
+        assert resumed.program.dump_state() == clean.program.dump_state()
+        assert [c.score for c in resumed.candidates] == [c.score for c in clean.candidates]
 
     def test_does_not_mutate_its_input(self):
         program, result, _ = self.run()

@@ -11,7 +11,7 @@ from cotune import Example, Module, Predict, context
 from cotune.evaluate import Evaluate, exact_match
 from cotune.lm import LlamaCppLM
 from cotune.lm.models import default_n_ctx, gguf_metadata
-from cotune.optimize import GroundedProposer
+from cotune.optimize import GroundedProposer, ProposerSettings
 
 pytestmark = pytest.mark.real_model
 
@@ -54,8 +54,8 @@ def test_the_proposer_fits_its_prompts_to_a_tiny_context(tiny):
                      answer=str(i)).with_inputs("question") for i in range(10)]
     demos = [[Example(question=ex["question"], answer=ex["answer"]).with_inputs("question")
               for ex in train[:6]]]
-    proposer = GroundedProposer(tiny, use_program_summary=False, num_threads=1,
-                                max_demos_shown=6)
+    proposer = GroundedProposer(tiny, ProposerSettings(use_program_summary=False,
+                                                       max_demos_shown=6), num_threads=1)
     program = QA()
     grounding = proposer.ground(program, train, random.Random(0))
     assert any("did not fit the context" in note for note in grounding.notes)

@@ -9,7 +9,15 @@ from optimizer_suite import OptimizerSuite
 from test_proposer import is_proposal, prompt_lm, prompt_text
 
 from cotune import Budget, Example, LMCache, Module, Predict, ScriptedLM, context
-from cotune.optimize import MIPRO, BayesianBootstrap, MemoryJournal, ZeroShotMIPRO
+from cotune.optimize import (
+    MIPRO,
+    TIPS,
+    BayesianBootstrap,
+    MemoryJournal,
+    ProposerSettings,
+    ZeroShotMIPRO,
+    build_optimizer,
+)
 from cotune.optimize.mipro import PROPOSER_TEMPERATURES
 
 GOOD_INSTRUCTION = "Proposed instruction 5."
@@ -170,6 +178,55 @@ def test_presets_and_explicit_settings():
         MIPRO(exact, mode="demos_only", meta_optimize_proposer=True)
 
 
+# -- proposer settings ---------------------------------------------------------------------------
+
+
+def test_the_proposer_settings_reach_the_proposer():
+    prompt = prompt_lm()
+    settings = ProposerSettings(use_dataset_summary=False, use_program_summary=False,
+                                tip="persona", temperature=0.5)
+    optimize(small_mipro(prompt_lm=prompt, proposer_settings=settings))
+    assert prompt.requests and all(is_proposal(r) for r in prompt.requests)  # no summaries
+    for request in prompt.requests:
+        assert TIPS["persona"] in prompt_text(request) and request.temperature == 0.5
+
+
+@pytest.mark.parametrize("name", ["mipro", "mipro-0shot", "bayesian-bootstrap"])
+def test_the_command_line_options_fold_into_the_proposer_settings(name):
+    built = build_optimizer(name, exact, options={"use_demos": False,
+                                                  "proposer_temperature": 0.5})
+    assert built.proposer_settings == ProposerSettings(use_demos=False, temperature=0.5)
+    merged = build_optimizer(name, exact, options={"proposer_settings": {"use_tip": False},
+                                                   "use_demos": False})
+    assert merged.proposer_settings == ProposerSettings(use_tip=False, use_demos=False)
+    with pytest.raises(ValueError, match=f"optimizer '{name}': use_tip must be true or false"):
+        build_optimizer(name, exact, options={"use_tip": "maybe"})
+    with pytest.raises(ValueError, match="bad option.*unknown proposer setting"):
+        build_optimizer(name, exact, options={"proposer_settings": {"use_tips": False}})
+
+
+def test_flat_proposer_settings_in_python_say_where_they_go():
+    with pytest.raises(TypeError, match="use_demos: proposer settings go in proposer_settings="):
+        MIPRO(exact, use_demos=False)
+
+
+def test_run_configs_keep_the_keys_older_run_folders_hold():
+    """A run folder's config from before the settings object still matches (and resumes);
+    the settings it did not know are recorded only when set."""
+    assert MIPRO(exact).config() == {
+        "optimizer": "mipro", "seed": 0, "num_threads": 4, "metric_threshold": 1.0,
+        "min_gain": "noise", "rescore_top": 0, "preset": "light",
+        "num_instruction_candidates": 6, "num_demo_candidates": 6, "num_trials": 15,
+        "minibatch_size": 25, "full_eval_every": 5, "max_bootstrapped_demos": 4,
+        "max_labeled_demos": 4, "mode": "full", "use_dataset_summary": True,
+        "use_program_summary": True, "use_demos": True, "use_tip": True,
+        "proposer_temperature": 1.0, "meta_optimize_proposer": False,
+        "evaluate_baseline": True, "prompt_lm": None}
+    tipped = MIPRO(exact, proposer_settings={"tip": "concise", "use_demos": False}).config()
+    assert (tipped["proposer_tip"], tipped["use_demos"]) == ("concise", False)
+    assert "proposer_max_demos_shown" not in tipped
+
+
 def test_full_evaluations_every_k_trials_and_at_the_end():
     result = optimize(small_mipro(prompt_lm=prompt_lm(), num_trials=8, full_eval_every=3))
     searched = [c for c in result.candidates if "trial" in c.description]
@@ -287,3 +344,18 @@ class TestMIPROSuite(OptimizerSuite):
         return MIPRO(metric, num_instruction_candidates=3, num_demo_candidates=3, num_trials=6,
                      minibatch_size=4, full_eval_every=3, max_bootstrapped_demos=2,
                      max_labeled_demos=1, prompt_lm=prompt_lm(), seed=seed, num_threads=2)
+
+
+SUITE_SIZES = dict(num_instruction_candidates=3, num_demo_candidates=3, num_trials=6,
+                   minibatch_size=4, full_eval_every=3, max_bootstrapped_demos=2,
+                   max_labeled_demos=1, num_threads=2)
+
+
+class TestZeroShotMIPROSuite(OptimizerSuite):
+    def make_optimizer(self, metric, seed):
+        return ZeroShotMIPRO(metric, prompt_lm=prompt_lm(), seed=seed, **SUITE_SIZES)
+
+
+class TestBayesianBootstrapSuite(OptimizerSuite):
+    def make_optimizer(self, metric, seed):
+        return BayesianBootstrap(metric, seed=seed, **SUITE_SIZES)

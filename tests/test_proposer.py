@@ -8,7 +8,7 @@ import re
 import pytest
 
 from cotune import Example, Module, Predict, ScriptedLM
-from cotune.optimize import TIPS, GroundedProposer
+from cotune.optimize import TIPS, GroundedProposer, Grounding, ProposerSettings
 from cotune.optimize.proposer import describe_program, program_source, summarize_dataset
 
 REPLIES = {
@@ -69,7 +69,7 @@ SOURCES = {
 
 def propose(n=4, **switches):
     lm = prompt_lm()
-    proposer = GroundedProposer(lm, **switches)
+    proposer = GroundedProposer(lm, ProposerSettings(**switches))
     program = QA()
     proposer.ground(program, TRAIN, random.Random(0))
     name, predictor = program.named_predictors()[0]
@@ -123,8 +123,8 @@ def test_grounding_calls_only_what_is_switched_on():
 
 def test_fixed_tip_and_temperature():
     lm = prompt_lm()
-    proposer = GroundedProposer(lm, use_dataset_summary=False, use_program_summary=False,
-                                tip="persona", temperature=0.5)
+    proposer = GroundedProposer(lm, ProposerSettings(
+        use_dataset_summary=False, use_program_summary=False, tip="persona", temperature=0.5))
     name, predictor = QA().named_predictors()[0]
     proposer.propose(name, predictor, DEMO_SETS, 3, random.Random(0))
     for request in lm.requests:
@@ -134,7 +134,8 @@ def test_fixed_tip_and_temperature():
 
 def test_repeated_proposals_are_dropped():
     lm = ScriptedLM("Proposed Instruction: Always the same.")
-    proposer = GroundedProposer(lm, use_dataset_summary=False, use_program_summary=False)
+    proposer = GroundedProposer(lm, ProposerSettings(use_dataset_summary=False,
+                                                     use_program_summary=False))
     name, predictor = QA().named_predictors()[0]
     result = proposer.propose(name, predictor, DEMO_SETS, 5, random.Random(0))
     assert result == ["Answer the question.", "Always the same."]
@@ -178,3 +179,54 @@ def test_program_description_from_source_or_a_fallback():
          "        self.step = Predict('a -> b')\n", namespace)
     source = program_source(namespace["Dynamic"]())
     assert "Dynamic" in source and "step" in source
+
+
+# -- the settings object -------------------------------------------------------------------------
+
+
+def test_settings_are_checked_and_named_by_their_option_names():
+    with pytest.raises(ValueError, match="use_demos must be true or false"):
+        ProposerSettings(use_demos="no")
+    with pytest.raises(ValueError, match="proposer_temperature must be a number >= 0"):
+        ProposerSettings(temperature=-0.5)
+    with pytest.raises(ValueError, match="unknown tip 'loud'"):
+        ProposerSettings(tip="loud")
+    with pytest.raises(ValueError, match="unknown tip"):
+        ProposerSettings(tip=["persona"])
+    with pytest.raises(ValueError, match="proposer_data_batch_size must be an integer >= 1"):
+        ProposerSettings(data_batch_size=0)
+    assert ProposerSettings.option_names() == {
+        "use_dataset_summary": "use_dataset_summary", "use_program_summary": "use_program_summary",
+        "use_demos": "use_demos", "use_tip": "use_tip", "proposer_tip": "tip",
+        "proposer_temperature": "temperature", "proposer_max_demos_shown": "max_demos_shown",
+        "proposer_data_batch_size": "data_batch_size"}
+
+
+def test_settings_from_a_mapping_and_changed_copies():
+    settings = ProposerSettings.of({"use_tip": False, "proposer_temperature": 0.5})
+    assert settings == ProposerSettings(use_tip=False, temperature=0.5)
+    assert ProposerSettings.of({"temperature": 0.5}).temperature == 0.5
+    assert ProposerSettings.of(None) == ProposerSettings()
+    assert ProposerSettings.of(settings) is settings
+    assert settings.replace(use_demos=False) == ProposerSettings(use_tip=False, use_demos=False,
+                                                                 temperature=0.5)
+    with pytest.raises(TypeError, match="unknown proposer setting.*'use_tips'"):
+        settings.replace(use_tips=True)
+    with pytest.raises(TypeError, match="unknown proposer setting"):
+        ProposerSettings.of({"use_tips": True})
+    with pytest.raises(ValueError, match="a ProposerSettings or a mapping"):
+        ProposerSettings.of("use_tip=false")
+    round_trip = ProposerSettings.of(settings.to_options())
+    assert round_trip == settings
+
+
+def test_a_configured_proposer_shares_the_grounding_and_changes_only_its_settings():
+    proposer = GroundedProposer(prompt_lm(), {"use_dataset_summary": False})
+    proposer.grounding = Grounding(program_description="PROGRAM")
+    variant = proposer.configured(use_tip=False, temperature=0.5)
+    assert variant.settings == ProposerSettings(use_dataset_summary=False, use_tip=False,
+                                                temperature=0.5)
+    assert proposer.settings == ProposerSettings(use_dataset_summary=False)
+    assert variant.grounding is proposer.grounding and variant.notes is proposer.notes
+    with pytest.raises(TypeError, match="unknown proposer setting"):
+        proposer.configured(prompt_lm=None)

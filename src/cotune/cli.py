@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cotune.lm.redact import RedactingFilter, redact
+from cotune.optimize.registry import optimizer_help, preset_help, registered_optimizers
 
 app = typer.Typer(
     help="Optimize LM programs end to end: prompts and LoRA weights.",
@@ -191,13 +192,12 @@ def optimize(
     task: Annotated[str, typer.Option(help="Task name (see `cotune tasks`) or a task file "
                                       "(a .py exposing program, trainset/valset/testset, "
                                       "metric).")] = "iris",
-    optimizer: Annotated[str, typer.Option(help="labeled, bootstrap, random-search, mipro, "
-                                           "mipro-0shot, bayesian-bootstrap, finetune or "
-                                           "bettertogether.")] = "mipro",
+    optimizer: Annotated[str, typer.Option(
+        help=f"{optimizer_help()} (`cotune optimizers` says what each does).")] = "mipro",
     strategy: Annotated[str | None, typer.Option(
         help="bettertogether's steps, e.g. 'p -> w -> p' (p: prompts, w: LoRA weights).")]
     = None,
-    preset: Annotated[str | None, typer.Option(help="MIPRO or GEPA preset: light, medium, heavy.")]
+    preset: Annotated[str | None, typer.Option(help=f"The preset of {preset_help()}.")]
     = None,
     model: ModelOpt = "smollm2-135m",
     base_url: BaseUrlOpt = None,
@@ -492,6 +492,13 @@ def tasks() -> None:
 
 
 @app.command()
+def optimizers() -> None:
+    """List the optimizers (the names --optimizer takes) and what each ':ARG' sets."""
+    for entry in registered_optimizers():
+        typer.echo(f"{entry.label():42s} {entry.summary}")
+
+
+@app.command()
 def models() -> None:
     """List the packaged local models and whether they are installed."""
     from cotune.lm.models import list_models
@@ -509,8 +516,10 @@ def bench(
     task: Annotated[list[str] | None, typer.Option(
         "--task", help="A task (repeatable).")] = None,
     optimizer: Annotated[list[str] | None, typer.Option(
-        "--optimizer", help="NAME[:ARG] (repeatable): vanilla (no optimization), mipro:light, "
-                            "random-search, bettertogether:p->w, ...")] = None,
+        "--optimizer", help="NAME[:ARG] (repeatable), e.g. vanilla, mipro:light, "
+                            f"bettertogether:p->w; NAME: {optimizer_help()} (see `cotune "
+                            "optimizers`).")]
+    = None,
     model: Annotated[list[str] | None, typer.Option(
         "--model", help="A model (repeatable; see `cotune models`).")] = None,
     seed: Annotated[list[int] | None, typer.Option("--seed", help="A seed (repeatable).")]

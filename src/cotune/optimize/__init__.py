@@ -8,8 +8,9 @@ from cotune.optimize.gepa import GEPA
 from cotune.optimize.journal import Journal, MemoryJournal
 from cotune.optimize.mipro import MIPRO, BayesianBootstrap, ZeroShotMIPRO
 from cotune.optimize.opro import OPRO
-from cotune.optimize.proposer import TIPS, GroundedProposer, Grounding
+from cotune.optimize.proposer import TIPS, GroundedProposer, Grounding, ProposerSettings
 from cotune.optimize.random_search import BootstrapRandomSearch
+from cotune.optimize.registry import build_optimizer, optimizer_names, register_optimizer
 from cotune.optimize.reporting import ConsoleReporter, CostEstimate, LogReporter, Reporter
 from cotune.optimize.traces import SuccessfulTrace, collect_successful_traces
 from cotune.optimize.vanilla import Vanilla
@@ -37,8 +38,12 @@ __all__ = [
     "OptimizationResult",
     "OptimizationRun",
     "Optimizer",
+    "ProposerSettings",
     "Reporter",
     "SuccessfulTrace",
     "ZeroShotMIPRO",
+    "build_optimizer",
     "collect_successful_traces",
+    "optimizer_names",
+    "register_optimizer",
 ]

@@ -27,6 +27,7 @@ from cotune.optimize.finetune import BootstrapFinetune, FineTuner
 from cotune.optimize.gepa import GEPA
 from cotune.optimize.journal import Journal
 from cotune.optimize.random_search import BootstrapRandomSearch
+from cotune.optimize.registry import register_optimizer
 from cotune.optimize.reporting import CostEstimate
 
 ARROW = "->"
@@ -69,6 +70,8 @@ def parse_strategy(strategy: str, valid: Sequence[str]) -> list[str]:
     return steps
 
 
+@register_optimizer("BetterTogether: prompt (p) and weight (w) steps, e.g. 'p -> w -> p'",
+                    arg="strategy")
 class BetterTogether(Optimizer):
     """Compose prompt ("p") and weight ("w") optimization by a strategy string.
 

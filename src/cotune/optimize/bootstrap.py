@@ -10,6 +10,7 @@ from cotune.core.example import Example
 from cotune.core.predict import labelled_demo
 from cotune.core.validate import check_int
 from cotune.optimize.base import OptimizationRun, Optimizer
+from cotune.optimize.registry import register_optimizer
 from cotune.optimize.reporting import CostEstimate
 from cotune.optimize.traces import SuccessfulTrace, collect_successful_traces
 
@@ -55,6 +56,7 @@ def _same_source(demo: Example, example: Example) -> bool:
     return all(example.get(k) == v for k, v in demo.inputs().items())
 
 
+@register_optimizer("labelled demos sampled from the training set")
 class LabeledFewShot(Optimizer):
     """Demos sampled (with the seed) from labelled training examples."""
 
@@ -78,6 +80,7 @@ class LabeledFewShot(Optimizer):
         run.offer(student, None, f"{self.k} labelled demos")
 
 
+@register_optimizer("demos bootstrapped from the program's own traces")
 class BootstrapFewShot(Optimizer):
     """Run a teacher (by default the student itself) over the training set, keep the traces
     whose final answer passes the metric, and make each predictor step a demo for that

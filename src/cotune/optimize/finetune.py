@@ -31,6 +31,7 @@ from cotune.lm.llama_server_lm import LlamaServerLM
 from cotune.lm.llamacpp import LlamaCppLM
 from cotune.lm.models import MODELS, ModelError, file_sha256, resolve_model_path
 from cotune.optimize.base import OptimizationRun, Optimizer
+from cotune.optimize.registry import register_optimizer
 from cotune.optimize.reporting import CostEstimate, Reporter
 from cotune.optimize.traces import SuccessfulTrace, collect_successful_traces
 
@@ -61,6 +62,7 @@ class TrainingGroup:
     predictors: list[str]
 
 
+@register_optimizer("LoRA fine-tuning on the program's own passing traces")
 class BootstrapFinetune(Optimizer):
     """Fine-tune each predictor's LM on the program's own successful traces.
 

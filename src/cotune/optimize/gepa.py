@@ -49,6 +49,7 @@ from cotune.optimize.base import OptimizationRun, Optimizer
 from cotune.optimize.feedback import run_with_feedback
 from cotune.optimize.pareto import pareto_frontier
 from cotune.optimize.reflection import propose_instruction, reflective_examples
+from cotune.optimize.registry import register_optimizer
 from cotune.optimize.reporting import CostEstimate
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -59,6 +60,8 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+@register_optimizer("GEPA: reflective instruction and demo evolution, Pareto frontier",
+                    arg="preset", presets=tuple(PRESETS))
 class GEPA(Optimizer):
     """GEPA (see the module docstring).
 

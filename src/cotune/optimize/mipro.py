@@ -32,7 +32,7 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,10 +40,12 @@ from cotune.core import Module
 from cotune.core.example import Example
 from cotune.core.predict import NoLMError, Predict
 from cotune.core.runtime import ChatModel, current_lm
-from cotune.core.validate import check_bool, check_choice, check_int, check_number
+from cotune.core.validate import check_bool, check_choice, check_int
 from cotune.optimize.base import OptimizationRun, Optimizer
 from cotune.optimize.bootstrap import bootstrap_demo_sets
-from cotune.optimize.proposer import TIPS, GroundedProposer, Grounding
+from cotune.optimize.journal import memo_as_read_back
+from cotune.optimize.proposer import TIPS, GroundedProposer, Grounding, ProposerSettings
+from cotune.optimize.registry import register_optimizer
 from cotune.optimize.reporting import CostEstimate
 
 Mode = Literal["full", "instructions_only", "demos_only"]
@@ -63,11 +65,48 @@ PROPOSER_TEMPERATURES = (0.5, 1.0, 1.5)
 SUMMARY_BATCHES = 3
 """Batches of training data the proposer's dataset summary looks at (one LM call each)."""
 
-_PROPOSER_SWITCHES = ("use_dataset_summary", "use_program_summary", "use_demos")
 _FITTING_NOTES = "notes: prompts fitted to the context"
 """A key of the journaled proposals that no predictor name can be (it has spaces)."""
 
 
+# -- proposer settings as options --------------------------------------------------------------
+
+_OPTIONS_OF_OLDER_CONFIGS = ("use_dataset_summary", "use_program_summary", "use_demos",
+                             "use_tip", "proposer_temperature")
+"""The proposer options every MIPRO run config holds; the others are recorded only when they
+differ from their default, so run folders written before they existed still resume."""
+
+
+def proposer_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor options as the command line and bench specs give them (``use_demos=False``,
+    ``proposer_temperature=0.7``, flat) with the proposer's folded into ``proposer_settings``
+    (merged into one given there as a mapping)."""
+    names = ProposerSettings.option_names()
+    flat = {k: v for k, v in options.items() if k in names}
+    if not flat:
+        return dict(options)
+    rest = {k: v for k, v in options.items() if k not in names}
+    given = rest.pop("proposer_settings", None)
+    merged = {**ProposerSettings.of(given).to_options(), **flat} if given is not None else flat
+    return {**rest, "proposer_settings": merged}
+
+
+def _recorded_proposer_options(settings: ProposerSettings) -> dict[str, Any]:
+    default = ProposerSettings().to_options()
+    return {k: v for k, v in settings.to_options().items()
+            if k in _OPTIONS_OF_OLDER_CONFIGS or v != default[k]}
+
+
+def _refuse_flat_proposer_options(kwargs: Mapping[str, Any]) -> None:
+    flat = sorted(set(kwargs) & set(ProposerSettings.option_names()))
+    if flat:
+        raise TypeError(f"{', '.join(flat)}: proposer settings go in proposer_settings= "
+                        f"(e.g. proposer_settings={{{flat[0]!r}: ...}}); the flat spelling is "
+                        "the command line's (--set), see proposer_options()")
+
+
+@register_optimizer("MIPRO: instructions and demos, Bayesian search", arg="preset",
+                    presets=tuple(PRESETS), options=proposer_options)
 class MIPRO(Optimizer):
     """MIPRO (see the module docstring).
 
@@ -80,6 +119,12 @@ class MIPRO(Optimizer):
     the result is never worse than the input there.  Without it the first full evaluation is
     the baseline.  When the budget runs out, the choice so far is returned (the program as
     given before any full evaluation).
+
+    ``proposer_settings`` (a :class:`~cotune.optimize.proposer.ProposerSettings`, or a mapping
+    of its settings) say what the proposer is grounded in and how it samples; MIPRO++ chooses
+    among the sources switched on there.  The command line sets them by their option names
+    (``--set use_demos=false``, ``--set proposer_temperature=0.7``): see
+    :func:`proposer_options`.
     """
 
     name = "mipro"
@@ -98,28 +143,23 @@ class MIPRO(Optimizer):
         max_labeled_demos: int = 4,
         mode: Mode = "full",
         prompt_lm: ChatModel | None = None,
-        use_dataset_summary: bool = True,
-        use_program_summary: bool = True,
-        use_demos: bool = True,
-        use_tip: bool = True,
-        proposer_temperature: float = 1.0,
+        proposer_settings: ProposerSettings | Mapping[str, Any] | None = None,
         meta_optimize_proposer: bool = False,
         evaluate_baseline: bool = True,
         **kwargs: Any,
     ) -> None:
+        _refuse_flat_proposer_options(kwargs)
         super().__init__(metric, **kwargs)
         check_choice("preset", preset, sorted(PRESETS))
         check_choice("mode", mode, ("full", "instructions_only", "demos_only"))
-        for name, flag in (("use_dataset_summary", use_dataset_summary),
-                           ("use_program_summary", use_program_summary), ("use_demos", use_demos),
-                           ("use_tip", use_tip), ("meta_optimize_proposer", meta_optimize_proposer),
+        for name, flag in (("meta_optimize_proposer", meta_optimize_proposer),
                            ("evaluate_baseline", evaluate_baseline)):
             check_bool(name, flag)
+        settings = ProposerSettings.of(proposer_settings)
         if meta_optimize_proposer and mode == "demos_only":
             raise ValueError("meta_optimize_proposer needs instructions to propose")
         check_int("max_bootstrapped_demos", max_bootstrapped_demos, minimum=0)
         check_int("max_labeled_demos", max_labeled_demos, minimum=0)
-        check_number("proposer_temperature", proposer_temperature, minimum=0)
         chosen = {**PRESETS[preset], **{k: v for k, v in {
             "num_instruction_candidates": num_instruction_candidates,
             "num_demo_candidates": num_demo_candidates, "num_trials": num_trials,
@@ -137,23 +177,19 @@ class MIPRO(Optimizer):
         self.max_labeled_demos = max_labeled_demos
         self.mode = mode
         self.prompt_lm = prompt_lm
-        self.use_dataset_summary = use_dataset_summary
-        self.use_program_summary = use_program_summary
-        self.use_demos = use_demos
-        self.use_tip = use_tip
-        self.proposer_temperature = proposer_temperature
+        self.proposer_settings = settings
         self.meta_optimize_proposer = meta_optimize_proposer
         self.evaluate_baseline = evaluate_baseline
 
     def config(self) -> dict[str, Any]:
         keys = ("preset", "num_instruction_candidates", "num_demo_candidates", "num_trials",
                 "minibatch_size", "full_eval_every", "max_bootstrapped_demos",
-                "max_labeled_demos", "mode", "use_dataset_summary", "use_program_summary",
-                "use_demos", "use_tip", "proposer_temperature", "meta_optimize_proposer",
-                "evaluate_baseline")
+                "max_labeled_demos", "mode")
         prompt_model = getattr(self.prompt_lm, "model", None)
         return {**super().config(), **{k: getattr(self, k) for k in keys},
-                "prompt_lm": prompt_model}
+                **_recorded_proposer_options(self.proposer_settings),
+                "meta_optimize_proposer": self.meta_optimize_proposer,
+                "evaluate_baseline": self.evaluate_baseline, "prompt_lm": prompt_model}
 
     # -- which steps run ---------------------------------------------------------------------
 
@@ -164,7 +200,7 @@ class MIPRO(Optimizer):
     @property
     def _bootstraps(self) -> bool:
         """Demo sets are needed for the program, or (0-shot) only to ground the proposer."""
-        return self.mode != "instructions_only" or self.use_demos
+        return self.mode != "instructions_only" or self.proposer_settings.use_demos
 
     @property
     def _searches_demos(self) -> bool:
@@ -194,9 +230,10 @@ class MIPRO(Optimizer):
 
     def _proposer_calls(self, num_train: int, num_predictors: int) -> int:
         calls = 0
-        if self.use_dataset_summary:
-            calls += min(SUMMARY_BATCHES, math.ceil(num_train / 10)) + 1
-        if self.use_program_summary:
+        settings = self.proposer_settings
+        if settings.use_dataset_summary:
+            calls += min(SUMMARY_BATCHES, math.ceil(num_train / settings.data_batch_size)) + 1
+        if settings.use_program_summary:
             calls += 1 + num_predictors
         if self.meta_optimize_proposer:  # at most one new proposal per predictor and trial
             return calls + num_predictors * self.num_trials
@@ -251,12 +288,7 @@ class MIPRO(Optimizer):
         lm = self.prompt_lm or current_lm()
         if lm is None:
             raise NoLMError("MIPRO needs a prompt LM: pass prompt_lm= or use cotune.context(lm=)")
-        proposer = GroundedProposer(
-            lm, use_dataset_summary=self.use_dataset_summary,
-            use_program_summary=self.use_program_summary, use_demos=self.use_demos,
-            use_tip=self.use_tip, temperature=self.proposer_temperature,
-            num_threads=self.num_threads,
-        )
+        proposer = GroundedProposer(lm, self.proposer_settings, num_threads=self.num_threads)
         grounding = _memo(run, "grounding", lambda: proposer.ground(
             student, trainset, run.rng("mipro-grounding")).to_json())
         proposer.grounding = Grounding.from_json(grounding)
@@ -330,13 +362,11 @@ def _proposer_choices(opt: MIPRO, name: str, have_demos: bool) -> dict[str, list
     """MIPRO++'s proposer settings for one predictor; a source switched off for the whole run
     stays off (it is not a choice)."""
     choices: dict[str, list[Any]] = {}
-    available = {"use_dataset_summary": opt.use_dataset_summary,
-                 "use_program_summary": opt.use_program_summary,
-                 "use_demos": opt.use_demos and have_demos}
-    for switch in _PROPOSER_SWITCHES:
-        if available[switch]:
+    settings = opt.proposer_settings
+    for switch in ProposerSettings.SOURCES:
+        if getattr(settings, switch) and (have_demos or switch != "use_demos"):
             choices[f"{name}:proposer.{switch}"] = [True, False]
-    if opt.use_tip:
+    if settings.use_tip:
         choices[f"{name}:proposer.tip"] = ["none", *sorted(TIPS)]
     choices[f"{name}:proposer.temperature"] = list(PROPOSER_TEMPERATURES)
     return choices
@@ -380,11 +410,12 @@ class _ProgramBuilder:
         prefix = f"{name}:proposer."
         config = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
         config_text = json.dumps(config, sort_keys=True)
-        settings: dict[str, Any] = {s: config.get(s, False) for s in _PROPOSER_SWITCHES}
         tip = config.get("tip", "none")
-        settings.update(use_tip=tip != "none", tip=None if tip == "none" else tip,
-                        temperature=config["temperature"])
-        variant = self.proposer.configured(**settings)
+        variant = self.proposer.configured(
+            **{s: config.get(s, False) for s in ProposerSettings.SOURCES},
+            use_tip=tip != "none", tip=None if tip == "none" else tip,
+            temperature=config["temperature"],
+        )
 
         def compute() -> str:
             rng = self.run.rng("mipro-proposal", name, config_text, index)
@@ -491,14 +522,14 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _memo(run: OptimizationRun, key: str, compute: Callable[[], Any]) -> Any:
-    """``journal.memo`` whose result always looks the way a resumed run reads it back (JSON),
-    so that a first run and a resumed run continue from identical values."""
-    return json.loads(json.dumps(run.journal.memo(key, compute)))
+    return memo_as_read_back(run.journal, key, compute)
 
 
 # -- paper baselines --------------------------------------------------------------------------
 
 
+@register_optimizer("MIPRO, instructions only (0-shot)", arg="preset",
+                    presets=tuple(PRESETS), options=proposer_options)
 class ZeroShotMIPRO(MIPRO):
     """0-shot MIPRO: instructions only; the optimized program has no demos."""
 
@@ -508,6 +539,8 @@ class ZeroShotMIPRO(MIPRO):
         super().__init__(metric, mode="instructions_only", **kwargs)
 
 
+@register_optimizer("MIPRO's Bayesian search over demo sets only", arg="preset",
+                    presets=tuple(PRESETS), options=proposer_options)
 class BayesianBootstrap(MIPRO):
     """Bayesian bootstrap: MIPRO's demo-set search with the instructions left as they are."""
 

@@ -29,12 +29,13 @@ from cotune.core.predict import NoLMError, Predict
 from cotune.core.runtime import ChatModel, current_lm
 from cotune.optimize.base import OptimizationRun, Optimizer
 from cotune.optimize.feedback import short
-from cotune.optimize.gepa import _memo
-from cotune.optimize.proposer import _ask, _clean_instruction, _text_signature, describe_signature
+from cotune.optimize.journal import memo_as_read_back
+from cotune.optimize.prompting import ask, clean_instruction, describe_signature, text_signature
 from cotune.optimize.reflection import cap_length, strip_echo
+from cotune.optimize.registry import register_optimizer
 from cotune.optimize.reporting import CostEstimate
 
-_OPTIMIZE = _text_signature(
+_OPTIMIZE = text_signature(
     "You write instructions for one step of a language-model program. Below are instructions "
     "tried for this step with their scores (higher is better), from worst to best. Write a "
     "new instruction that is different from all of them and scores higher. Write only the "
@@ -45,6 +46,7 @@ _OPTIMIZE = _text_signature(
 )
 
 
+@register_optimizer("module-level OPRO: instructions from the history of (instruction, score)")
 class OPRO(Optimizer):
     """Module-level OPRO (see the module docstring).  ``prompt_lm`` writes the instructions
     (default: the LM of ``cotune.context``); ``max_history`` caps the scored instructions shown
@@ -171,14 +173,14 @@ class _Search:
 
         def one(k: int) -> str:
             def compute() -> str:
-                text = _ask(self.lm, _OPTIMIZE, "new_instruction",
+                text = ask(self.lm, _OPTIMIZE, "new_instruction",
                             step_fields=describe_signature(predictor),
                             scored_instructions=listing, temperature=self.opt.temperature,
                             rollout_id=n * self.opt.num_proposals + k, max_tokens=320)
-                text = strip_echo(_clean_instruction(text)) or predictor.instruction
+                text = strip_echo(clean_instruction(text)) or predictor.instruction
                 return cap_length(text, self.opt.max_instruction_chars)[0]
 
-            return _memo(self.run, f"opro:{n}:propose:{k}", compute)
+            return memo_as_read_back(self.run.journal, f"opro:{n}:propose:{k}", compute)
 
         results: dict[int, str] = {}
         threads = max(1, min(self.run.num_threads, self.opt.num_proposals))

@@ -20,22 +20,24 @@ the signature, so neither its text nor its name reaches the LM.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import logging
 import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
-from cotune.adapters.parsing import AdapterParseError
 from cotune.core import Module
 from cotune.core.example import Example
 from cotune.core.parallel import imap_unordered
 from cotune.core.predict import Predict
 from cotune.core.runtime import ChatModel, current_adapter
-from cotune.core.signature import Field, Signature
+from cotune.core.signature import Signature
+from cotune.core.validate import check_bool, check_int, check_number
 from cotune.lm.types import ContextOverflow
+from cotune.optimize.prompting import ask, clean_instruction, describe_signature, text_signature
 
 logger = logging.getLogger(__name__)
 
@@ -57,41 +59,33 @@ _MAX_SOURCE_CHARS = 6000
 # -- the LM-facing signatures --------------------------------------------------------------------
 
 
-def _text_signature(instruction: str, inputs: Sequence[tuple[str, str]], output: tuple[str, str]
-                    ) -> Signature:
-    """A signature of free-text fields: ``inputs`` and ``output`` are ``(name, description)``."""
-    fields = [Field(name, True, str, desc) for name, desc in inputs]
-    fields.append(Field(output[0], False, str, output[1]))
-    return Signature(fields, instruction)
-
-
-_OBSERVE = _text_signature(
+_OBSERVE = text_signature(
     "You are shown examples from a dataset. Write down what you notice about it: the task, "
     "the topics, the form and length of inputs and outputs, and anything unusual.",
     [("examples", "a batch of examples from the dataset")],
     ("observations", "what you notice, as a few short sentences"),
 )
-_OBSERVE_MORE = _text_signature(
+_OBSERVE_MORE = text_signature(
     "You are shown more examples from a dataset and the observations made so far. Extend the "
     "observations with anything new; repeat nothing.",
     [("prior_observations", "observations made so far"),
      ("examples", "another batch of examples from the dataset")],
     ("observations", "the new observations"),
 )
-_SUMMARIZE = _text_signature(
+_SUMMARIZE = text_signature(
     "Summarize these observations about a dataset in a few sentences: what the task is and "
     "what the data looks like.",
     [("observations", "observations about the dataset")],
     ("summary", "a short summary of the dataset"),
 )
-_DESCRIBE_PROGRAM = _text_signature(
+_DESCRIBE_PROGRAM = text_signature(
     "Below is the code of a program that calls language models, and the signatures of its "
     "modules. Describe in a few sentences what task the program solves and how.",
     [("program_code", "the program's source code"),
      ("module_signatures", "the inputs and outputs of each module")],
     ("program_description", "what the program does"),
 )
-_DESCRIBE_MODULE = _text_signature(
+_DESCRIBE_MODULE = text_signature(
     "Given a description of a language-model program, describe the role that one of its "
     "modules plays in it, in one or two sentences.",
     [("program_description", "what the program does"),
@@ -195,18 +189,6 @@ def program_source(program: Module) -> str:
     return source[:_MAX_SOURCE_CHARS]
 
 
-def describe_signature(predictor: Predict) -> str:
-    sig = predictor.signature
-
-    def part(f: Field) -> str:
-        kind = "" if f.annotation is str else f" ({f.type_name()})"
-        return f"{f.name}{kind}" + (f": {f.description}" if f.description else "")
-
-    inputs = "; ".join(part(f) for f in sig.input_fields)
-    outputs = "; ".join(part(f) for f in sig.output_fields)
-    return f"inputs: {inputs} -> outputs: {outputs}"
-
-
 def format_examples(examples: Sequence[Mapping[str, Any]]) -> str:
     blocks = []
     for i, ex in enumerate(examples, 1):
@@ -246,55 +228,104 @@ class Grounding:
 # -- the proposer ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ProposerSettings:
+    """What the proposer puts into its prompt and how it samples: one set of switches, shared
+    by :class:`GroundedProposer` and MIPRO (which passes them on, and whose MIPRO++ varies the
+    sources, the tip and the temperature per proposal).
+
+    On the command line and in saved run configs each setting has its *option name*
+    (:meth:`option_name`): the ``use_*`` switches keep theirs, the others are prefixed with
+    ``proposer_`` (``--set use_demos=false``, ``--set proposer_temperature=0.7``).
+    """
+
+    use_dataset_summary: bool = True
+    use_program_summary: bool = True
+    use_demos: bool = True
+    use_tip: bool = True
+    tip: str | None = None
+    """A tip by name (see :data:`TIPS`) for every candidate; None: one drawn at random each."""
+    temperature: float = 1.0
+    max_demos_shown: int = 3
+    data_batch_size: int = 10
+    """Training examples per batch the dataset summary observes."""
+
+    SOURCES: ClassVar[tuple[str, ...]] = ("use_dataset_summary", "use_program_summary",
+                                          "use_demos")
+    """The grounding sources, in the order of the proposer's prompt."""
+
+    def __post_init__(self) -> None:
+        for switch in (*self.SOURCES, "use_tip"):
+            check_bool(self.option_name(switch), getattr(self, switch))
+        if self.tip is not None and (not isinstance(self.tip, str) or self.tip not in TIPS):
+            raise ValueError(f"unknown tip {self.tip!r}; known tips: {sorted(TIPS)}")
+        check_number(self.option_name("temperature"), self.temperature, minimum=0)
+        check_int(self.option_name("max_demos_shown"), self.max_demos_shown, minimum=0)
+        check_int(self.option_name("data_batch_size"), self.data_batch_size, minimum=1)
+
+    @staticmethod
+    def option_name(setting: str) -> str:
+        return setting if setting.startswith("use_") else f"proposer_{setting}"
+
+    @classmethod
+    def option_names(cls) -> dict[str, str]:
+        """Option name -> setting name, for every setting."""
+        return {cls.option_name(f.name): f.name for f in fields(cls)}
+
+    @classmethod
+    def of(cls, value: ProposerSettings | Mapping[str, Any] | None) -> ProposerSettings:
+        """``value`` as settings: settings as they are, a mapping of setting names (or of
+        option names) as the changes to the defaults, None as the defaults."""
+        if value is None:
+            return cls()
+        if isinstance(value, ProposerSettings):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"proposer settings must be a ProposerSettings or a mapping, got "
+                             f"{type(value).__name__}")
+        names = cls.option_names()
+        return cls().replace(**{names.get(key, key): v for key, v in value.items()})
+
+    def replace(self, **changes: Any) -> ProposerSettings:
+        """A copy with some settings changed (checked like the constructor's)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"unknown proposer setting(s) {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_options(self) -> dict[str, Any]:
+        """The settings under their option names (as MIPRO writes them to a run config)."""
+        return {self.option_name(f.name): getattr(self, f.name) for f in fields(self)}
+
+
 class GroundedProposer:
-    """Proposes instructions for a predictor with ``prompt_lm``.
+    """Proposes instructions for a predictor with ``prompt_lm``, as ``settings`` say.
 
     Call :meth:`ground` once (or set ``grounding``) before :meth:`propose` when the dataset or
-    program summary is switched on.  ``tip`` fixes the tip by name instead of drawing one at
-    random for each candidate.
+    program summary is switched on.
     """
 
     def __init__(
         self,
         prompt_lm: ChatModel,
+        settings: ProposerSettings | Mapping[str, Any] | None = None,
         *,
-        use_dataset_summary: bool = True,
-        use_program_summary: bool = True,
-        use_demos: bool = True,
-        use_tip: bool = True,
-        tip: str | None = None,
-        temperature: float = 1.0,
-        max_demos_shown: int = 3,
-        data_batch_size: int = 10,
         num_threads: int = 4,
     ) -> None:
-        if tip is not None and tip not in TIPS:
-            raise ValueError(f"unknown tip {tip!r}; known tips: {sorted(TIPS)}")
         self.prompt_lm = prompt_lm
-        self.use_dataset_summary = use_dataset_summary
-        self.use_program_summary = use_program_summary
-        self.use_demos = use_demos
-        self.use_tip = use_tip
-        self.tip = tip
-        self.temperature = temperature
-        self.max_demos_shown = max_demos_shown
-        self.data_batch_size = data_batch_size
+        self.settings = ProposerSettings.of(settings)
         self.num_threads = num_threads
         self.grounding: Grounding | None = None
         self.notes: list[str] = []
         """Proposal prompts shortened to fit the context (appended from worker threads)."""
         self._notes_lock = threading.Lock()
 
-    def configured(self, **settings: Any) -> GroundedProposer:
+    def configured(self, **changes: Any) -> GroundedProposer:
         """A copy with some settings changed (sharing the grounding): MIPRO++ uses one per
         proposer configuration it tries."""
         new = copy.copy(self)  # shares ``notes``: one record of the cuts for the whole run
-        for key, value in settings.items():
-            if not hasattr(self, key) or key in {"prompt_lm", "grounding"}:
-                raise TypeError(f"unknown proposer setting {key!r}")
-            setattr(new, key, value)
-        if new.tip is not None and new.tip not in TIPS:
-            raise ValueError(f"unknown tip {new.tip!r}; known tips: {sorted(TIPS)}")
+        new.settings = self.settings.replace(**changes)
         return new
 
     def ground(self, program: Module, trainset: Sequence[Example], rng: random.Random
@@ -302,11 +333,12 @@ class GroundedProposer:
         """Write the summaries the switched-on sources need (a few LM calls)."""
         grounding = Grounding()
         notes = grounding.notes
-        if self.use_dataset_summary:
+        if self.settings.use_dataset_summary:
             grounding.dataset_summary = summarize_dataset(
-                self.prompt_lm, trainset, batch_size=self.data_batch_size, rng=rng, notes=notes
+                self.prompt_lm, trainset, batch_size=self.settings.data_batch_size, rng=rng,
+                notes=notes,
             )
-        if self.use_program_summary:
+        if self.settings.use_program_summary:
             description = describe_program(self.prompt_lm, program, notes)
             grounding.program_description = description
             grounding.module_descriptions = {
@@ -344,15 +376,15 @@ class GroundedProposer:
     def pick_demos(
         self, demo_sets: Sequence[Sequence[Example]], j: int, rng: random.Random
     ) -> list[Example]:
-        if not self.use_demos or not demo_sets:
+        if not self.settings.use_demos or not demo_sets:
             return []
         demos = list(demo_sets[j % len(demo_sets)])
-        return rng.sample(demos, min(self.max_demos_shown, len(demos)))
+        return rng.sample(demos, min(self.settings.max_demos_shown, len(demos)))
 
     def pick_tip(self, rng: random.Random) -> str | None:
-        if not self.use_tip:
+        if not self.settings.use_tip:
             return None
-        return self.tip if self.tip is not None else rng.choice(sorted(TIPS))
+        return self.settings.tip if self.settings.tip is not None else rng.choice(sorted(TIPS))
 
     def propose_one(
         self,
@@ -371,13 +403,13 @@ class GroundedProposer:
             self.prompt_lm, _proposer_signature, notes,
             f"instruction proposal {rollout_id} for {predictor_name}",
             keep=("module_signature", "current_instruction"),
-            temperature=self.temperature, rollout_id=rollout_id,
+            temperature=self.settings.temperature, rollout_id=rollout_id,
             max_tokens=_MAX_INSTRUCTION_TOKENS, **inputs,
         )
         if notes:
             with self._notes_lock:
                 self.notes.extend(notes)
-        text = _clean_instruction(text or "")
+        text = clean_instruction(text or "")
         return text or None
 
     def prompt_inputs(
@@ -386,18 +418,18 @@ class GroundedProposer:
         """The proposer's prompt fields: only the switched-on sources, in a fixed order."""
         grounding = self._grounding()
         inputs: dict[str, str] = {}
-        if self.use_dataset_summary and grounding.dataset_summary:
+        if self.settings.use_dataset_summary and grounding.dataset_summary:
             inputs["dataset_summary"] = grounding.dataset_summary
-        if self.use_program_summary and grounding.program_description:
+        if self.settings.use_program_summary and grounding.program_description:
             inputs["program_description"] = grounding.program_description
             module = grounding.module_descriptions.get(predictor_name)
             if module:
                 inputs["module_description"] = module
         inputs["module_signature"] = describe_signature(predictor)
-        if self.use_demos and demos:
+        if self.settings.use_demos and demos:
             inputs["task_demos"] = format_examples([d.to_dict() for d in demos])
         inputs["current_instruction"] = predictor.instruction
-        if self.use_tip and tip is not None:
+        if self.settings.use_tip and tip is not None:
             inputs["tip"] = TIPS[tip]
         return inputs
 
@@ -411,7 +443,7 @@ class GroundedProposer:
     def _grounding(self) -> Grounding:
         if self.grounding is not None:
             return self.grounding
-        if self.use_dataset_summary or self.use_program_summary:
+        if self.settings.use_dataset_summary or self.settings.use_program_summary:
             raise RuntimeError(
                 "the proposer has no grounding: call ground(program, trainset, rng) first, "
                 "or switch the dataset and program summaries off"
@@ -423,20 +455,9 @@ class GroundedProposer:
 
 
 def _proposer_signature(inputs: Mapping[str, str]) -> Signature:
-    return _text_signature(
+    return text_signature(
         _PROPOSE_INSTRUCTION, [(name, _PROPOSER_FIELDS[name]) for name in inputs], _PROPOSED
     )
-
-
-def _ask(lm: ChatModel, signature: Signature, output: str | None = None, **inputs: Any) -> str:
-    """One LM call through a ``Predict``; an unparsable answer is taken whole (free text)."""
-    output = output or signature.output_fields[-1].name
-    options = {k: inputs.pop(k) for k in ("temperature", "rollout_id", "max_tokens")
-               if k in inputs}
-    try:
-        return str(Predict(signature, lm=lm, **options)(**inputs)[output]).strip()
-    except AdapterParseError as exc:
-        return exc.raw_text.strip()
 
 
 _MAX_FITTING_STEPS = 12
@@ -455,19 +476,19 @@ def _ask_fitted(
     max_tokens: int | None = None,
     **inputs: str,
 ) -> str | None:
-    """:func:`_ask`, with the prompt fitted to the LM's context: while it does not fit, its
-    longest input (other than ``keep``) is shortened — a list of examples or demos loses its
-    second half, a text is cut to half — and dropped once too short, where ``signature`` is
-    built from the inputs (a function).  Each cut is added to ``notes``; None when the prompt
-    cannot be made to fit."""
+    """:func:`~cotune.optimize.prompting.ask`, with the prompt fitted to the LM's context:
+    while it does not fit, its longest input (other than ``keep``) is shortened — a list of
+    examples or demos loses its second half, a text is cut to half — and dropped once too
+    short, where ``signature`` is built from the inputs (a function).  Each cut is added to
+    ``notes``; None when the prompt cannot be made to fit."""
     options = {k: v for k, v in (("temperature", temperature), ("rollout_id", rollout_id),
                                  ("max_tokens", max_tokens)) if v is not None}
     inputs = dict(inputs)
     for _ in range(_MAX_FITTING_STEPS):
         sig = signature(inputs) if callable(signature) else signature
         try:
-            return _ask(lm, sig, _PROPOSED[0] if callable(signature) else None,
-                        **options, **inputs)
+            return ask(lm, sig, _PROPOSED[0] if callable(signature) else None,
+                       **options, **inputs)
         except ContextOverflow as exc:
             cut = _shorten_longest(inputs, keep, droppable=callable(signature))
             if cut is None:
@@ -511,13 +532,6 @@ def _shorten_longest(inputs: dict[str, str], keep: Sequence[str], *, droppable: 
 
 _MAX_INSTRUCTION_TOKENS = 256
 """An instruction is a paragraph; small models otherwise ramble on (or write code) for pages."""
-
-
-def _clean_instruction(text: str) -> str:
-    text = text.split("```", 1)[0].strip()  # drop code blocks small models like to append
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
-        text = text[1:-1].strip()
-    return text
 
 
 def _distinct(texts: Sequence[str]) -> list[str]:

@@ -11,9 +11,11 @@ from cotune.optimize.bootstrap import (
     bootstrap_demo_sets,
     labelled_demo,
 )
+from cotune.optimize.registry import register_optimizer
 from cotune.optimize.reporting import CostEstimate
 
 
+@register_optimizer("bootstrap random search over demo sets")
 class BootstrapRandomSearch(Optimizer):
     """Evaluate several demo-set candidates on the validation set and keep the best:
     zero-shot, labelled demos only, an unshuffled bootstrap, then ``num_candidates`` bootstraps

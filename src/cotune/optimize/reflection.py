@@ -15,11 +15,9 @@ from typing import Any
 from cotune.core.predict import Predict
 from cotune.core.runtime import ChatModel
 from cotune.optimize.feedback import short
+from cotune.optimize.prompting import ask, clean_instruction, describe_signature, text_signature
 
-# shared with MIPRO's proposer: one LM call through a Predict, and instruction clean-up
-from cotune.optimize.proposer import _ask, _clean_instruction, _text_signature, describe_signature
-
-_REFLECT = _text_signature(
+_REFLECT = text_signature(
     "You improve the instruction of one step of a language-model program. Below are the "
     "step's current instruction, its input and output fields, and examples of what it "
     "produced with feedback on the result. Write a new instruction for the step that fixes "
@@ -79,14 +77,14 @@ def propose_instruction(
 ) -> dict[str, Any]:
     """One reflection: ``{"instruction", "chars", "truncated"}``; the instruction is the
     current one when the LM's answer is empty."""
-    text = _ask(
+    text = ask(
         lm, _REFLECT, "new_instruction",
         current_instruction=predictor.instruction,
         step_fields=describe_signature(predictor),
         examples_with_feedback=format_reflective_examples(examples),
         temperature=temperature, rollout_id=rollout_id, max_tokens=max_tokens,
     )
-    text = strip_echo(_clean_instruction(text)) or predictor.instruction
+    text = strip_echo(clean_instruction(text)) or predictor.instruction
     capped, truncated = cap_length(text, max_chars)
     return {"instruction": capped, "chars": len(capped), "truncated": truncated}
 

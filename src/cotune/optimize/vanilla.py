@@ -4,9 +4,11 @@ folders as the optimizers."""
 from __future__ import annotations
 
 from cotune.optimize.base import OptimizationRun, Optimizer
+from cotune.optimize.registry import register_optimizer
 from cotune.optimize.reporting import CostEstimate
 
 
+@register_optimizer("no optimization: the program as it comes")
 class Vanilla(Optimizer):
     """No optimization: the program as it comes, scored on the validation set."""
 

@@ -38,6 +38,7 @@ from cotune.core.validate import (
 from cotune.lm.models import DEFAULT_MODEL
 from cotune.lm.redact import is_redacted_url, redact
 from cotune.optimize.better_together import ARROW
+from cotune.optimize.registry import get_optimizer, registered_optimizers
 from cotune.optimize.reporting import LogReporter, Reporter
 from cotune.runs.folder import (
     RESULT,
@@ -47,7 +48,7 @@ from cotune.runs.folder import (
     config_differences,
     write_atomic,
 )
-from cotune.runs.optimize import OPTIMIZERS, RunSpec, planned_config, run_optimization
+from cotune.runs.optimize import RunSpec, planned_config, run_optimization
 from cotune.runs.report import (
     BENCH_COLUMNS,
     TEXT_COLUMNS,
@@ -85,8 +86,9 @@ class TaskEntry:
 
 @dataclass(frozen=True)
 class OptimizerEntry:
-    """An optimizer of the grid: ``NAME[:ARG]`` where ARG is bettertogether's strategy
-    (``bettertogether:p->w``) or a MIPRO preset (``mipro:light``).  ``tag`` names the entry in
+    """An optimizer of the grid: ``NAME[:ARG]`` where ARG is what the registry says the
+    optimizer takes: bettertogether's strategy (``bettertogether:p->w``) or a preset
+    (``mipro:light``).  ``tag`` names the entry in
     tables and folders where the grid has the same optimizer twice with other options."""
 
     name: str
@@ -281,16 +283,15 @@ def _load_toml(text: str) -> Any:
 def parse_optimizer(text: str) -> OptimizerEntry:
     """``vanilla``, ``mipro:light``, ``bettertogether:p->w`` (spaces optional)."""
     name, _, arg = (part.strip() for part in text.partition(":"))
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+    takes = get_optimizer(name).arg  # an unknown name: the error names the known ones
     if not arg:
         return OptimizerEntry(name)
-    if name == "bettertogether":
+    if takes == "strategy":
         return OptimizerEntry(name, strategy=normalize_strategy(arg))
-    if OPTIMIZERS[name][1]:  # takes a preset
+    if takes == "preset":
         return OptimizerEntry(name, preset=arg)
-    raise ValueError(f"optimizer {name!r} takes no ':{arg}' (only bettertogether:STRATEGY "
-                     "and the MIPRO optimizers' :PRESET do)")
+    takers = ", ".join(f"{e.name}:{e.arg.upper()}" for e in registered_optimizers() if e.arg)
+    raise ValueError(f"optimizer {name!r} takes no ':{arg}' (only {takers} do)")
 
 
 def normalize_strategy(strategy: str) -> str:

@@ -6,6 +6,7 @@ import inspect
 from typing import Any
 
 from cotune.core.validate import check_bool, check_int, check_mapping, check_number, check_str
+from cotune.optimize.registry import get_optimizer
 from cotune.tasks.base import Splits, SplitSizeError, Task
 
 SIZES = ("train_size", "val_size", "test_size")
@@ -15,6 +16,7 @@ def check_spec(spec: Any) -> None:
     """A :class:`~cotune.runs.optimize.RunSpec`'s values (each error names the setting)."""
     check_str("task", spec.task)
     check_str("optimizer", spec.optimizer)
+    get_optimizer(spec.optimizer)  # an unknown name: the error names the known ones
     check_str("model", spec.model)
     check_str("base_url", spec.base_url, allow_none=True)
     check_int("seed", spec.seed)

@@ -15,10 +15,9 @@ it failed), and the same command resumes once it answers again.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -35,89 +34,14 @@ from cotune.lm.models import DEFAULT_MODEL
 from cotune.lm.redact import redact_data
 from cotune.lm.types import BudgetExceeded
 from cotune.lm.usage import UsageSnapshot, track_usage
-from cotune.optimize.base import Metric, OptimizationResult, Optimizer
+from cotune.optimize.base import OptimizationResult, Optimizer
+from cotune.optimize.registry import build_optimizer
 from cotune.optimize.reporting import LogReporter, Reporter
 from cotune.runs.checks import check_spec, load_splits_sized
 from cotune.runs.folder import CANDIDATES, RESULT, TRIALS, RunFolder
 from cotune.runs.journal import SQLiteJournal
 from cotune.runs.programs import save_program
 from cotune.tasks.base import Splits, Task
-
-OptimizerFactory = Callable[..., Optimizer]
-
-
-# -- optimizers by name ------------------------------------------------------------------------
-
-
-def _lazy(module: str, name: str) -> OptimizerFactory:
-    """A factory that imports the optimizer's module on first use (MIPRO pulls in optuna)."""
-
-    def build(metric: Metric, **kwargs: Any) -> Optimizer:
-        try:
-            cls = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"{name} is not available in this cotune ({exc})") from exc
-        return cls(metric, **kwargs)
-
-    return build
-
-
-OPTIMIZERS: dict[str, tuple[OptimizerFactory, bool, str]] = {
-    # name: (factory, takes a --preset, description)
-    "vanilla": (_lazy("cotune.optimize.vanilla", "Vanilla"), False,
-                "no optimization: the program as it comes"),
-    "labeled": (_lazy("cotune.optimize.bootstrap", "LabeledFewShot"), False,
-                "labelled demos sampled from the training set"),
-    "bootstrap": (_lazy("cotune.optimize.bootstrap", "BootstrapFewShot"), False,
-                  "demos bootstrapped from the program's own traces"),
-    "random-search": (_lazy("cotune.optimize.random_search", "BootstrapRandomSearch"), False,
-                      "bootstrap random search over demo sets"),
-    "mipro": (_lazy("cotune.optimize.mipro", "MIPRO"), True,
-              "MIPRO: instructions and demos, Bayesian search"),
-    "mipro-0shot": (_lazy("cotune.optimize.mipro", "ZeroShotMIPRO"), True,
-                    "MIPRO, instructions only (0-shot)"),
-    "bayesian-bootstrap": (_lazy("cotune.optimize.mipro", "BayesianBootstrap"), True,
-                           "MIPRO's Bayesian search over demo sets only"),
-    "gepa": (_lazy("cotune.optimize.gepa", "GEPA"), True,
-             "GEPA: reflective instruction and demo evolution, Pareto frontier"),
-    "opro": (_lazy("cotune.optimize.opro", "OPRO"), False,
-             "module-level OPRO: instructions from the history of (instruction, score)"),
-    "finetune": (_lazy("cotune.optimize.finetune", "BootstrapFinetune"), False,
-                 "LoRA fine-tuning on the program's own passing traces"),
-    "bettertogether": (_lazy("cotune.optimize.better_together", "BetterTogether"), False,
-                       "BetterTogether: prompt (p) and weight (w) steps, e.g. 'p -> w -> p'"),
-}
-
-
-def optimizer_names() -> list[str]:
-    return list(OPTIMIZERS)
-
-
-def build_optimizer(
-    name: str,
-    metric: Metric,
-    *,
-    seed: int = 0,
-    threads: int = 4,
-    preset: str | None = None,
-    options: dict[str, Any] | None = None,
-) -> Optimizer:
-    """An optimizer by registry name; ``options`` are its constructor's keyword arguments."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
-    factory, takes_preset, _ = OPTIMIZERS[name]
-    kwargs: dict[str, Any] = {"seed": seed, "num_threads": threads, **(options or {})}
-    if takes_preset and preset is not None:
-        kwargs["preset"] = preset
-    elif preset is not None:
-        raise ValueError(f"--preset applies to the MIPRO optimizers and GEPA, not to {name!r}")
-    try:
-        return factory(metric, **kwargs)
-    except TypeError as exc:
-        raise ValueError(f"optimizer {name!r}: bad option ({exc})") from exc
-    except ValueError as exc:  # the constructor's check of an option's value
-        raise ValueError(f"optimizer {name!r}: {exc}") from exc
-
 
 # -- the run -----------------------------------------------------------------------------------
 
