@@ -479,14 +479,13 @@ def test_two_adapters_served_side_by_side_give_their_own_answers(
 def test_fine_tuned_adapters_stay_on_the_shared_server(
     smol_server: LlamaServer, two_adapters: list[Path]
 ) -> None:
-    from cotune.finetune.trainer import with_adapter
     from cotune.lm.llama_server_lm import LlamaServerLM
-    from cotune.optimize.finetune import lm_from_description
+    from cotune.optimize.finetune import restore_tuned_lm
 
     base = LlamaServerLM(server=smol_server, cache=None, max_tokens=7)
-    tuned = with_adapter(base, two_adapters[0])  # what LoraTrainer returns after training
+    tuned = base.with_lora(two_adapters[0])  # what LoraTrainer returns after training
     assert isinstance(tuned, LlamaServerLM) and tuned.server is smol_server
     assert tuned.lora_path == two_adapters[0].resolve() and tuned.max_tokens == 7
-    rebuilt = lm_from_description(tuned.describe(), like=base)  # a saved program, reloaded
+    rebuilt = restore_tuned_lm(tuned.describe(), like=base)  # a saved program, reloaded
     assert isinstance(rebuilt, LlamaServerLM) and rebuilt.server is smol_server
     assert rebuilt.identity() == tuned.identity() != base.identity()
