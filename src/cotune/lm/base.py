@@ -60,6 +60,9 @@ class LM(ABC):
         price_per_million: ``(prompt, completion)`` price per million tokens, for cost accounting.
     """
 
+    n_ctx: int | None = None
+    """The context length in tokens, where this LM knows it (the local engines); else None."""
+
     default_adapter = "chat"
     """The name of the adapter predictors use with this LM when nothing else says which: the
     field-marker format unless a backend can constrain its output (then ``"json"``)."""
@@ -110,10 +113,6 @@ class LM(ABC):
         rebuilt.  Backends return their own typed description
         (:mod:`cotune.lm.description`)."""
         return {"backend": type(self).__name__, "model": self.model}
-
-    def context_length(self) -> int | None:
-        """The context length in tokens, where this LM knows it (a local engine); else None."""
-        return None
 
     @classmethod
     def from_description(cls, description: LMDescription, **options: Any) -> LM:

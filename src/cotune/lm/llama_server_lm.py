@@ -137,9 +137,6 @@ class LlamaServerLM(LM):
             return like.with_lora(lora)
         return cls(model=source, lora_path=lora, n_ctx=n_ctx, **options)
 
-    def context_length(self) -> int:
-        return self.n_ctx
-
     def runs(self, model_path: Path, n_ctx: int) -> bool:
         """Whether this LM's server runs the GGUF at ``model_path`` (by content) with
         ``n_ctx``."""

@@ -160,9 +160,6 @@ class LlamaCppLM(LM):
             return like.with_lora(lora)
         return cls(model=source, lora_path=lora, n_ctx=n_ctx, **options)
 
-    def context_length(self) -> int:
-        return self.n_ctx
-
     def runs(self, model_path: Path, n_ctx: int) -> bool:
         """Whether this LM runs the GGUF at ``model_path`` (by content) with ``n_ctx``."""
         return self.n_ctx == n_ctx and file_sha256(self.model_path) == file_sha256(model_path)

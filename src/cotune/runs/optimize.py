@@ -265,7 +265,7 @@ def run_optimization(
                 **summary.to_json(), "test": test,
                 "test_metric_intervals": intervals["test_metric_intervals"],
                 "baseline_test": baseline, "selection": result.selection,
-                "n_ctx": lm.context_length(),
+                "n_ctx": lm.n_ctx,
                 "replayed": {"steps": journal.replayed_steps, "calls": journal.replayed_calls},
             })
         folder.set_status("finished")
