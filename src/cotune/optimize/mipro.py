@@ -151,7 +151,7 @@ class MIPRO(Optimizer):
                 "max_labeled_demos", "mode", "use_dataset_summary", "use_program_summary",
                 "use_demos", "use_tip", "proposer_temperature", "meta_optimize_proposer",
                 "evaluate_baseline")
-        prompt_model = getattr(self.prompt_lm, "model", None)
+        prompt_model = self.prompt_lm.model if self.prompt_lm is not None else None
         return {**super().config(), **{k: getattr(self, k) for k in keys},
                 "prompt_lm": prompt_model}
 
