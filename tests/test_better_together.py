@@ -18,7 +18,7 @@ from cotune.optimize.better_together import PrefixedJournal, parse_strategy
 from cotune.optimize.finetune import (
     RECORDS_FILE,
     AdapterFileError,
-    lm_from_description,
+    restore_tuned_lm,
     training_groups,
 )
 from cotune.runs.journal import SQLiteJournal
@@ -279,12 +279,12 @@ def test_rebuilding_a_llamacpp_adapter_checks_the_file(tmp_path):
     description = {"backend": "llamacpp", "model": "smollm2-135m", "lora_path": str(adapter),
                    "lora_sha256": "0" * 64, "n_ctx": 2048}
     with pytest.raises(AdapterFileError, match="missing"):
-        lm_from_description(description)
+        restore_tuned_lm(description)
     adapter.write_bytes(b"GGUF not the recorded one")
     with pytest.raises(AdapterFileError, match="changed"):
-        lm_from_description(description)
+        restore_tuned_lm(description)
     with pytest.raises(AdapterFileError, match="only llama.cpp"):
-        lm_from_description({"backend": "openai", "model": "x"})
+        restore_tuned_lm({"backend": "openai", "model": "x"})
 
 
 # -- BetterTogether: strategies ------------------------------------------------------------------

@@ -179,3 +179,44 @@ def test_no_price_means_zero_cost():
     lm = ScriptedLM("x")
     ask(lm)
     assert lm.usage.cost == 0.0
+
+
+# -- steps replayed from a journal ---------------------------------------------------------------
+
+
+def test_a_replayed_step_is_charged_as_the_cache_hits_it_stands_for(tmp_path):
+    from cotune.lm.types import TokenUsage
+    from cotune.lm.usage import charge_replayed
+
+    lm = ScriptedLM("a b c d e", cache=LMCache(tmp_path / "c.sqlite"))
+    for i in range(3):
+        ask(lm, i)
+    with track_usage() as hits_meter, budget() as hits_budget:
+        for i in range(3):
+            assert ask(lm, i).cached
+    with track_usage() as meter, budget() as b:
+        charge_replayed(3, TokenUsage(3 * 3, 3 * 5))
+    assert meter.snapshot() == hits_meter.snapshot()
+    assert (b.calls, b.tokens) == (hits_budget.calls, hits_budget.tokens) == (3, 24)
+    assert meter.snapshot().cache_hits == 3 and meter.snapshot().backend_calls == 0
+
+
+def test_a_replay_stops_at_the_call_the_budget_has_no_room_for():
+    from cotune.lm.types import TokenUsage
+    from cotune.lm.usage import charge_replayed
+
+    with track_usage() as meter, budget(max_calls=5) as outer, budget(max_calls=2) as inner, \
+            pytest.raises(BudgetExceeded):
+        charge_replayed(3, TokenUsage(10, 10))
+    # two calls fit; the tokens come with the last call, which never came
+    assert (inner.calls, inner.tokens, meter.snapshot().calls, meter.snapshot().total_tokens) \
+        == (2, 0, 2, 0)
+    assert outer.calls == 2  # the call the inner budget refused is charged to no budget
+    with budget(max_tokens=10) as b:
+        charge_replayed(1, TokenUsage(6, 6))  # the tokens of a call are known after it
+        with pytest.raises(BudgetExceeded, match="token budget"):
+            charge_replayed(1, TokenUsage())
+    assert b.tokens == 12
+    with track_usage() as none:
+        charge_replayed(0, TokenUsage(5, 5))
+    assert none.snapshot().calls == 0 and none.snapshot().total_tokens == 0

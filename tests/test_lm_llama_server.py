@@ -479,14 +479,38 @@ def test_two_adapters_served_side_by_side_give_their_own_answers(
 def test_fine_tuned_adapters_stay_on_the_shared_server(
     smol_server: LlamaServer, two_adapters: list[Path]
 ) -> None:
-    from cotune.finetune.trainer import with_adapter
     from cotune.lm.llama_server_lm import LlamaServerLM
-    from cotune.optimize.finetune import lm_from_description
+    from cotune.optimize.finetune import restore_tuned_lm
 
     base = LlamaServerLM(server=smol_server, cache=None, max_tokens=7)
-    tuned = with_adapter(base, two_adapters[0])  # what LoraTrainer returns after training
+    tuned = base.with_lora(two_adapters[0])  # what LoraTrainer returns after training
     assert isinstance(tuned, LlamaServerLM) and tuned.server is smol_server
     assert tuned.lora_path == two_adapters[0].resolve() and tuned.max_tokens == 7
-    rebuilt = lm_from_description(tuned.describe(), like=base)  # a saved program, reloaded
+    rebuilt = restore_tuned_lm(tuned.describe(), like=base)  # a saved program, reloaded
     assert isinstance(rebuilt, LlamaServerLM) and rebuilt.server is smol_server
     assert rebuilt.identity() == tuned.identity() != base.identity()
+
+
+@pytest.mark.real_model
+def test_the_batched_engine_comes_back_from_its_description(
+    smol_server: LlamaServer, two_adapters: list[Path]
+) -> None:
+    from cotune.lm import LlamaCppLM, lm_from_description
+    from cotune.lm.llama_server_lm import LlamaServerLM
+
+    base = LlamaServerLM(server=smol_server, cache=None, max_tokens=7)
+    tuned = base.with_lora(two_adapters[1])
+    described = json.loads(json.dumps(tuned.describe()))  # as program.json keeps it
+    assert described["engine"] == "server" and described["n_ctx"] == smol_server.n_ctx
+    again = LlamaServerLM.from_description(described, like=base)
+    assert again.server is smol_server and again.max_tokens == 7
+    assert again.describe() == tuned.describe() and again.identity() == tuned.identity()
+    question = messages(QUESTIONS[1])
+    assert again.chat(question).text == tuned.chat(question).text
+    # with no LM to share a server with, it loads on the embedded engine, same files
+    embedded = lm_from_description(described, n_threads=1, cache=None)
+    try:
+        assert isinstance(embedded, LlamaCppLM)
+        assert dict(embedded.describe()) == {k: v for k, v in described.items() if k != "engine"}
+    finally:
+        embedded.close()

@@ -209,7 +209,7 @@ class Predict(Module):
         messages = adapter.format(signature, demos, inputs)
         request_options = getattr(adapter, "request_options", None)
         if callable(request_options):  # e.g. the structured adapter's output schema
-            budget = options.get("max_tokens") or getattr(lm, "max_tokens", None) or 512
+            budget = options.get("max_tokens") or lm.max_tokens
             options.update(request_options(signature, budget))
         response = lm.chat(messages, **options)
         completions = [

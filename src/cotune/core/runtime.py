@@ -31,8 +31,14 @@ class ChatModel(Protocol):
     """What a predictor needs from an LM (``cotune.lm.LM`` implements it)."""
 
     model: str
+    max_tokens: int
+    """The answer length of calls that do not set one."""
 
     def chat(self, messages: Sequence[Mapping[str, str]], **options: Any) -> ChatResponse: ...
+
+    def describe(self) -> Mapping[str, Any] | None:
+        """What a saved program records of the LM (JSON data; None: nothing)."""
+        ...
 
 
 class PromptAdapter(Protocol):

@@ -39,11 +39,7 @@ class StateError(ValueError):
 def dump_state(program: Program) -> dict[str, Any]:
     predictors = {}
     for name, p in program.named_predictors():
-        lm = p.lm
-        lm_state = None
-        if lm is not None:
-            describe = getattr(lm, "describe", None)
-            lm_state = describe() if callable(describe) else {"model": getattr(lm, "model", None)}
+        lm_state = p.lm.describe() if p.lm is not None else None
         predictors[name] = {
             "signature": p.signature.shape(),
             "instruction": p.instruction,

@@ -21,7 +21,6 @@ from cotune.finetune.train import StepCallback, TrainedLora, train_lora
 from cotune.lm.base import LM
 from cotune.lm.llama_server_lm import LlamaServerLM
 from cotune.lm.llamacpp import LlamaCppLM
-from cotune.lm.models import MODELS
 
 ADAPTER_GGUF = "adapter.gguf"
 RESULT_FILE = "lora.json"
@@ -66,7 +65,7 @@ class LoraTrainer:
         """
         if not isinstance(lm, (LlamaCppLM, LlamaServerLM)):
             raise NotFineTunableError(
-                f"{type(lm).__name__} ({getattr(lm, 'model', '?')}) cannot be fine-tuned here: "
+                f"{type(lm).__name__} ({lm.model}) cannot be fine-tuned here: "
                 "cotune trains LoRA adapters for local GGUF models run by LlamaCppLM. For a "
                 "hosted model, fine-tune with its provider and point an LM at the result (e.g. "
                 "OpenAILM(..., lora=<name>) for a vLLM server serving the adapter)."
@@ -83,26 +82,4 @@ class LoraTrainer:
         result.gguf_path = gguf_path
         (out_dir / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
         self.history.append(result)
-        return with_adapter(lm, result.gguf_path)
-
-
-def with_adapter(lm: LlamaCppLM | LlamaServerLM, lora_path: Path) -> LlamaCppLM | LlamaServerLM:
-    """A new llama.cpp LM for the same GGUF and runtime settings as ``lm``, with a LoRA (on
-    the batched engine: on the same server, beside the adapters it already serves)."""
-    if isinstance(lm, LlamaServerLM):
-        return lm.with_lora(lora_path)
-    return LlamaCppLM(
-        model=lm.model if lm.model in MODELS else lm.model_path,
-        lora_path=lora_path,
-        n_ctx=lm.n_ctx,
-        n_threads=lm.n_threads,
-        seed=lm.seed,
-        temperature=lm.temperature,
-        max_tokens=lm.max_tokens,
-        cache=lm._cache_setting,  # the same cache (or none); the adapter's hash keys its answers
-        max_retries=lm.max_retries,
-        retry_initial_delay=lm.retry_initial_delay,
-        retry_max_delay=lm.retry_max_delay,
-        budget=lm.budget,
-        price_per_million=lm.price_per_million,
-    )
+        return lm.with_lora(result.gguf_path)

@@ -3,6 +3,15 @@
 from cotune.lm.base import LM
 from cotune.lm.budget import Budget, budget, use_budget
 from cotune.lm.cache import LMCache, LMCacheError, cache_disabled, default_cache_dir
+from cotune.lm.description import (
+    AdapterFileError,
+    GGUFDescription,
+    LMDescription,
+    OpenAIDescription,
+    PoolDescription,
+    ScriptedDescription,
+)
+from cotune.lm.factory import lm_from_description
 from cotune.lm.llama_server import LlamaServer, LlamaServerError
 from cotune.lm.llama_server_lm import LlamaServerLM
 from cotune.lm.llamacpp import LlamaCppLM
@@ -28,14 +37,17 @@ from cotune.lm.usage import UsageMeter, UsageSnapshot, track_usage
 
 __all__ = [
     "LM",
+    "AdapterFileError",
     "Budget",
     "BudgetExceeded",
     "Choice",
     "ContentRefused",
     "ContextOverflow",
     "EndpointPool",
+    "GGUFDescription",
     "LMCache",
     "LMCacheError",
+    "LMDescription",
     "LMError",
     "LMInvalidResponse",
     "LMRequest",
@@ -46,7 +58,10 @@ __all__ = [
     "LlamaServer",
     "LlamaServerError",
     "LlamaServerLM",
+    "OpenAIDescription",
     "OpenAILM",
+    "PoolDescription",
+    "ScriptedDescription",
     "ScriptedLM",
     "TokenUsage",
     "UsageMeter",
@@ -56,6 +71,7 @@ __all__ = [
     "default_cache_dir",
     "is_infrastructure_error",
     "list_models",
+    "lm_from_description",
     "resolve_model_path",
     "track_usage",
     "use_budget",

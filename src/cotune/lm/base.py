@@ -25,6 +25,7 @@ from typing import Any
 
 from cotune.lm.budget import Budget, active_budgets
 from cotune.lm.cache import LMCache, cache_globally_enabled, shared_cache
+from cotune.lm.description import LMDescription
 from cotune.lm.types import (
     LMError,
     LMInvalidResponse,
@@ -58,6 +59,9 @@ class LM(ABC):
         budget: a :class:`Budget` that applies to this LM alone (``budget()`` blocks apply too).
         price_per_million: ``(prompt, completion)`` price per million tokens, for cost accounting.
     """
+
+    n_ctx: int | None = None
+    """The context length in tokens, where this LM knows it (the local engines); else None."""
 
     default_adapter = "chat"
     """The name of the adapter predictors use with this LM when nothing else says which: the
@@ -102,6 +106,23 @@ class LM(ABC):
     def identity(self) -> dict[str, Any]:
         """Everything about this LM that changes its answers; part of the cache key."""
         return {"backend": type(self).__name__, "model": self.model}
+
+    def describe(self) -> LMDescription:
+        """What a saved program records of this LM: JSON data (never an API key) from which
+        :func:`cotune.lm.lm_from_description` builds it again, where its backend can be
+        rebuilt.  Backends return their own typed description
+        (:mod:`cotune.lm.description`)."""
+        return {"backend": type(self).__name__, "model": self.model}
+
+    @classmethod
+    def from_description(cls, description: LMDescription, **options: Any) -> LM:
+        """This backend's LM built again from its :meth:`describe`; ``options`` go to the
+        constructor (cache, retries, threads, ...).  An LM that cannot be rebuilt (its
+        answers come from code, or its backend keeps no settings) says so."""
+        raise ValueError(
+            f"{cls.__name__} cannot be rebuilt from its description {dict(description)!r}: "
+            "pass a factory (a function that returns the LM) instead"
+        )
 
     # -- the choke point ---------------------------------------------------------------------
 

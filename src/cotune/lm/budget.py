@@ -62,8 +62,12 @@ class Budget:
             self.tokens += tokens
 
     def record(self, response: LMResponse) -> None:
+        self.record_tokens(response.usage.total_tokens)
+
+    def record_tokens(self, tokens: int) -> None:
+        """Count the tokens of a call reserved with :meth:`reserve_call`."""
         with self._lock:
-            self.tokens += response.usage.total_tokens
+            self.tokens += tokens
 
     @property
     def elapsed(self) -> float:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cotune.lm.base import LM
+from cotune.lm.description import LMDescription, checked_description, gguf_files
 
 SERVER_PREFIX = "server:"
 """``server:MODEL`` runs MODEL on the batched local engine (llama.cpp's server)."""
@@ -47,35 +48,65 @@ def make_lm(
     return LlamaCppLM(model=model, **options)
 
 
-def lm_from_description(description: Mapping[str, Any] | Callable[[], LM],
-                        **options: Any) -> LM:
-    """Build an LM again from what its ``describe()`` said (``backend`` ``llamacpp``,
-    ``openai`` or ``openai-pool``), or by calling a zero-argument factory: how a worker
-    process (a Ray actor) gets its own replica of the LM.  ``options`` go to the constructor
+def lm_from_description(
+    description: LMDescription | Mapping[str, Any] | Callable[[], LM],
+    *,
+    like: LM | None = None,
+    **options: Any,
+) -> LM:
+    """Build an LM again from what its ``describe()`` recorded, or by calling a zero-argument
+    factory: how a saved program gets its fine-tuned LMs back and how a worker process (a Ray
+    actor) gets its own replica of the LM.  The one place that rebuilds LMs.
+
+    A local GGUF description (``backend`` ``llamacpp``) has its model and adapter files
+    checked against their recorded sha256 first (:class:`AdapterFileError`).  ``like``: the
+    LM the description's LM was made from (a fine-tuned LM's base); when it runs the same GGUF
+    with the same context length, the rebuilt LM is ``like.with_lora(adapter)``, with its
+    runtime settings, on its server for the batched engine.  Otherwise the LM is built anew on
+    the embedded engine, whichever engine recorded it.  ``options`` go to the constructor
     (cache, retries, threads, ...)."""
     if callable(description):
         return description()
     if not isinstance(description, Mapping):
         raise ValueError(f"an LM description is a dict or a factory, not {description!r}")
     backend = description.get("backend")
-    model = description.get("model")
-    if backend == "llamacpp":
-        from cotune.lm.llamacpp import LlamaCppLM
-        from cotune.lm.models import MODELS
+    builder = _BUILDERS.get(backend) if isinstance(backend, str) else None
+    if builder is None:
+        raise ValueError(f"cannot build an LM of backend {backend!r} from {dict(description)!r}; "
+                         f"known: {', '.join(_BUILDERS)} (or pass a factory)")
+    return builder(checked_description(description), like, options)
 
-        source = model if model in MODELS else description.get("path") or model
-        return LlamaCppLM(model=source, n_ctx=description.get("n_ctx", 2048),
-                          lora_path=description.get("lora_path"), **options)
-    if backend == "openai":
-        from cotune.lm.openai_backend import OpenAILM
 
-        return OpenAILM(model, base_url=description.get("base_url"),
-                        lora=description.get("lora"), **options)
-    if backend == "openai-pool":
-        from cotune.lm.pool import EndpointPool
+def _gguf(description: Any, like: LM | None, options: dict[str, Any]) -> LM:
+    from cotune.lm.llama_server_lm import LlamaServerLM
+    from cotune.lm.llamacpp import LlamaCppLM
 
-        options.setdefault("max_concurrency", description.get("max_concurrency", 8))
-        return EndpointPool(model, description.get("base_urls") or [],
-                            lora=description.get("lora"), **options)
-    raise ValueError(f"cannot build an LM of backend {backend!r} from {dict(description)!r}; "
-                     "known: llamacpp, openai, openai-pool (or pass a factory)")
+    if isinstance(like, LlamaServerLM):
+        _, model_path, _, n_ctx = gguf_files(description)
+        if like.runs(model_path, n_ctx):
+            return LlamaServerLM.from_description(description, like=like)
+    return LlamaCppLM.from_description(
+        description, like=like if isinstance(like, LlamaCppLM) else None, **options)
+
+
+def _openai(description: Any, like: LM | None, options: dict[str, Any]) -> LM:
+    from cotune.lm.openai_backend import OpenAILM
+
+    return OpenAILM.from_description(description, **options)
+
+
+def _pool(description: Any, like: LM | None, options: dict[str, Any]) -> LM:
+    from cotune.lm.pool import EndpointPool
+
+    return EndpointPool.from_description(description, **options)
+
+
+def _scripted(description: Any, like: LM | None, options: dict[str, Any]) -> LM:
+    from cotune.lm.scripted import ScriptedLM
+
+    return ScriptedLM.from_description(description, **options)
+
+
+_BUILDERS: dict[str, Callable[[Any, LM | None, dict[str, Any]], LM]] = {
+    "llamacpp": _gguf, "openai": _openai, "openai-pool": _pool, "scripted": _scripted,
+}

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from cotune.lm.base import LM
+from cotune.lm.description import GGUFDescription, gguf_description, gguf_files
 from cotune.lm.llama_server import EngineStats, LlamaServer
-from cotune.lm.llamacpp import gguf_description
 from cotune.lm.models import DEFAULT_MODEL, file_sha256, resolve_model_path
 from cotune.lm.openai_backend import OpenAILM
 from cotune.lm.types import (
@@ -117,11 +117,30 @@ class LlamaServerLM(LM):
             "n_ctx": self.n_ctx,
         }
 
-    def describe(self) -> dict[str, Any]:
-        """JSON-able settings to save with a program (the fields of LlamaCppLM's, so a saved
-        fine-tuned program loads on either engine)."""
+    def describe(self) -> GGUFDescription:
+        """The fields of LlamaCppLM's, so a saved fine-tuned program loads on either engine,
+        and ``engine: "server"``."""
         return {**gguf_description(self.model, self.model_path, self.lora_path, self.n_ctx),
                 "engine": "server"}
+
+    @classmethod
+    def from_description(
+        cls, description: GGUFDescription, *, like: LlamaServerLM | None = None,
+        **options: Any,
+    ) -> LlamaServerLM:  # fmt: skip
+        """The LM a :meth:`describe` recorded (of either engine), after checking its files as
+        :meth:`LlamaCppLM.from_description` does.  ``like``: an LM whose server runs the same
+        GGUF with the same context length: the rebuilt LM shares it (:meth:`with_lora`);
+        otherwise it starts its own server, ``options`` going to the constructor."""
+        source, model_path, lora, n_ctx = gguf_files(description)
+        if like is not None and like.runs(model_path, n_ctx):
+            return like.with_lora(lora)
+        return cls(model=source, lora_path=lora, n_ctx=n_ctx, **options)
+
+    def runs(self, model_path: Path, n_ctx: int) -> bool:
+        """Whether this LM's server runs the GGUF at ``model_path`` (by content) with
+        ``n_ctx``."""
+        return self.n_ctx == n_ctx and file_sha256(self.model_path) == file_sha256(model_path)
 
     def with_lora(self, lora_path: str | os.PathLike[str] | None) -> LlamaServerLM:
         """An LM on the same server (and with the same settings) that applies ``lora_path``
@@ -131,7 +150,8 @@ class LlamaServerLM(LM):
             temperature=self.temperature, max_tokens=self.max_tokens,
             cache=self._cache_setting, max_retries=self.max_retries,
             retry_initial_delay=self.retry_initial_delay, retry_max_delay=self.retry_max_delay,
-            budget=self.budget, price_per_million=self.price_per_million,
+            retry_after_cap=self.retry_after_cap, budget=self.budget,
+            price_per_million=self.price_per_million,
         )  # fmt: skip
 
     def engine_stats(self) -> EngineStats:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cotune.lm.base import LM
+from cotune.lm.description import GGUFDescription, gguf_description, gguf_files
 from cotune.lm.models import (
     DEFAULT_MODEL,
     MODELS,
@@ -59,22 +60,6 @@ def whole_number_env(name: str) -> int | None:
 def default_threads() -> int:
     """``COTUNE_LLAMA_THREADS`` if set, else the cores this process may run on."""
     return whole_number_env(THREADS_ENV) or usable_cores()
-
-
-def gguf_description(
-    model: str, model_path: Path, lora_path: Path | None, n_ctx: int
-) -> dict[str, Any]:
-    """What a saved program records of a local GGUF model (either local engine): enough to load
-    it again and to check that the files are the same."""
-    return {
-        "backend": "llamacpp",
-        "model": model,
-        "path": str(model_path),
-        "sha256": file_sha256(model_path),
-        "lora_path": str(lora_path) if lora_path is not None else None,
-        "lora_sha256": file_sha256(lora_path) if lora_path is not None else None,
-        "n_ctx": n_ctx,
-    }
 
 
 class LlamaCppLM(LM):
@@ -122,6 +107,7 @@ class LlamaCppLM(LM):
         self.n_ctx = n_ctx or default_n_ctx(self.model_path)
         self.n_threads = n_threads or default_threads()
         self.seed = seed
+        self._verbose = verbose
         self._lock = threading.Lock()
 
         try:
@@ -155,9 +141,50 @@ class LlamaCppLM(LM):
             "n_ctx": self.n_ctx,  # it caps max_tokens for long prompts, so it can change answers
         }
 
-    def describe(self) -> dict[str, Any]:
-        """JSON-able settings to save with a program."""
+    def describe(self) -> GGUFDescription:
+        """The model and adapter files (with their sha256) and the context length."""
         return gguf_description(self.model, self.model_path, self.lora_path, self.n_ctx)
+
+    @classmethod
+    def from_description(
+        cls, description: GGUFDescription, *, like: LlamaCppLM | None = None, **options: Any
+    ) -> LlamaCppLM:
+        """The LM a :meth:`describe` recorded, after checking that its model and adapter files
+        are the ones recorded (:class:`~cotune.lm.description.AdapterFileError` if not).
+
+        ``like``: an LM of the same GGUF and context length (a fine-tuned LM's base) whose
+        runtime settings (threads, sampling defaults, cache, budget) the rebuilt LM copies, as
+        :meth:`with_lora` does; otherwise ``options`` go to the constructor."""
+        source, model_path, lora, n_ctx = gguf_files(description)
+        if like is not None and like.runs(model_path, n_ctx):
+            return like.with_lora(lora)
+        return cls(model=source, lora_path=lora, n_ctx=n_ctx, **options)
+
+    def runs(self, model_path: Path, n_ctx: int) -> bool:
+        """Whether this LM runs the GGUF at ``model_path`` (by content) with ``n_ctx``."""
+        return self.n_ctx == n_ctx and file_sha256(self.model_path) == file_sha256(model_path)
+
+    def with_lora(self, lora_path: str | os.PathLike[str] | None) -> LlamaCppLM:
+        """A new LM for the same GGUF and runtime settings that applies the adapter at
+        ``lora_path`` (None: the base model); this LM is left as it is.  It shares this LM's
+        cache (the adapter's sha256 is part of the cache key) and budget."""
+        return LlamaCppLM(
+            model=self.model if self.model in MODELS else self.model_path,
+            lora_path=lora_path,
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            seed=self.seed,
+            verbose=self._verbose,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            cache=self._cache_setting,
+            max_retries=self.max_retries,
+            retry_initial_delay=self.retry_initial_delay,
+            retry_max_delay=self.retry_max_delay,
+            retry_after_cap=self.retry_after_cap,
+            budget=self.budget,
+            price_per_million=self.price_per_million,
+        )
 
     def _seeds(self, request: LMRequest) -> list[int | None]:
         """One seed per sample, so that the n samples of a request differ from each other."""

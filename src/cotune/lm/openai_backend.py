@@ -34,6 +34,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from cotune.lm.base import LM
+from cotune.lm.description import OpenAIDescription
 from cotune.lm.redact import register_secret
 from cotune.lm.types import (
     Choice,
@@ -169,14 +170,21 @@ class OpenAILM(LM):
     def identity(self) -> dict[str, Any]:
         return self.describe()
 
-    def describe(self) -> dict[str, Any]:
-        """JSON-able settings to save with a program (never the API key)."""
+    def describe(self) -> OpenAIDescription:
+        """The model, endpoint and adapter name (never the API key)."""
         return {
             "backend": "openai",
             "model": self.model,
             "base_url": self.base_url,
             "lora": self.lora,
         }
+
+    @classmethod
+    def from_description(cls, description: OpenAIDescription, **options: Any) -> OpenAILM:
+        """The LM a :meth:`describe` recorded; ``options`` go to the constructor (the API
+        key comes from the environment, as when the LM was first built)."""
+        return cls(description["model"], base_url=description.get("base_url"),
+                   lora=description.get("lora"), **options)
 
     @property
     def default_adapter(self) -> str:  # type: ignore[override]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cotune.lm.base import LM
+from cotune.lm.description import PoolDescription
 from cotune.lm.types import (
     LMInvalidResponse,
     LMRequest,
@@ -135,10 +136,18 @@ class EndpointPool(LM):
     def identity(self) -> dict[str, Any]:
         return {"backend": "openai", "model": self.model, "lora": self.lora}
 
-    def describe(self) -> dict[str, Any]:
-        """JSON-able settings to save with a program (never the API key)."""
+    def describe(self) -> PoolDescription:
+        """The model, the replicas' endpoints, the adapter name and the slots per replica
+        (never the API key)."""
         return {"backend": "openai-pool", "model": self.model, "base_urls": self.base_urls,
                 "lora": self.lora, "max_concurrency": self.max_concurrency}
+
+    @classmethod
+    def from_description(cls, description: PoolDescription, **options: Any) -> EndpointPool:
+        """The pool a :meth:`describe` recorded; ``options`` go to the constructor."""
+        options.setdefault("max_concurrency", description.get("max_concurrency", 8))
+        return cls(description["model"], description.get("base_urls") or [],
+                   lora=description.get("lora"), **options)
 
     def stats(self) -> list[EndpointStats]:
         with self._cond:

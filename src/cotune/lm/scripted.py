@@ -8,6 +8,7 @@ from typing import Any
 
 from cotune.lm.base import LM
 from cotune.lm.cache import LMCache
+from cotune.lm.description import ScriptedDescription
 from cotune.lm.types import Choice, LMRequest, LMResponse, TokenUsage
 
 Script = Callable[[LMRequest], str] | Sequence[str] | str
@@ -38,6 +39,10 @@ class ScriptedLM(LM):
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "name": self.name}
+
+    def describe(self) -> ScriptedDescription:
+        """Recorded in saved programs like any LM's; never rebuilt (the script is code)."""
+        return {"backend": "scripted", "model": self.model, "name": self.name}
 
     def _next_answer(self, request: LMRequest) -> str:
         if isinstance(self._script, str):

@@ -8,7 +8,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from cotune.lm.types import LMResponse
+from cotune.lm.budget import Budget, active_budgets
+from cotune.lm.types import BudgetExceeded, LMResponse, TokenUsage
 
 
 @dataclass
@@ -56,14 +57,21 @@ class UsageMeter:
         self._totals = UsageSnapshot()
 
     def record(self, response: LMResponse, cost: float, *, repair: bool = False) -> None:
+        self._count(response.usage, cached=response.cached, cost=cost, repair=repair)
+
+    def record_replayed(self, usage: TokenUsage) -> None:
+        """Count one call of a step replayed from a journal: a cache hit that cost nothing."""
+        self._count(usage, cached=True, cost=0.0, repair=False)
+
+    def _count(self, usage: TokenUsage, *, cached: bool, cost: float, repair: bool) -> None:
         with self._lock:
             t = self._totals
             t.calls += 1
             t.repairs += repair
-            if response.cached:
+            if cached:
                 t.cache_hits += 1
-            t.prompt_tokens += response.usage.prompt_tokens
-            t.completion_tokens += response.usage.completion_tokens
+            t.prompt_tokens += usage.prompt_tokens
+            t.completion_tokens += usage.completion_tokens
             t.cost += cost
 
     def record_failure(self) -> None:
@@ -112,3 +120,28 @@ def add_to_active_meters(usage: UsageSnapshot) -> None:
     """Count usage that another process (a Ray actor) counted, in every active meter."""
     for meter in _active_meters.get():
         meter.add(usage)
+
+
+def charge_replayed(calls: int, usage: TokenUsage) -> None:
+    """Charge the LM work of a step replayed from a journal (``calls`` calls that spent
+    ``usage`` tokens when the step first ran) to the active budgets and usage meters, call by
+    call, as cache hits: a call budget stops a resumed run where the uninterrupted one stopped
+    (:class:`~cotune.lm.BudgetExceeded` at the call that does not fit), and the meters count
+    what the first run counted.  Tokens are known after a call, so they go with the last one."""
+    budgets = active_budgets()
+    meters = _active_meters.get()
+    for i in range(calls):
+        reserved: list[Budget] = []
+        try:
+            for b in budgets:
+                b.reserve_call()
+                reserved.append(b)
+        except BudgetExceeded:
+            for b in reserved:  # as at the LM choke point: a call one budget refuses is none's
+                b.release_call()
+            raise
+        spent = usage if i == calls - 1 else TokenUsage()
+        for b in budgets:
+            b.record_tokens(spent.total_tokens)
+        for meter in meters:
+            meter.record_replayed(spent)

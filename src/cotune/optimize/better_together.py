@@ -53,6 +53,9 @@ class PrefixedJournal(Journal):
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
         return self.inner.memo(self.prefix + key, compute)
 
+    def recorded(self, value: Any) -> Any:
+        return self.inner.recorded(value)
+
 
 def parse_strategy(strategy: str, valid: Sequence[str]) -> list[str]:
     """``"p -> w -> p"`` -> ``["p", "w", "p"]``; a ValueError naming the valid steps otherwise."""

@@ -23,13 +23,11 @@ from cotune.core import Module
 from cotune.core.example import Example
 from cotune.core.predict import Predict
 from cotune.core.runtime import ChatModel, current_lm
-from cotune.core.state import StateError
 from cotune.core.validate import check_bool
 from cotune.finetune.errors import NoTrainingDataError
-from cotune.finetune.trainer import with_adapter
-from cotune.lm.llama_server_lm import LlamaServerLM
-from cotune.lm.llamacpp import LlamaCppLM
-from cotune.lm.models import MODELS, ModelError, file_sha256, resolve_model_path
+from cotune.lm.base import LM
+from cotune.lm.description import AdapterFileError, has_lora
+from cotune.lm.factory import lm_from_description
 from cotune.optimize.base import OptimizationRun, Optimizer
 from cotune.optimize.registry import register_optimizer
 from cotune.optimize.reporting import CostEstimate, Reporter
@@ -43,15 +41,11 @@ class FineTuner(Protocol):
     """What BootstrapFinetune needs from a trainer (``cotune.finetune.LoraTrainer``).
 
     A trainer may also offer ``load_tuned(lm, description) -> LM``, rebuilding a tuned LM from
-    its ``describe()`` on resume; without it, llama.cpp descriptions are rebuilt here.
+    its ``describe()`` on resume; without it, llama.cpp descriptions are rebuilt by
+    :func:`restore_tuned_lm`.
     """
 
     def fine_tune(self, lm: Any, records: list[Record], out_dir: Path) -> Any: ...
-
-
-class AdapterFileError(StateError):
-    """A saved fine-tuned LM that cannot be rebuilt: its adapter (or base model) file is
-    missing, or differs from the one that was recorded."""
 
 
 @dataclass
@@ -139,7 +133,7 @@ class BootstrapFinetune(Optimizer):
             for p in _predictors(student, group.predictors):
                 p.lm = tuned
             adapters.append({"predictors": group.predictors, "records": len(records),
-                             "lm": describe_lm(tuned)})
+                             "lm": tuned.describe()})
         evaluation = run.evaluate(student, valset, "finetune") if valset else None
         run.offer(student, evaluation, f"fine-tuned on {data['passed']} passing traces",
                   adapters=adapters)
@@ -174,11 +168,11 @@ class BootstrapFinetune(Optimizer):
         out_dir = (run.workdir / f"finetune-{n}").resolve()  # recorded in program.json
         write_records(out_dir / RECORDS_FILE, records)
         run.reporter.message(
-            f"fine-tuning {getattr(group.lm, 'model', group.lm)} for "
+            f"fine-tuning {group.lm.model} for "
             f"{', '.join(group.predictors)} on {len(records)} records in {out_dir}"
         )
         tuned = self.trainer.fine_tune(group.lm, records, out_dir)
-        run.journal.put(key, {"lm": describe_lm(tuned), "predictors": group.predictors,
+        run.journal.put(key, {"lm": tuned.describe(), "predictors": group.predictors,
                               "records": len(records)})
         return tuned
 
@@ -187,7 +181,7 @@ class BootstrapFinetune(Optimizer):
         try:
             if callable(load_tuned):
                 return load_tuned(base, description)
-            return lm_from_description(description, like=base)
+            return restore_tuned_lm(description, like=base)
         except (AdapterFileError, FileNotFoundError) as exc:
             reporter.message(f"cannot reuse the journaled adapter ({exc}); training again")
             return None
@@ -264,11 +258,6 @@ def _predictors(program: Module, names: Sequence[str]) -> list[Predict]:
 # -- describing and rebuilding tuned LMs ---------------------------------------------------------
 
 
-def describe_lm(lm: Any) -> Any:
-    describe = getattr(lm, "describe", None)
-    return describe() if callable(describe) else {"model": getattr(lm, "model", None)}
-
-
 def describe_trainer(trainer: Any) -> dict[str, Any]:
     settings = getattr(trainer, "settings", None)
     entry: dict[str, Any] = {"class": type(trainer).__name__}
@@ -277,43 +266,17 @@ def describe_trainer(trainer: Any) -> dict[str, Any]:
     return entry
 
 
-def lm_from_description(
-    description: Any, *, like: Any = None
-) -> LlamaCppLM | LlamaServerLM:
-    """A llama.cpp LM with a LoRA adapter, rebuilt from its ``describe()`` after checking that
-    the adapter and base model files are the ones recorded (:class:`AdapterFileError` if not).
-
-    ``like``: the base llama.cpp LM the adapter was trained for; the rebuilt LM then gets its
-    runtime settings (threads, sampling defaults, cache), exactly as the trainer built it.
-    """
-    if not isinstance(description, dict) or description.get("backend") != "llamacpp" \
-            or not description.get("lora_path"):
+def restore_tuned_lm(description: Any, *, like: Any = None) -> LM:
+    """A fine-tuned LM (a local GGUF model with a LoRA adapter) rebuilt from its journaled
+    ``describe()`` by :func:`cotune.lm.lm_from_description`, which checks that the files are
+    the ones recorded; ``like``: the base LM it was trained from, whose runtime settings it
+    gets, exactly as the trainer built it."""
+    if not has_lora(description):
         raise AdapterFileError(
             f"cannot rebuild a fine-tuned LM from {description!r}: only llama.cpp LMs with a "
             "LoRA adapter can be rebuilt"
         )
-    lora = Path(description["lora_path"])
-    _check_file(lora, description.get("lora_sha256"), "LoRA adapter")
-    name = description.get("model")
-    model = name if name in MODELS else description.get("path")
-    try:
-        model_path = resolve_model_path(model)
-    except (ModelError, TypeError) as exc:
-        raise AdapterFileError(f"the base model {model!r} of adapter {lora} is missing ({exc})") \
-            from exc
-    _check_file(model_path, description.get("sha256"), "base model")
-    n_ctx = description.get("n_ctx", 2048)
-    if isinstance(like, (LlamaCppLM, LlamaServerLM)) and like.n_ctx == n_ctx \
-            and file_sha256(like.model_path) == file_sha256(model_path):
-        return with_adapter(like, lora)
-    return LlamaCppLM(model=model, lora_path=lora, n_ctx=n_ctx)
-
-
-def _check_file(path: Path, expected: str | None, what: str) -> None:
-    if not path.is_file():
-        raise AdapterFileError(f"{what} {path} is missing")
-    if expected is not None and file_sha256(path) != expected:
-        raise AdapterFileError(f"{what} {path} has changed since it was recorded (sha256 differs)")
+    return lm_from_description(description, like=like)
 
 
 def _check_lora(settings: dict[str, Any]) -> None:

@@ -135,7 +135,7 @@ class GEPA(Optimizer):
             self.reflection_model: str | None = reflection_lm
             reflection_lm = make_lm(reflection_lm, reflection_base_url)
         else:
-            self.reflection_model = getattr(reflection_lm, "model", None)
+            self.reflection_model = reflection_lm.model if reflection_lm is not None else None
         self.reflection_lm = reflection_lm
         self.reflection_temperature = reflection_temperature
         self.skip_perfect = skip_perfect

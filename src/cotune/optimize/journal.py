@@ -3,7 +3,8 @@
 Optimizers wrap each expensive, deterministic step (a bootstrap round, a candidate's evaluation,
 a search trial) in ``journal.memo(key, fn)``.  A resumed run gets the recorded result back
 instead of running the step; a step that was cut off halfway reruns, and its finished LM calls
-come from the persistent LM cache.  Values must be JSON-serializable.
+come from the persistent LM cache.  Values must be JSON-serializable; ``memo`` returns the
+value as the journal records it (JSON types), whether it was computed now or replayed.
 
 A step during which an LM call failed for an infrastructure reason (``failed_calls`` of the
 usage meters) is never recorded, even when it returned: its result is not the one the LM gives
@@ -16,11 +17,10 @@ import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from cotune.lm.usage import track_usage
 
-T = TypeVar("T")
 _MISSING = object()
 
 
@@ -34,14 +34,22 @@ class Journal(ABC):
     @abstractmethod
     def keys(self, prefix: str = "") -> list[str]: ...
 
-    def memo(self, key: str, compute: Callable[[], T]) -> T:
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """The value recorded under ``key``, else ``compute()`` recorded now.  Either way the
+        value is the one the journal reads back (:meth:`recorded`): a first run and a resumed
+        run continue from values of the same types."""
         value = self.get(key, _MISSING)
         if value is _MISSING:
             with track_usage() as meter:
-                value = compute()
+                value = self.recorded(compute())
             if meter.snapshot().failed_calls == 0:  # see the module docstring
                 self.put(key, value)
         return value
+
+    def recorded(self, value: Any) -> Any:
+        """``value`` as this journal reads it back: its JSON round trip (tuples become lists,
+        dataclasses are refused, dict keys become strings)."""
+        return json.loads(json.dumps(value))
 
 
 class MemoryJournal(Journal):

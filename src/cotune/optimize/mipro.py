@@ -185,7 +185,7 @@ class MIPRO(Optimizer):
         keys = ("preset", "num_instruction_candidates", "num_demo_candidates", "num_trials",
                 "minibatch_size", "full_eval_every", "max_bootstrapped_demos",
                 "max_labeled_demos", "mode")
-        prompt_model = getattr(self.prompt_lm, "model", None)
+        prompt_model = self.prompt_lm.model if self.prompt_lm is not None else None
         return {**super().config(), **{k: getattr(self, k) for k in keys},
                 **_recorded_proposer_options(self.proposer_settings),
                 "meta_optimize_proposer": self.meta_optimize_proposer,

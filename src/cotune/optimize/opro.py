@@ -87,7 +87,7 @@ class OPRO(Optimizer):
         keys = ("num_iterations", "num_proposals", "minibatch_size", "full_eval_every",
                 "max_history", "max_instruction_chars", "temperature")
         return {**super().config(), **{k: getattr(self, k) for k in keys},
-                "prompt_lm": getattr(self.prompt_lm, "model", None)}
+                "prompt_lm": self.prompt_lm.model if self.prompt_lm is not None else None}
 
     def estimate_cost(
         self, program: Module, trainset: Sequence[Example], valset: Sequence[Example] | None

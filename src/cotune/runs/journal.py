@@ -18,15 +18,13 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from cotune.lm.budget import active_budgets
 from cotune.lm.redact import redact
-from cotune.lm.types import LMResponse, TokenUsage
-from cotune.lm.usage import record_in_active_meters, track_usage
+from cotune.lm.types import TokenUsage
+from cotune.lm.usage import charge_replayed, track_usage
 from cotune.optimize.journal import Journal
 
-T = TypeVar("T")
 SCHEMA_VERSION = 1
 _MISSING = object()
 
@@ -68,7 +66,7 @@ class SQLiteJournal(Journal):
         return default if row is None else json.loads(row[0])
 
     def put(self, key: str, value: Any) -> None:
-        self._store(key, value, TokenUsage(), 0)
+        self._store(key, _encode(value), TokenUsage(), 0)
 
     def keys(self, prefix: str = "") -> list[str]:
         rows = self._query(
@@ -77,7 +75,7 @@ class SQLiteJournal(Journal):
         )
         return [r[0] for r in rows]
 
-    def memo(self, key: str, compute: Callable[[], T]) -> T:
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
         row = self._query(
             "SELECT value, calls, prompt_tokens, completion_tokens FROM entries WHERE key = ?",
             (key,),
@@ -87,12 +85,15 @@ class SQLiteJournal(Journal):
             self._replay(calls, TokenUsage(prompt_tokens, completion_tokens))
             return json.loads(value)
         with track_usage() as meter:
-            result = compute()
+            text = _encode(compute())
         spent = meter.snapshot()
         if spent.failed_calls == 0:  # a result computed while the LM failed is no result
-            self._store(key, result, TokenUsage(spent.prompt_tokens, spent.completion_tokens),
+            self._store(key, text, TokenUsage(spent.prompt_tokens, spent.completion_tokens),
                         spent.calls)
-        return result
+        return json.loads(text)  # what a resumed run reads back, to the type
+
+    def recorded(self, value: Any) -> Any:
+        return json.loads(_encode(value))
 
     # -- extras ------------------------------------------------------------------------------
 
@@ -148,8 +149,7 @@ class SQLiteJournal(Journal):
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{self.path}: {exc}") from exc
 
-    def _store(self, key: str, value: Any, tokens: TokenUsage, calls: int) -> None:
-        text = redact(json.dumps(value, ensure_ascii=False))  # fails before anything is written
+    def _store(self, key: str, text: str, tokens: TokenUsage, calls: int) -> None:
         self._query(
             "INSERT OR REPLACE INTO entries "
             "(key, value, calls, prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?)",
@@ -161,10 +161,10 @@ class SQLiteJournal(Journal):
         with self._lock:
             self.replayed_steps += 1
             self.replayed_calls += calls
-        for i in range(calls):
-            usage = tokens if i == calls - 1 else TokenUsage()  # tokens are known after a call
-            response = LMResponse(choices=(), usage=usage, cached=True)
-            for b in active_budgets():
-                b.reserve_call()  # a smaller budget than the first run's stops here, as it should
-                b.record(response)
-            record_in_active_meters(response, 0.0)
+        charge_replayed(calls, tokens)
+
+
+def _encode(value: Any) -> str:
+    """The recorded text of ``value`` (JSON, secrets redacted); fails before anything is
+    written."""
+    return redact(json.dumps(value, ensure_ascii=False))

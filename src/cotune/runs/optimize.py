@@ -190,7 +190,7 @@ def run_optimization(
                 **summary.to_json(), "test": test,
                 "test_metric_intervals": intervals["test_metric_intervals"],
                 "baseline_test": baseline, "selection": result.selection,
-                "n_ctx": getattr(lm, "n_ctx", None),
+                "n_ctx": lm.n_ctx,
                 "replayed": {"steps": journal.replayed_steps, "calls": journal.replayed_calls},
             })
         folder.set_status("finished")
@@ -324,13 +324,10 @@ def _using(budget: Budget | None) -> Iterator[None]:
 def _preflight(lm: LM, reporter: Reporter) -> UsageSnapshot:
     """One tiny request before anything else (for LMs behind an endpoint): a wrong URL or
     model, or a dead server, is an error in seconds, not after a first phase."""
-    check = getattr(lm, "check", None)
-    if not callable(check):
-        return UsageSnapshot()
     with track_usage() as meter:
         if type(lm).check is not LM.check:
             reporter.message(f"checking that {lm!r} answers")
-        check()
+        lm.check()
     return meter.snapshot()
 
 

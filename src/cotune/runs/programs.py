@@ -9,6 +9,9 @@ from typing import Any
 
 from cotune.core import Module
 from cotune.core.state import StateError, load_state, state_from_json, state_to_json
+from cotune.lm.base import LM
+from cotune.lm.description import has_lora
+from cotune.lm.factory import lm_from_description
 
 
 def save_program(program: Module, path: str | os.PathLike[str]) -> Path:
@@ -45,26 +48,21 @@ def load_program(
     return program
 
 
-def restore_saved_lms(program: Module, state: dict[str, Any], *, like: Any = None) -> Module:
+def restore_saved_lms(program: Module, state: dict[str, Any], *, like: LM | None = None
+                      ) -> Module:
     """Bind to each predictor the fine-tuned LM its saved state names (a llama.cpp model plus a
     LoRA adapter), after checking both files against their recorded sha256: a missing or
     changed file is an ``AdapterFileError`` (a :class:`StateError`).  Predictors sharing an
     adapter share one loaded LM; those saved without an adapter are left as they are.
-    ``like``: a llama.cpp LM whose runtime settings (threads, cache) the rebuilt LMs copy."""
-    from cotune.optimize.finetune import lm_from_description
-
-    loaded: dict[str, Any] = {}
+    ``like``: a llama.cpp LM whose runtime settings (threads, cache) the rebuilt LMs copy
+    (see :func:`cotune.lm.lm_from_description`)."""
+    loaded: dict[str, LM] = {}
     for name, p in program.named_predictors():
         description = state["predictors"][name].get("lm")
-        if not _has_adapter(description):
+        if not has_lora(description):
             continue
         key = json.dumps(description, sort_keys=True)
         if key not in loaded:
             loaded[key] = lm_from_description(description, like=like)
         p.lm = loaded[key]
     return program
-
-
-def _has_adapter(description: Any) -> bool:
-    return (isinstance(description, dict) and description.get("backend") == "llamacpp"
-            and bool(description.get("lora_path")))
