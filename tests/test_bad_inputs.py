@@ -305,17 +305,17 @@ def test_a_failed_rerun_of_a_finished_run_leaves_it_finished(tmp_path, monkeypat
 def test_a_full_disk_fails_the_run_cleanly(tmp_path, monkeypatch):
     """ENOSPC from the moment candidates.json is written: the run ends "failed" (status.json
     is rewritten in its own blocks), the error names the file, no temp file is left."""
-    import cotune.runs.folder as folder_module
+    import cotune._files as folder_module
 
     real = folder_module._write_and_sync
     full = {"since": None}
 
-    def write_and_sync(handle, text):
+    def write_and_sync(handle, text, sync=True):
         if ".candidates.json." in handle.name:
             full["since"] = handle.name
         if full["since"]:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(handle, text)
+        real(handle, text, sync)
 
     monkeypatch.setattr(folder_module, "_write_and_sync", write_and_sync)
     run = tmp_path / "run"

@@ -26,6 +26,7 @@ from cotune.core.runtime import ChatModel, current_lm
 from cotune.core.state import StateError
 from cotune.core.validate import check_bool
 from cotune.finetune.errors import NoTrainingDataError
+from cotune.finetune.records import RECORDS_FILE, write_records
 from cotune.finetune.trainer import with_adapter
 from cotune.lm.llama_server_lm import LlamaServerLM
 from cotune.lm.llamacpp import LlamaCppLM
@@ -35,7 +36,6 @@ from cotune.optimize.reporting import CostEstimate, Reporter
 from cotune.optimize.traces import SuccessfulTrace, collect_successful_traces
 
 Record = dict[str, list[dict[str, str]]]
-RECORDS_FILE = "train_records.jsonl"
 
 
 class FineTuner(Protocol):
@@ -170,12 +170,14 @@ class BootstrapFinetune(Optimizer):
             if restored is not None:
                 return restored
         out_dir = (run.workdir / f"finetune-{n}").resolve()  # recorded in program.json
-        write_records(out_dir / RECORDS_FILE, records)
+        out_dir.mkdir(parents=True, exist_ok=True)
         run.reporter.message(
             f"fine-tuning {getattr(group.lm, 'model', group.lm)} for "
             f"{', '.join(group.predictors)} on {len(records)} records in {out_dir}"
         )
         tuned = self.trainer.fine_tune(group.lm, records, out_dir)
+        if not (out_dir / RECORDS_FILE).is_file():  # a trainer that keeps no records of its own
+            write_records(out_dir / RECORDS_FILE, records)
         run.journal.put(key, {"lm": describe_lm(tuned), "predictors": group.predictors,
                               "records": len(records)})
         return tuned
@@ -245,13 +247,6 @@ def _demos_at_inference(p: Predict, inputs: Mapping[str, Any]) -> list[Example]:
 
 
 _ABSENT = object()
-
-
-def write_records(path: Path, records: Sequence[Record]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(r, ensure_ascii=False) for r in records]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def _predictors(program: Module, names: Sequence[str]) -> list[Predict]:
