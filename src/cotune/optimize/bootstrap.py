@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cotune.core.example import Example
+from cotune.core.jsonable import demo_from_json, demo_to_json
 from cotune.core.module import Module
 from cotune.core.predict import labelled_demo
 from cotune.core.validate import check_int
@@ -31,14 +32,14 @@ def demo_sets_from_traces(
 
 def demos_to_json(demo_sets: dict[str, list[Example]]) -> dict[str, Any]:
     return {
-        name: [{"fields": d.to_dict(), "inputs": sorted(d.input_keys)} for d in demos]
+        name: [demo_to_json(d) for d in demos]
         for name, demos in demo_sets.items()
     }
 
 
 def demos_from_json(data: dict[str, Any]) -> dict[str, list[Example]]:
     return {
-        name: [Example(d["fields"], input_keys=d["inputs"]) for d in demos]
+        name: [demo_from_json(d) for d in demos]
         for name, demos in data.items()
     }
 
