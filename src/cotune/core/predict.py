@@ -109,7 +109,7 @@ class Predict(Module):
         # a demo made from this very query would hand the model its own answer; one that lacks
         # an output would teach the model to leave it out
         demos = [d for d in self.demos
-                 if not _is_same_query(d, inputs) and self.demo_is_complete(d)]
+                 if not is_same_query(d, inputs) and self.demo_is_complete(d)]
         messages = adapter.format(signature, demos, inputs)
         request_options = getattr(adapter, "request_options", None)
         if callable(request_options):  # e.g. the structured adapter's output schema
@@ -179,8 +179,10 @@ def _parse_or_repair(
         return adapter.parse(signature, response.choices[0].text)
 
 
-def _is_same_query(demo: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
-    return all(demo.get(k, _ABSENT) == v for k, v in inputs.items())
+def is_same_query(demo: Mapping[str, Any], query: Mapping[str, Any]) -> bool:
+    """Whether ``demo`` holds every field of ``query`` with the same value: a demo made from
+    that very query, which would hand the model its own answer."""
+    return all(demo.get(k, _ABSENT) == v for k, v in query.items())
 
 
 _ABSENT = object()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
 from cotune.core.example import Example
 from cotune.core.jsonable import demo_from_json, demo_to_json
 from cotune.core.module import Module
-from cotune.core.predict import labelled_demo
+from cotune.core.predict import is_same_query, labelled_demo
 from cotune.core.validate import check_int
 from cotune.optimize.base import OptimizationRun, Optimizer
 from cotune.optimize.reporting import CostEstimate
@@ -48,12 +49,18 @@ def without_example(program: Module, example: Example) -> Module:
     """A copy of ``program`` whose demos exclude ``example`` (no example is its own demo)."""
     copy = program.deepcopy()
     for p in copy.predictors():
-        p.demos = [d for d in p.demos if not _same_source(d, example)]
+        p.demos = [d for d in p.demos if not is_same_query(example, d.inputs())]
     return copy
 
 
-def _same_source(demo: Example, example: Example) -> bool:
-    return all(example.get(k) == v for k, v in demo.inputs().items())
+def sample_labelled_demos(
+    program: Module, trainset: Sequence[Example], k: int, rng: random.Random
+) -> None:
+    """Give each predictor of ``program`` ``k`` (or all there are) of the training examples
+    that make complete labelled demos for it, drawn with ``rng``."""
+    for p in program.predictors():
+        usable = [d for ex in trainset if (d := labelled_demo(p, ex)) is not None]
+        p.demos = rng.sample(usable, min(k, len(usable)))
 
 
 class LabeledFewShot(Optimizer):
@@ -72,10 +79,7 @@ class LabeledFewShot(Optimizer):
         return CostEstimate(0, exact=True)
 
     def _optimize(self, run, student, trainset, valset) -> None:
-        rng = run.rng("labeled")
-        for p in student.predictors():
-            usable = [d for ex in trainset if (d := labelled_demo(p, ex)) is not None]
-            p.demos = rng.sample(usable, min(self.k, len(usable)))
+        sample_labelled_demos(student, trainset, self.k, run.rng("labeled"))
         run.offer(student, None, f"{self.k} labelled demos")
 
 

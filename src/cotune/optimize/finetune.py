@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from cotune.core.example import Example
 from cotune.core.module import Module
-from cotune.core.predict import Predict
+from cotune.core.predict import Predict, is_same_query
 from cotune.core.runtime import ChatModel, current_lm
 from cotune.core.state import StateError
 from cotune.core.validate import check_bool
@@ -242,11 +242,7 @@ def training_records(
 
 
 def _demos_at_inference(p: Predict, inputs: Mapping[str, Any]) -> list[Example]:
-    return [d for d in p.demos if any(d.get(k, _ABSENT) != v for k, v in inputs.items())
-            and p.demo_is_complete(d)]
-
-
-_ABSENT = object()
+    return [d for d in p.demos if not is_same_query(d, inputs) and p.demo_is_complete(d)]
 
 
 def _predictors(program: Module, names: Sequence[str]) -> list[Predict]:
