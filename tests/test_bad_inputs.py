@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import scripted_task as scripted  # tests/ is on pytest's path (pyproject)
-from typer.testing import CliRunner
+from helpers import TASK_FILE, cotune, use_scripted_lms
 
-from cotune.cli import _fail, app
+from cotune.cli import _fail
 from cotune.optimize.bootstrap import BootstrapFewShot, LabeledFewShot
 from cotune.optimize.finetune import BootstrapFinetune
 from cotune.optimize.mipro import MIPRO
@@ -24,18 +24,10 @@ from cotune.runs.optimize import RunSpec, load_data
 from cotune.tasks import get_task
 from cotune.tasks.data import DataError
 
-TASK_FILE = Path(__file__).with_name("scripted_task.py")
-
 
 @pytest.fixture(autouse=True)
 def scripted_lm(monkeypatch, tmp_path):
-    """Every LM the CLI makes is the parity task's scripted LM; the shared cache is private."""
-    monkeypatch.setattr("cotune.lm.factory.make_lm", scripted.make_scripted_lm)
-    monkeypatch.setenv("COTUNE_CACHE_DIR", str(tmp_path / "shared-cache"))
-
-
-def cotune(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
+    use_scripted_lms(monkeypatch, tmp_path)
 
 
 def assert_one_line_error(result, *fragments: str) -> str:
