@@ -79,6 +79,13 @@ class Predict(Module):
         return all(demo.get(f.name) is not None for f in self.signature.fields
                    if f.name not in self.optional_demo_outputs)
 
+    def demos_for(self, inputs: Mapping[str, Any]) -> list[Example]:
+        """The demos a call with ``inputs`` shows the model: not one made from this very query
+        (it would hand the model its own answer), nor one that lacks an output (it would teach
+        the model to leave it out)."""
+        return [d for d in self.demos
+                if not is_same_query(d, inputs) and self.demo_is_complete(d)]
+
     def reset(self) -> None:
         self.instruction = self.original_instruction
         self.demos = []
@@ -106,11 +113,7 @@ class Predict(Module):
             )
         adapter = self.effective_adapter(lm)
         signature = self.active_signature
-        # a demo made from this very query would hand the model its own answer; one that lacks
-        # an output would teach the model to leave it out
-        demos = [d for d in self.demos
-                 if not is_same_query(d, inputs) and self.demo_is_complete(d)]
-        messages = adapter.format(signature, demos, inputs)
+        messages = adapter.format(signature, self.demos_for(inputs), inputs)
         request_options = getattr(adapter, "request_options", None)
         if callable(request_options):  # e.g. the structured adapter's output schema
             budget = options.get("max_tokens") or getattr(lm, "max_tokens", None) or 512

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from cotune.core.example import Example
 from cotune.core.module import Module
-from cotune.core.predict import Predict, is_same_query
+from cotune.core.predict import Predict
 from cotune.core.runtime import ChatModel, current_lm
 from cotune.core.state import StateError
 from cotune.core.validate import check_bool
@@ -236,13 +236,9 @@ def training_records(
             if not callable(render):
                 raise TypeError(f"{type(adapter).__name__} cannot render training examples "
                                 "(no format_training_example)")
-            demos = _demos_at_inference(p, inputs) if with_demos else []
+            demos = p.demos_for(inputs) if with_demos else []
             records.append((name, render(p.active_signature, demos, inputs, outputs)))
     return records
-
-
-def _demos_at_inference(p: Predict, inputs: Mapping[str, Any]) -> list[Example]:
-    return [d for d in p.demos if not is_same_query(d, inputs) and p.demo_is_complete(d)]
 
 
 def _predictors(program: Module, names: Sequence[str]) -> list[Predict]:
