@@ -25,6 +25,8 @@ N forwarded ones with the ``outage_kinds`` faults (cycling) until :meth:`FaultPr
     proxy = FaultProxy(upstream_url, rate=0.1)   # a free port on 127.0.0.1
     proxy.url                                    # http://127.0.0.1:PORT/v1
     proxy.close()
+
+``proxies(upstream, **defaults)`` gives a test ``make(**kwargs)`` of proxies, all closed at its end.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -222,6 +224,23 @@ class FaultProxy:
                     raise ValueError(kind)
 
         return Handler
+
+
+@contextlib.contextmanager
+def proxies(upstream: str, **defaults: Any) -> Iterator[Callable[..., FaultProxy]]:
+    """``make(**kwargs)``: a new :class:`FaultProxy` in front of ``upstream`` (``defaults``
+    where ``kwargs`` says nothing); every one made is closed when the block ends."""
+    made: list[FaultProxy] = []
+
+    def make(**kwargs: Any) -> FaultProxy:
+        made.append(FaultProxy(upstream, **{**defaults, **kwargs}))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for proxy in made:
+            proxy.close()
 
 
 def _completion(text: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import re
 import threading
 
 import pytest
+from helpers import exact as exact_answer
 
 from cotune import Budget, Example, Module, Predict, ScriptedLM, context, load_program, save_program
 from cotune.lm import LMError, LMTransientError, is_infrastructure_error
@@ -24,10 +25,6 @@ class AddTwo(Module):
     def forward(self, question):
         plan = self.plan(question=question).plan
         return self.solve(question=question, plan=plan)
-
-
-def exact_answer(example, prediction, trace=None):
-    return float(prediction.answer == example.answer)
 
 
 def arithmetic_data(n: int, offset: int = 0) -> list[Example]:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import scripted_task as scripted  # tests/ is on pytest's path (pyproject)
-from typer.testing import CliRunner
+from helpers import TASK_FILE, cotune, use_scripted_lms
 
-from cotune.cli import _fail, app
+from cotune.cli import _fail
 from cotune.optimize.bootstrap import BootstrapFewShot, LabeledFewShot
 from cotune.optimize.finetune import BootstrapFinetune
 from cotune.optimize.mipro import MIPRO
@@ -24,18 +24,10 @@ from cotune.runs.optimize import RunSpec, load_data
 from cotune.tasks import get_task
 from cotune.tasks.data import DataError
 
-TASK_FILE = Path(__file__).with_name("scripted_task.py")
-
 
 @pytest.fixture(autouse=True)
 def scripted_lm(monkeypatch, tmp_path):
-    """Every LM the CLI makes is the parity task's scripted LM; the shared cache is private."""
-    monkeypatch.setattr("cotune.lm.factory.make_lm", scripted.make_scripted_lm)
-    monkeypatch.setenv("COTUNE_CACHE_DIR", str(tmp_path / "shared-cache"))
-
-
-def cotune(*args: object):
-    return CliRunner().invoke(app, [str(a) for a in args])
+    use_scripted_lms(monkeypatch, tmp_path)
 
 
 def assert_one_line_error(result, *fragments: str) -> str:
@@ -307,17 +299,17 @@ def test_a_failed_rerun_of_a_finished_run_leaves_it_finished(tmp_path, monkeypat
 def test_a_full_disk_fails_the_run_cleanly(tmp_path, monkeypatch):
     """ENOSPC from the moment candidates.json is written: the run ends "failed" (status.json
     is rewritten in its own blocks), the error names the file, no temp file is left."""
-    import cotune.runs.folder as folder_module
+    import cotune._files as folder_module
 
     real = folder_module._write_and_sync
     full = {"since": None}
 
-    def write_and_sync(handle, text):
+    def write_and_sync(handle, text, sync=True):
         if ".candidates.json." in handle.name:
             full["since"] = handle.name
         if full["since"]:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(handle, text)
+        real(handle, text, sync)
 
     monkeypatch.setattr(folder_module, "_write_and_sync", write_and_sync)
     run = tmp_path / "run"

@@ -163,6 +163,30 @@ def test_training_records_are_the_inference_prompts_plus_the_answer(tmp_path):
     assert saved == records
 
 
+def test_the_records_are_written_once_by_a_trainer_that_keeps_them(tmp_path):
+    """LoraTrainer writes train_records.jsonl itself (train_lora): BootstrapFinetune then
+    leaves the file as the trainer wrote it, and writes it only for a trainer that does not."""
+    writes = []
+
+    class RecordingTrainer(StubTrainer):
+        def fine_tune(self, lm, records, out_dir):
+            from cotune.finetune.records import write_records
+
+            path = Path(out_dir) / RECORDS_FILE
+            writes.append(path.exists())  # nobody wrote the records before the trainer
+            write_records(path, records[:1])
+            return super().fine_tune(lm, records, out_dir)
+
+    trainer = RecordingTrainer()
+    with context(lm=ScriptedLM(always_right)):
+        BootstrapFinetune(exact_answer, trainer=trainer).optimize(
+            Classify(), arithmetic_data(4), workdir=tmp_path)
+    [(_, records, out_dir)] = trainer.calls
+    assert len(records) == 4 and writes == [False]
+    saved = [json.loads(line) for line in (out_dir / RECORDS_FILE).read_text().splitlines()]
+    assert saved == records[:1]  # the trainer's file, not overwritten
+
+
 def test_train_without_demos_renders_zero_shot_prompts(tmp_path):
     program = Classify()
     program.solve.demos = [Example(question="40 + 5", answer=45).with_inputs("question")]

@@ -11,26 +11,16 @@ from pathlib import Path
 
 import pytest
 import scripted_task as scripted  # tests/ is on pytest's path (pyproject)
-from typer.testing import CliRunner
+from helpers import TASK_FILE, cotune, use_scripted_lms
 
 from cotune import load_program
-from cotune.cli import app
 from cotune.runs.folder import RunFolder
 from cotune.runs.report import format_gain, format_score
-
-TASK_FILE = Path(__file__).with_name("scripted_task.py")
-
 
 
 @pytest.fixture(autouse=True)
 def scripted_lm(monkeypatch, tmp_path):
-    """Every LM the CLI makes is the parity task's scripted LM; the shared cache is private."""
-    monkeypatch.setattr("cotune.lm.factory.make_lm", scripted.make_scripted_lm)
-    monkeypatch.setenv("COTUNE_CACHE_DIR", str(tmp_path / "shared-cache"))
-
-
-def cotune(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
+    use_scripted_lms(monkeypatch, tmp_path)
 
 
 def optimize(run: Path, *extra: str):

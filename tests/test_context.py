@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import scripted_task as scripted
+from helpers import QA, exact, qa_data
 from test_proposer import prompt_reply
 from typer.testing import CliRunner
 
-from cotune import Example, Module, Predict, ScriptedLM, context
+from cotune import Example, ScriptedLM, context
 from cotune.cli import app
 from cotune.evaluate import Evaluate, exact_match
 from cotune.lm import ContextOverflow
@@ -32,18 +33,6 @@ def tiny_context(script, limit: int):
     return reply
 
 
-class QA(Module):
-    def __init__(self):
-        self.answer = Predict("question -> answer")
-
-    def forward(self, question):
-        return self.answer(question=question)
-
-
-def exact(example, prediction, trace=None):
-    return float(prediction.answer == example.answer)
-
-
 def test_a_prompt_over_the_context_is_a_recorded_failure_of_that_example():
     devset = [Example(question="short", answer="ok").with_inputs("question"),
               Example(question="long " * 200, answer="ok").with_inputs("question"),
@@ -60,7 +49,7 @@ def test_a_prompt_over_the_context_is_a_recorded_failure_of_that_example():
 
 TRAIN = [Example(question=f"train {i} " + "padding " * 30, answer=f"a{i}").with_inputs("question")
          for i in range(12)]
-VAL = [Example(question=f"val {i}", answer=f"a{i}").with_inputs("question") for i in range(6)]
+VAL = qa_data("val", 6)
 
 
 def task_reply(request) -> str:

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 import scripted_task as scripted
 from conftest import FakeOpenAIServer, free_port
-from fault_proxy import KINDS, FaultProxy
+from fault_proxy import KINDS, proxies
 from typer.testing import CliRunner
 
 from cotune.cli import LM_FAILURE_EXIT, app
@@ -60,17 +60,8 @@ def server():
 
 @pytest.fixture
 def proxy(server):
-    proxies: list[FaultProxy] = []
-
-    def make(**kwargs) -> FaultProxy:
-        kwargs.setdefault("hang_s", TIMEOUT + 0.2)
-        kwargs.setdefault("retry_after", "0.05")
-        proxies.append(FaultProxy(server.url, **kwargs))
-        return proxies[-1]
-
-    yield make
-    for p in proxies:
-        p.close()
+    with proxies(server.url, hang_s=TIMEOUT + 0.2, retry_after="0.05") as make:
+        yield make
 
 
 def optimize(run: Path, url: str, *extra: str):

@@ -9,34 +9,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import QA, exact, qa_data
 from optimizer_suite import AddTwo, OptimizerSuite, arithmetic_data, exact_answer
 from test_mipro import CrashingJournal, SimulatedCrash
 
-from cotune import Budget, Example, LMCache, Module, Predict, Score, ScriptedLM, context
+from cotune import Budget, LMCache, Score, ScriptedLM, context
 from cotune.lm.usage import UsageMeter
 from cotune.optimize import GEPA, LogReporter, MemoryJournal, OptimizationRun
 from cotune.optimize.gepa import _Candidate, _Loop
 from cotune.optimize.pareto import Frontier, leader_sets, pareto_frontier
 
-
-class QA(Module):
-    def __init__(self):
-        self.answer = Predict("question -> answer")
-
-    def forward(self, question):
-        return self.answer(question=question)
-
-
-def exact(example, prediction, trace=None):
-    return float(prediction.answer == example.answer)
-
-
-def data(kind: str, n: int) -> list[Example]:
-    return [Example(question=f"{kind} {i}", answer=f"a{i}").with_inputs("question")
-            for i in range(n)]
-
-
-TRAIN, VAL = data("train", 12), data("val", 20)
+TRAIN, VAL = qa_data("train", 12), qa_data("val", 20)
 
 
 def number(request) -> int:

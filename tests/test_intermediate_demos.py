@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from helpers import exact, qa_data
 from test_proposer import prompt_lm
 
 from cotune import ChainOfThought, Example, Module, Predict, Prediction, ScriptedLM, context
@@ -26,13 +27,7 @@ class TwoHop(Module):
         return Prediction(answer=self.answer(question=question).answer, query=query)
 
 
-def exact(example, prediction, trace=None):
-    return float(prediction.answer == example.answer)
-
-
-TRAIN = [Example(question=f"train {i}", answer=f"a{i}").with_inputs("question")
-         for i in range(10)]
-VAL = [Example(question=f"val {i}", answer=f"a{i}").with_inputs("question") for i in range(6)]
+TRAIN, VAL = qa_data("train", 10), qa_data("val", 6)
 
 
 class Recorder:

@@ -9,7 +9,7 @@ import email.utils
 import time
 
 import pytest
-from fault_proxy import KINDS, FaultProxy
+from fault_proxy import KINDS, FaultProxy, proxies
 
 from cotune.lm import (
     Choice,
@@ -43,17 +43,8 @@ def transport(request) -> str:
 
 @pytest.fixture
 def proxy_for(fake_openai_server):
-    proxies = []
-
-    def make(**kwargs) -> FaultProxy:
-        kwargs.setdefault("hang_s", TIMEOUT + 0.3)
-        kwargs.setdefault("retry_after", "0")
-        proxies.append(FaultProxy(fake_openai_server.url, **kwargs))
-        return proxies[-1]
-
-    yield make
-    for proxy in proxies:
-        proxy.close()
+    with proxies(fake_openai_server.url, hang_s=TIMEOUT + 0.3, retry_after="0") as make:
+        yield make
 
 
 def lm_for(proxy: FaultProxy, transport: str, **kwargs) -> OpenAILM:

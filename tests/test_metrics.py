@@ -111,3 +111,21 @@ def test_numeric_match_gsm8k_and_tolerance():
 def test_metrics_score_zero_instead_of_crashing(metric, example, prediction):
     assert metric(example, prediction) == 0.0
     assert metric(example, prediction, trace=None) == 0.0
+
+
+
+@pytest.mark.parametrize("text, value, a_number", [
+    ("-5", -5.0, True), ("\u22127", -7.0, True), ("$1,234.50", 1234.5, True), (".5", 0.5, True),
+    ("2.5e3", 2500.0, True), ("about 72 apples", 72.0, False), ("pages 10-12", 12.0, False),
+])
+def test_field_coercion_the_metric_and_the_format_rules_read_a_number_alike(text, value, a_number):
+    """One reading of numbers: a float field, the numeric metric and HotPotQA Conditional's
+    format rule all follow ``cotune.adapters.numbers.NUMBER``."""
+    from cotune.adapters.parsing import coerce, last_number
+    from cotune.core.signature import Field
+    from cotune.tasks.hotpotqa_conditional import format_rule
+
+    field = Field("answer", is_input=False, annotation=float)
+    assert parse_number(text) == value
+    assert coerce(field, last_number(text), text) == value
+    assert (format_rule(text, "bridge") == "number") is a_number

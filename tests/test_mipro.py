@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
+from helpers import QA, exact, qa_data
 from optimizer_suite import OptimizerSuite
 from test_proposer import is_proposal, prompt_lm, prompt_text
 
-from cotune import Budget, Example, LMCache, Module, Predict, ScriptedLM, context
+from cotune import Budget, Example, LMCache, ScriptedLM, context
 from cotune.optimize import (
     MIPRO,
     TIPS,
@@ -26,24 +27,12 @@ GOLD = {5, 9}
 """Training examples marked "gold": a demo set holding one of them is the planted demo set."""
 
 
-class QA(Module):
-    def __init__(self):
-        self.answer = Predict("question -> answer")
-
-    def forward(self, question):
-        return self.answer(question=question)
-
-
-def exact(example, prediction, trace=None):
-    return float(prediction.answer == example.answer)
-
-
 TRAIN = [
     Example(question=f"train {i}" + (" gold" if i in GOLD else ""), answer=f"a{i}")
     .with_inputs("question")
     for i in range(12)
 ]
-VAL = [Example(question=f"val {i}", answer=f"a{i}").with_inputs("question") for i in range(40)]
+VAL = qa_data("val", 40)
 
 
 def task_reply(request) -> str:

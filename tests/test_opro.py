@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from helpers import QA, exact
 from optimizer_suite import OptimizerSuite
-from test_gepa import GOOD, QA, TRAIN, VAL, exact, optimize, planted_rule, reflector, task_lm
+from test_gepa import GOOD, TRAIN, VAL, optimize, planted_rule, reflector, task_lm
 from test_mipro import CrashingJournal, SimulatedCrash
 
 from cotune import LMCache, ScriptedLM

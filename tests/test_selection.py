@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from helpers import exact
 
 from cotune import Example, Predict, ScriptedLM, context
 from cotune.optimize import Optimizer
@@ -33,10 +34,6 @@ def answer(request) -> str:
 
 def data(numbers: list[int]) -> list[Example]:
     return [Example(question=f"{n} + 1", answer=n + 1).with_inputs("question") for n in numbers]
-
-
-def exact(example, prediction, trace=None) -> float:
-    return float(prediction.answer == example.answer)
 
 
 class Planted(Optimizer):

@@ -152,6 +152,21 @@ def test_json_adapter_parses_types_and_falls_back_to_field_markers():
         adapter.parse(sig, '{"text": "t"}')
 
 
+def test_json_adapter_renders_demo_values_as_json_all_the_way_down():
+    """A demo's typed values become JSON the way a saved program holds them (models inside a
+    list too), and parse back to the same values."""
+
+    class Nested(Signature):
+        question: str = InputField()
+        records: list[Record] = OutputField()
+
+    adapter = JSONAdapter()
+    values = {"records": [Record(name="n", inner=Inner(x=1))]}
+    text = adapter.render_outputs(Nested(), values)
+    assert json.loads(text) == {"records": [{"name": "n", "inner": {"x": 1}}]}
+    assert adapter.parse(Nested(), text) == values
+
+
 def test_an_unparsable_answer_gets_one_repair_request():
     replies = iter(["no idea", '{"answer": 7}'])
     lm = ScriptedLM(lambda r: next(replies))

@@ -28,8 +28,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from cotune.adapters.chat import ChatAdapter, _render_value, describe_fields, json_fields
+from cotune.adapters.chat import ChatAdapter, describe_fields, json_fields
 from cotune.adapters.parsing import AdapterParseError, coerce
+from cotune.core.jsonable import jsonable
 from cotune.core.signature import Field, Signature
 
 REASONING = "reasoning"
@@ -90,7 +91,7 @@ class JSONAdapter(ChatAdapter):
     def render_outputs(self, signature: Signature, values: Mapping[str, Any]) -> str:
         """The JSON object of the output fields present in ``values``, in signature order (a
         labelled demo of a chain of thought may lack its reasoning)."""
-        data = {f.name: _jsonable(values[f.name]) for f in signature.output_fields
+        data = {f.name: jsonable(values[f.name]) for f in signature.output_fields
                 if f.name in values}
         return json.dumps(data, ensure_ascii=False)
 
@@ -136,11 +137,3 @@ def _kind(f: Field) -> str:
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
         f.annotation, f"JSON of type {f.type_name()}"
     )
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if value is None or isinstance(value, (str, int, float, bool, list, dict)):
-        return value
-    return _render_value(value)

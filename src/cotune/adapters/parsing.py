@@ -7,6 +7,7 @@ import re
 import typing
 from typing import Any, Literal
 
+from cotune.adapters.numbers import NUMBER, number_value
 from cotune.core.signature import Field
 
 
@@ -19,7 +20,6 @@ class AdapterParseError(ValueError):
         self.field = field
 
 
-_NUMBER = re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
 _TRUE = {"true", "yes", "y", "1", "correct"}
 _FALSE = {"false", "no", "n", "0", "incorrect"}
 
@@ -98,10 +98,10 @@ def _coerce_number(kind: type, value: Any) -> int | float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         number = value
     else:
-        match = _NUMBER.search(str(value))
+        match = NUMBER.search(str(value))
         if match is None:
             raise ValueError("no number found")
-        number = float(match.group().replace(",", "").replace("$", ""))
+        number = number_value(match)
     if kind is int:
         if float(number) != int(number):
             raise ValueError(f"{number} is not a whole number")
@@ -143,5 +143,5 @@ def find_json_object(text: str) -> dict[str, Any] | None:
 
 
 def last_number(text: str) -> str | None:
-    matches = _NUMBER.findall(text)
+    matches = [m.group() for m in NUMBER.finditer(text)]
     return matches[-1] if matches else None

@@ -175,6 +175,13 @@ class Predict(Module):
         return all(demo.get(f.name) is not None for f in self.signature.fields
                    if f.name not in self.optional_demo_outputs)
 
+    def demos_for(self, inputs: Mapping[str, Any]) -> list[Example]:
+        """The demos a call with ``inputs`` shows the model: not one made from this very query
+        (it would hand the model its own answer), nor one that lacks an output (it would teach
+        the model to leave it out)."""
+        return [d for d in self.demos
+                if not is_same_query(d, inputs) and self.demo_is_complete(d)]
+
     def reset(self) -> None:
         self.instruction = self.original_instruction
         self.demos = []
@@ -202,11 +209,7 @@ class Predict(Module):
             )
         adapter = self.effective_adapter(lm)
         signature = self.active_signature
-        # a demo made from this very query would hand the model its own answer; one that lacks
-        # an output would teach the model to leave it out
-        demos = [d for d in self.demos
-                 if not _is_same_query(d, inputs) and self.demo_is_complete(d)]
-        messages = adapter.format(signature, demos, inputs)
+        messages = adapter.format(signature, self.demos_for(inputs), inputs)
         request_options = getattr(adapter, "request_options", None)
         if callable(request_options):  # e.g. the structured adapter's output schema
             budget = options.get("max_tokens") or lm.max_tokens
@@ -277,8 +280,10 @@ def _parse_or_repair(
         return adapter.parse(signature, response.choices[0].text)
 
 
-def _is_same_query(demo: Mapping[str, Any], inputs: Mapping[str, Any]) -> bool:
-    return all(demo.get(k, _ABSENT) == v for k, v in inputs.items())
+def is_same_query(demo: Mapping[str, Any], query: Mapping[str, Any]) -> bool:
+    """Whether ``demo`` holds every field of ``query`` with the same value: a demo made from
+    that very query, which would hand the model its own answer."""
+    return all(demo.get(k, _ABSENT) == v for k, v in query.items())
 
 
 _ABSENT = object()

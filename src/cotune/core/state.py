@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from cotune.core.example import Example
+from cotune.core.jsonable import demo_from_json, demo_to_json
 from cotune.core.signature import Signature
 
 STATE_VERSION = 1
@@ -43,10 +44,7 @@ def dump_state(program: Program) -> dict[str, Any]:
         predictors[name] = {
             "signature": p.signature.shape(),
             "instruction": p.instruction,
-            "demos": [
-                {"fields": _jsonable(d.to_dict()), "inputs": sorted(d.input_keys)}
-                for d in p.demos
-            ],
+            "demos": [demo_to_json(d) for d in p.demos],
             "lm": lm_state,
         }
         adapter = p.adapter if isinstance(p.adapter, str) else getattr(p.adapter, "name", None)
@@ -86,7 +84,7 @@ def load_state(program: Program, state: Any) -> None:
         entry = saved[name]
         try:
             shape, instruction, demos = entry["signature"], entry["instruction"], entry["demos"]
-            loaded_demos = [Example(d["fields"], input_keys=d["inputs"]) for d in demos]
+            loaded_demos = [demo_from_json(d) for d in demos]
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"predictor {name!r}: malformed entry ({exc})") from exc
         if shape != p.signature.shape():
@@ -118,14 +116,3 @@ def state_from_json(text: str, source: str = "state") -> dict[str, Any]:
         raise StateError(f"{source}: expected a JSON object")
     return state
 
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)

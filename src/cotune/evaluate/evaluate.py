@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cotune.core.example import Example, Prediction
+from cotune.core.jsonable import jsonable
 from cotune.core.parallel import imap_unordered
 from cotune.core.predict import NoLMError
 from cotune.evaluate.progress import progress_bar
@@ -64,8 +65,8 @@ class ExampleResult:
     def to_json(self) -> dict[str, Any]:
         prediction = self.prediction
         return {
-            "example": _jsonable(self.example.to_dict()),
-            "prediction": _jsonable(
+            "example": jsonable(self.example.to_dict()),
+            "prediction": jsonable(
                 prediction.to_dict() if isinstance(prediction, Example) else prediction
             ),
             "score": self.score,
@@ -399,15 +400,3 @@ def _failure(
                          type(exc).__name__, lm_error=lm_error,
                          lm=getattr(exc, "lm", None) if lm_error else None)
 
-
-def _jsonable(value: Any) -> Any:
-    """JSON-native values as they are; containers recursively; anything else as ``str``."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "model_dump"):  # pydantic
-        return _jsonable(value.model_dump(mode="json"))
-    return str(value)

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from cotune.adapters.numbers import NUMBER, number_value
 from cotune.core.example import Example, Prediction
 
 Metric = Callable[..., float | bool]
@@ -26,13 +27,6 @@ Metric = Callable[..., float | bool]
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation + "‘’“”")
 
-# A number: thousands-grouped ("1,234.5") or plain ("1234.5", ".5"), with an optional exponent and
-# "$".  A minus sign counts unless it joins two words or numbers ("5-3" ends in 3, not -3).
-_NUMBER = re.compile(
-    r"(?:(?<![\w)])(?P<sign>[-\u2212]))?\$?"
-    r"(?P<body>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
-    r"(?P<exp>[eE][-+]?\d+)?"
-)
 _GSM8K_MARKER = "####"
 
 
@@ -101,13 +95,11 @@ def parse_number(value: Any) -> float | None:
     if _GSM8K_MARKER in text:
         text = text.rsplit(_GSM8K_MARKER, 1)[1]
     last = None
-    for last in _NUMBER.finditer(text):  # noqa: B007 - only the last match is wanted
+    for last in NUMBER.finditer(text):  # noqa: B007 - only the last match is wanted
         pass
     if last is None:
         return None
-    number = float(last.group("body").replace(",", "") + (last.group("exp") or ""))
-    if last.group("sign"):
-        number = -number
+    number = number_value(last)
     return number if math.isfinite(number) else None
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from cotune._files import building_folder
 from cotune.finetune.errors import FineTuneError
 from cotune.lm.cache import default_cache_dir
 from cotune.lm.models import file_sha256
@@ -37,22 +36,12 @@ def hf_checkpoint_for(gguf_path: str | os.PathLike[str], *, cache_dir: Path | No
     if (dest / SOURCE_FILE).is_file():
         return dest
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}.", suffix=".tmp", dir=dest.parent))
-    try:
+    with building_folder(dest, complete=(dest / SOURCE_FILE).is_file) as tmp:
         logger.info("converting %s to a transformers checkpoint in %s", gguf_path.name, dest)
         architecture = _convert(gguf_path, tmp)
         source = {"gguf_path": str(gguf_path.resolve()), "gguf_sha256": digest,
                   "architecture": architecture}
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not (dest / SOURCE_FILE).is_file():  # not a concurrent conversion that won
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

@@ -9,9 +9,12 @@ and including the end-of-turn token.  The loss covers only those answer tokens.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from cotune._files import write_atomic
 from cotune.finetune.errors import FineTuneError, NoTrainingDataError, SequenceTooLongError
 
 IGNORE_INDEX = -100
@@ -19,6 +22,15 @@ IGNORE_INDEX = -100
 
 Encoded = tuple[list[int], list[int]]
 """``(input_ids, labels)`` of one record."""
+
+RECORDS_FILE = "train_records.jsonl"
+"""The chat records an adapter was trained on, one JSON object a line, in its folder."""
+
+
+def write_records(path: Path, records: Sequence[Mapping[str, Any]]) -> Path:
+    """``records`` as JSON lines in ``path`` (written atomically)."""
+    return write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                        sync=False)
 
 
 def encode_record(tokenizer: Any, record: Mapping[str, Any]) -> Encoded:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 from cotune.evaluate.progress import progress_bar
 from cotune.finetune.device import cpu_threads, resolve_device
 from cotune.finetune.errors import OUT_OF_MEMORY_ADVICE, FineTuneError, NoTrainingDataError
-from cotune.finetune.records import Encoded, collate, encode_records
+from cotune.finetune.records import RECORDS_FILE, Encoded, collate, encode_records, write_records
 from cotune.finetune.settings import LoraSettings
 
 logger = logging.getLogger(__name__)
@@ -73,7 +72,8 @@ def train_lora(
     """Train a LoRA adapter for the transformers ``checkpoint`` on chat ``records``.
 
     Writes ``out_dir/adapter/`` (peft), ``out_dir/training_log.jsonl`` (step, epoch, loss,
-    learning rate) and ``out_dir/train_records.jsonl``.  ``progress`` shows a progress bar.
+    learning rate) and ``out_dir/train_records.jsonl`` (the records).  ``progress`` shows a
+    progress bar.
     """
     import torch
     from transformers import AutoTokenizer
@@ -89,7 +89,7 @@ def train_lora(
             dropped, len(records), settings.max_seq_len,
         )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out_dir / "train_records.jsonl", records)
+    write_records(out_dir / RECORDS_FILE, records)
 
     device = resolve_device(settings.device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -220,8 +220,3 @@ def _out_of_memory(error: BaseException, settings: LoraSettings) -> FineTuneErro
         )
     )
 
-
-def _write_jsonl(path: Path, rows: Sequence[Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    os.replace(tmp, path)

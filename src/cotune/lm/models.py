@@ -11,17 +11,18 @@ imported: their ``__init__`` code has no business running in our process.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cotune._files import replacing, write_atomic
 from cotune.lm.cache import default_cache_dir
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -136,12 +137,9 @@ def _assemble(parts: list[Path], dest: Path, expected_sha256: str | None) -> Pat
             return dest
         dest.unlink(missing_ok=True)  # a stale or damaged earlier result
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
+    with replacing(dest) as tmp:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
+        with tmp.open("wb") as out:
             for part in parts:
                 with part.open("rb") as f:
                     while chunk := f.read(_CHUNK):
@@ -154,11 +152,6 @@ def _assemble(parts: list[Path], dest: Path, expected_sha256: str | None) -> Pat
                 f"expected {expected_sha256}; the installed packages are not the expected ones "
                 f"(first part: {parts[0]})"
             )
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is not a secret
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     _remember_hash(dest, actual)
     return dest
 
@@ -261,18 +254,9 @@ def _remember_hash(path: Path, sha256: str, key: tuple[str, int, int] | None = N
         _hash_memo[key] = sha256
     marker = _marker_path(key)
     record = {"path": key[0], "size": key[1], "mtime_ns": key[2], "sha256": sha256}
-    tmp: Path | None = None
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".hash.", dir=marker.parent)
-        tmp = Path(tmp_name)
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-        os.replace(tmp, marker)
-    except OSError:
-        # Only an optimization: with a read-only cache directory we simply hash again later.
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+    # Only an optimization: with a read-only cache directory we simply hash again later.
+    with contextlib.suppress(OSError):
+        write_atomic(marker, json.dumps(record), sync=False)
 
 
 # -- GGUF metadata: the trained context length and what a context costs in memory -----------

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
 from cotune.core import Module
 from cotune.core.example import Example
-from cotune.core.predict import labelled_demo
+from cotune.core.jsonable import demo_from_json, demo_to_json
+from cotune.core.predict import is_same_query, labelled_demo
 from cotune.core.validate import check_int
 from cotune.optimize.base import OptimizationRun, Optimizer
 from cotune.optimize.registry import register_optimizer
@@ -32,14 +34,14 @@ def demo_sets_from_traces(
 
 def demos_to_json(demo_sets: dict[str, list[Example]]) -> dict[str, Any]:
     return {
-        name: [{"fields": d.to_dict(), "inputs": sorted(d.input_keys)} for d in demos]
+        name: [demo_to_json(d) for d in demos]
         for name, demos in demo_sets.items()
     }
 
 
 def demos_from_json(data: dict[str, Any]) -> dict[str, list[Example]]:
     return {
-        name: [Example(d["fields"], input_keys=d["inputs"]) for d in demos]
+        name: [demo_from_json(d) for d in demos]
         for name, demos in data.items()
     }
 
@@ -48,12 +50,18 @@ def without_example(program: Module, example: Example) -> Module:
     """A copy of ``program`` whose demos exclude ``example`` (no example is its own demo)."""
     copy = program.deepcopy()
     for p in copy.predictors():
-        p.demos = [d for d in p.demos if not _same_source(d, example)]
+        p.demos = [d for d in p.demos if not is_same_query(example, d.inputs())]
     return copy
 
 
-def _same_source(demo: Example, example: Example) -> bool:
-    return all(example.get(k) == v for k, v in demo.inputs().items())
+def sample_labelled_demos(
+    program: Module, trainset: Sequence[Example], k: int, rng: random.Random
+) -> None:
+    """Give each predictor of ``program`` ``k`` (or all there are) of the training examples
+    that make complete labelled demos for it, drawn with ``rng``."""
+    for p in program.predictors():
+        usable = [d for ex in trainset if (d := labelled_demo(p, ex)) is not None]
+        p.demos = rng.sample(usable, min(k, len(usable)))
 
 
 @register_optimizer("labelled demos sampled from the training set")
@@ -73,10 +81,7 @@ class LabeledFewShot(Optimizer):
         return CostEstimate(0, exact=True)
 
     def _optimize(self, run, student, trainset, valset) -> None:
-        rng = run.rng("labeled")
-        for p in student.predictors():
-            usable = [d for ex in trainset if (d := labelled_demo(p, ex)) is not None]
-            p.demos = rng.sample(usable, min(self.k, len(usable)))
+        sample_labelled_demos(student, trainset, self.k, run.rng("labeled"))
         run.offer(student, None, f"{self.k} labelled demos")
 
 

@@ -25,6 +25,7 @@ from cotune.core.predict import Predict
 from cotune.core.runtime import ChatModel, current_lm
 from cotune.core.validate import check_bool
 from cotune.finetune.errors import NoTrainingDataError
+from cotune.finetune.records import RECORDS_FILE, write_records
 from cotune.lm.base import LM
 from cotune.lm.description import AdapterFileError, has_lora
 from cotune.lm.factory import lm_from_description
@@ -34,7 +35,6 @@ from cotune.optimize.reporting import CostEstimate, Reporter
 from cotune.optimize.traces import SuccessfulTrace, collect_successful_traces
 
 Record = dict[str, list[dict[str, str]]]
-RECORDS_FILE = "train_records.jsonl"
 
 
 class FineTuner(Protocol):
@@ -166,12 +166,14 @@ class BootstrapFinetune(Optimizer):
             if restored is not None:
                 return restored
         out_dir = (run.workdir / f"finetune-{n}").resolve()  # recorded in program.json
-        write_records(out_dir / RECORDS_FILE, records)
+        out_dir.mkdir(parents=True, exist_ok=True)
         run.reporter.message(
             f"fine-tuning {group.lm.model} for "
             f"{', '.join(group.predictors)} on {len(records)} records in {out_dir}"
         )
         tuned = self.trainer.fine_tune(group.lm, records, out_dir)
+        if not (out_dir / RECORDS_FILE).is_file():  # a trainer that keeps no records of its own
+            write_records(out_dir / RECORDS_FILE, records)
         run.journal.put(key, {"lm": tuned.describe(), "predictors": group.predictors,
                               "records": len(records)})
         return tuned
@@ -230,24 +232,9 @@ def training_records(
             if not callable(render):
                 raise TypeError(f"{type(adapter).__name__} cannot render training examples "
                                 "(no format_training_example)")
-            demos = _demos_at_inference(p, inputs) if with_demos else []
+            demos = p.demos_for(inputs) if with_demos else []
             records.append((name, render(p.active_signature, demos, inputs, outputs)))
     return records
-
-
-def _demos_at_inference(p: Predict, inputs: Mapping[str, Any]) -> list[Example]:
-    return [d for d in p.demos if any(d.get(k, _ABSENT) != v for k, v in inputs.items())
-            and p.demo_is_complete(d)]
-
-
-_ABSENT = object()
-
-
-def write_records(path: Path, records: Sequence[Record]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(r, ensure_ascii=False) for r in records]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def _predictors(program: Module, names: Sequence[str]) -> list[Predict]:

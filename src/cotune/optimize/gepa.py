@@ -40,8 +40,9 @@ from typing import Any
 
 from cotune.core import Module
 from cotune.core.example import Example
+from cotune.core.jsonable import demo_to_json
 from cotune.core.parallel import imap_unordered
-from cotune.core.predict import NoLMError
+from cotune.core.predict import NoLMError, demo_from_step
 from cotune.core.runtime import ChatModel, current_lm
 from cotune.lm.budget import active_budgets
 from cotune.lm.types import BudgetExceeded
@@ -466,8 +467,7 @@ class _Loop:
                 if name in used or name not in self.demo_pool:
                     continue
                 used.add(name)
-                demo = {"fields": {**inputs, **outputs}, "inputs": sorted(inputs),
-                        "example": index}
+                demo = {**demo_to_json(demo_from_step(inputs, outputs)), "example": index}
                 key = json.dumps([name, demo["fields"]], sort_keys=True)
                 if key not in self._seen_demos:
                     self._seen_demos.add(key)

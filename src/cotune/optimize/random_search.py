@@ -9,7 +9,7 @@ from cotune.optimize.base import Optimizer
 from cotune.optimize.bootstrap import (
     apply_demo_sets,
     bootstrap_demo_sets,
-    labelled_demo,
+    sample_labelled_demos,
 )
 from cotune.optimize.registry import register_optimizer
 from cotune.optimize.reporting import CostEstimate
@@ -58,10 +58,8 @@ class BootstrapRandomSearch(Optimizer):
             if seed == -3:
                 description = "zero-shot"
             elif seed == -2:
-                rng = run.rng("labelled", seed)
-                for p in candidate.predictors():
-                    usable = [d for ex in trainset if (d := labelled_demo(p, ex)) is not None]
-                    p.demos = rng.sample(usable, min(self.max_labeled_demos, len(usable)))
+                sample_labelled_demos(candidate, trainset, self.max_labeled_demos,
+                                      run.rng("labelled", seed))
                 description = f"{self.max_labeled_demos} labelled demos"
             else:
                 order = list(trainset)

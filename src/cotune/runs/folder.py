@@ -19,17 +19,16 @@ from running in the same folder; the OS releases it when its process dies, even 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from cotune import _files
 from cotune.lm.redact import redact
 
 CONFIG = "config.json"
@@ -52,15 +51,6 @@ RESUME_FREE = frozenset({"cotune_version", "created", "budget", "threads", "cach
                          "optimizer.num_threads"})
 """Config keys that may change between attempts: they cannot change a finished step's result
 (a resumed run may get a bigger budget or more threads)."""
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)  # the only way to read it; done once, at import, before any threads
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
 
 
 class RunFolderError(Exception):
@@ -233,28 +223,7 @@ def write_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temp file and a rename: never half a file, never a
     temp file left behind (a full disk is an ``OSError`` naming ``path``), never a secret
     (the text goes through :func:`~cotune.lm.redact.redact`)."""
-    text = redact(text)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = None
-    try:
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, prefix=f".{path.name}.", delete=False, encoding="utf-8"
-        ) as tmp:
-            _write_and_sync(tmp, text)
-        os.chmod(tmp.name, 0o666 & ~_UMASK)  # a temp file is private; the result need not be
-        os.replace(tmp.name, path)
-    except OSError as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp.name)
-        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
-
-
-def _write_and_sync(handle: IO[str], text: str) -> None:
-    handle.write(text)
-    handle.flush()
-    os.fsync(handle.fileno())
+    return _files.write_atomic(path, redact(text))
 
 
 def overwrite_in_place(path: Path, text: str) -> None:

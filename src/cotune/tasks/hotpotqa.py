@@ -12,14 +12,14 @@ disjoint, from one seeded shuffle of ``dev.jsonl`` (so the three never share a q
 
 from __future__ import annotations
 
-from cotune.core import Module
 from cotune.core.example import Example, Prediction
 from cotune.core.predict import ChainOfThought
 from cotune.core.signature import InputField, OutputField, Signature
 from cotune.evaluate.metrics import Score, exact_match, get_field
 from cotune.tasks.base import Splits, Task, seeded_split
 from cotune.tasks.data import data_path, read_jsonl
-from cotune.tasks.retrieval import BM25Retriever, Passage, shared_retriever
+from cotune.tasks.multihop import RetrievalHops, add_unseen
+from cotune.tasks.retrieval import BM25Retriever, Passage
 
 DEFAULT_SIZES = (200, 100, 200)
 _ROW_FIELDS = {"id": str, "question": str, "answer": str, "type": str, "gold_titles": list[str]}
@@ -42,7 +42,7 @@ class GenerateAnswer(Signature):
     answer: str = OutputField(desc="often between 1 and 5 words")
 
 
-class MultiHopQA(Module):
+class MultiHopQA(RetrievalHops):
     """``hops`` rounds of query generation and BM25 retrieval, then a chain-of-thought answer.
 
     Passages are deduplicated by title across hops and cut to ``max_passage_chars`` in the
@@ -59,9 +59,8 @@ class MultiHopQA(Module):
         max_tokens: int = 256,
         max_passage_chars: int = 1000,
     ) -> None:
-        self.retriever = retriever or shared_retriever(data_path("hotpotqa", "corpus.jsonl"))
-        self.passages_per_hop = passages_per_hop
-        self.max_passage_chars = max_passage_chars
+        super().__init__(retriever, passages_per_hop=passages_per_hop,
+                         max_passage_chars=max_passage_chars)
         self.generate_query = [
             ChainOfThought(GenerateSearchQuery, max_tokens=max_tokens) for _ in range(hops)
         ]
@@ -73,16 +72,11 @@ class MultiHopQA(Module):
         hop_titles: list[list[str]] = []
         for generate_query in self.generate_query:
             context = self.format_context(passages)
-            query = str(generate_query(context=context, question=question).search_query).strip()
-            query = query or question  # an empty query would retrieve nothing
+            written = generate_query(context=context, question=question).search_query
+            query, found = self.search(written, fallback=question)
             queries.append(query)
-            seen = {p.title for p in passages}
-            found = self.retriever.search(query, k=self.passages_per_hop)
             hop_titles.append([p.title for p in found])
-            for passage in found:
-                if passage.title not in seen:
-                    passages.append(passage)
-                    seen.add(passage.title)
+            add_unseen(passages, found)
         answer = self.generate_answer(context=self.format_context(passages), question=question)
         return Prediction(
             answer=answer.answer,
@@ -93,15 +87,7 @@ class MultiHopQA(Module):
         )
 
     def format_context(self, passages: list[Passage]) -> str:
-        if not passages:
-            return NO_PASSAGES
-        lines = []
-        for i, p in enumerate(passages, start=1):
-            text = p.text
-            if len(text) > self.max_passage_chars:
-                text = text[: self.max_passage_chars].rsplit(" ", 1)[0] + " ..."
-            lines.append(f"[{i}] «{p.title}» {text}")
-        return "\n".join(lines)
+        return self.passages_text(passages, empty=NO_PASSAGES)
 
 
 def load_rows(split: str) -> list[dict]:

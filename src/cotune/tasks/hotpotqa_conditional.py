@@ -31,6 +31,7 @@ import re
 import string
 from collections.abc import Callable
 
+from cotune.adapters.numbers import NUMBER
 from cotune.core.example import Example, Prediction
 from cotune.evaluate.metrics import get_field, normalize_text, parse_number
 from cotune.tasks import hotpotqa
@@ -77,7 +78,6 @@ _DATE_FORMS = [
     re.compile(rf"{_MONTH},?\s+{_YEAR}", re.IGNORECASE),  # October 1922
 ]
 _BARE_YEAR = re.compile(r"\d{4}")
-_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 _DIGITS = re.compile(r"-?\d+(?:\.\d+)?")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}(?:-\d{2})?")
 _LEADING_ARTICLE = re.compile(r"(?:the|a|an)\s", re.IGNORECASE)
@@ -109,7 +109,7 @@ def format_rule(answer: str, question_type: str) -> str:
         return "date"
     if _BARE_YEAR.fullmatch(text):
         return "year"
-    if _NUMBER.fullmatch(text):
+    if NUMBER.fullmatch(text):
         return "number"
     return "comparison_entity" if question_type == "comparison" else "bridge_entity"
 

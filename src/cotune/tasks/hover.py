@@ -14,18 +14,19 @@ from those 89 claims; the default 20/19/50 keeps as many as possible for the tes
 
 from __future__ import annotations
 
-from cotune.core import Module
 from cotune.core.example import Example, Prediction
 from cotune.core.predict import ChainOfThought
 from cotune.core.signature import InputField, OutputField, Signature
 from cotune.evaluate.metrics import get_field
 from cotune.tasks.base import Splits, Task, seeded_split
 from cotune.tasks.data import DataError, data_path, iter_jsonl
-from cotune.tasks.retrieval import BM25Retriever, Passage, shared_retriever
+from cotune.tasks.multihop import RetrievalHops, add_unseen
+from cotune.tasks.retrieval import BM25Retriever, Passage
 
 DEFAULT_SIZES = (20, 19, 50)
 LABELS = ("SUPPORTED", "NOT_SUPPORTED")
 NO_NOTES = "(nothing found yet)"
+NO_RESULTS = "(the search found nothing)"
 _ROW_FIELDS = {"uid": str, "claim": str, "label": str, "num_hops": int,
                "supporting_titles": list[str]}
 
@@ -49,7 +50,7 @@ class CondensePassages(Signature):
     new_notes: str = OutputField(desc="a few sentences")
 
 
-class HoverMultiHop(Module):
+class HoverMultiHop(RetrievalHops):
     """``hops`` rounds of (query -> BM25 top ``passages_per_hop`` -> condensed notes).
 
     The retrieved documents are kept, deduplicated by title, across hops: they are what the
@@ -68,9 +69,8 @@ class HoverMultiHop(Module):
     ) -> None:
         if hops < 1 or passages_per_hop < 1:
             raise ValueError("hops and passages_per_hop must be >= 1")
-        self.retriever = retriever or shared_retriever(data_path("hotpotqa", "corpus.jsonl"))
-        self.passages_per_hop = passages_per_hop
-        self.max_passage_chars = max_passage_chars
+        super().__init__(retriever, passages_per_hop=passages_per_hop,
+                         max_passage_chars=max_passage_chars)
         self.generate_query = [
             ChainOfThought(GenerateClaimQuery, max_tokens=max_tokens) for _ in range(hops)
         ]
@@ -82,17 +82,12 @@ class HoverMultiHop(Module):
         notes: list[str] = []
         queries: list[str] = []
         found: list[Passage] = []
-        seen: set[str] = set()
         for generate_query, condense in zip(self.generate_query, self.condense, strict=True):
             so_far = self.format_notes(notes)
-            query = str(generate_query(claim=claim, notes=so_far).search_query).strip()
-            query = query or claim  # an empty query would retrieve nothing
+            written = generate_query(claim=claim, notes=so_far).search_query
+            query, passages = self.search(written, fallback=claim)
             queries.append(query)
-            passages = self.retriever.search(query, k=self.passages_per_hop)
-            for passage in passages:
-                if passage.title not in seen:
-                    found.append(passage)
-                    seen.add(passage.title)
+            add_unseen(found, passages)
             condensed = condense(claim=claim, notes=so_far,
                                  passages=self.format_passages(passages))
             notes.append(str(condensed.new_notes).strip())
@@ -109,15 +104,7 @@ class HoverMultiHop(Module):
         return "\n".join(f"hop {i}: {n}" for i, n in enumerate(kept, start=1))
 
     def format_passages(self, passages: list[Passage]) -> str:
-        if not passages:
-            return "(the search found nothing)"
-        lines = []
-        for i, p in enumerate(passages, start=1):
-            text = p.text
-            if len(text) > self.max_passage_chars:
-                text = text[: self.max_passage_chars].rsplit(" ", 1)[0] + " ..."
-            lines.append(f"[{i}] «{p.title}» {text}")
-        return "\n".join(lines)
+        return self.passages_text(passages, empty=NO_RESULTS)
 
 
 def load_examples() -> list[Example]:

@@ -15,12 +15,12 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cotune._files import building_folder
 from cotune.lm.cache import default_cache_dir
 from cotune.tasks.data import read_jsonl
 
@@ -129,16 +129,12 @@ class BM25Retriever:
         return index
 
     def _save(self, index: Any) -> None:
-        self.index_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=self.index_dir.parent))
-        try:
-            index.save(str(tmp), show_progress=False)
-            os.rename(tmp, self.index_dir)  # atomic; fails if another process got there first
+        try:  # another process that built the same index first wins
+            with building_folder(self.index_dir, complete=self.index_dir.is_dir) as tmp:
+                index.save(str(tmp), show_progress=False)
         except OSError:
             if not self.index_dir.is_dir():
                 raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 _shared: dict[tuple[Path, Path], BM25Retriever] = {}
