@@ -12,6 +12,7 @@ from cotune.optimize.proposer import TIPS, GroundedProposer, Grounding
 from cotune.optimize.random_search import BootstrapRandomSearch
 from cotune.optimize.reporting import ConsoleReporter, CostEstimate, LogReporter, Reporter
 from cotune.optimize.traces import SuccessfulTrace, collect_successful_traces
+from cotune.optimize.trials import Child, Trial
 from cotune.optimize.vanilla import Vanilla
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "BootstrapFinetune",
     "BootstrapRandomSearch",
     "Candidate",
+    "Child",
     "ConsoleReporter",
     "CostEstimate",
     "GroundedProposer",
@@ -39,6 +41,7 @@ __all__ = [
     "Optimizer",
     "Reporter",
     "SuccessfulTrace",
+    "Trial",
     "ZeroShotMIPRO",
     "collect_successful_traces",
 ]
