@@ -216,7 +216,7 @@ def best_so_far(evals: Sequence[tuple[float, float]],
 
 # -- the lineage of an evolutionary search -----------------------------------------------------
 
-NODE_W, NODE_H, COL_W, ROW_H = 168, 38, 214, 48
+NODE_W, NODE_H, COL_W, ROW_H = 190, 38, 232, 48
 ACCEPTED_COLOR, REJECTED_COLOR, FRONTIER_COLOR = "#1f2328", "#8c959f", "#1a7f37"
 
 
