@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import scripted_task as scripted  # tests/ is on pytest's path (pyproject)
 from test_gepa import GOOD, gepa, optimize, planted_rule, reflector, task_lm
+from test_report import ARTIFACTS, CHROMIUM, _chromium
 from typer.testing import CliRunner
 
 from cotune.cli import app
@@ -17,6 +18,7 @@ from cotune.optimize import Candidate, Child, Trial
 from cotune.runs.folder import RunFolder
 from cotune.runs.optimize import RunSpec, run_optimization
 from cotune.runs.plots import lineage_graph
+from cotune.runs.report import write_report
 from cotune.runs.view import RunView, lineage
 
 TASK_FILE = Path(__file__).with_name("scripted_task.py")
@@ -211,3 +213,18 @@ def test_the_view_reads_scores_with_intervals_and_usage(tmp_path):
     assert [c.index for c in view.candidates] == list(range(summary.num_candidates))
     assert view.best is not None and view.best.index == summary.best_index
     assert view.lineage is None  # random search keeps no parents
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian package "
+                    "`chromium`; scripts/test installs it when run as root)")
+def test_the_lineage_renders_in_headless_chromium(tmp_path, gepa_run):
+    page = write_report(gepa_run)
+    view = RunView.load(gepa_run)
+    dom = _chromium(page, tmp_path, "--dump-dom")
+    assert dom.count('<g class="node') == len(view.lineage.nodes)
+    assert dom.count('class="edge') == len(view.lineage.edges)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "gepa-report.png"
+    shot.unlink(missing_ok=True)
+    _chromium(page, tmp_path, f"--screenshot={shot}", "--window-size=1280,2400")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000

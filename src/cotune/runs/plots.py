@@ -225,23 +225,33 @@ def lineage_graph(lineage: Lineage, *, title: str = "Lineage") -> str:
     (its validation score; a green border when it is on the Pareto frontier, a red one for the
     winner) and a dashed box per child that was tried and rejected (its mini-batch score);
     solid edges from parent to kept child, dashed ones to rejected children."""
+    parents: dict[str, list[str]] = {}
+    for edge in lineage.edges:
+        parents.setdefault(edge.child, []).append(edge.parent)
     columns: dict[int, list[LineageNode]] = {}
-    for node in sorted(lineage.nodes, key=lambda n: (n.iteration if n.iteration is not None
-                                                     else -1, not n.accepted, n.id)):
+    for node in lineage.nodes:
         columns.setdefault(node.depth, []).append(node)
-    where: dict[str, tuple[float, float]] = {}
-    for depth, nodes in columns.items():
-        for row, node in enumerate(nodes):
-            where[node.id] = (24 + depth * COL_W, 44 + row * ROW_H)
+    row: dict[str, int] = {}
+    for depth in sorted(columns):  # children next to their parents, in the order tried
+        columns[depth].sort(key=lambda n: (min((row.get(p, 0) for p in parents.get(n.id, [])),
+                                               default=0),
+                                           -1 if n.iteration is None else n.iteration,
+                                           not n.accepted, n.id))
+        free = 0
+        for n in columns[depth]:  # level with the parent where the column has room
+            row[n.id] = max(free, min((row.get(p, 0) for p in parents.get(n.id, [])),
+                                      default=0))
+            free = row[n.id] + 1
+    where = {n.id: (24 + n.depth * COL_W, 44 + row[n.id] * ROW_H) for n in lineage.nodes}
     width = 24 + (max(columns, default=0) + 1) * COL_W
-    height = 44 + max((len(n) for n in columns.values()), default=1) * ROW_H + 8
+    height = 44 + (max(row.values(), default=0) + 1) * ROW_H + 8
     parts = [_lineage_legend()]
     for edge in lineage.edges:
         if edge.parent in where and edge.child in where:
             parts.append(_edge(where[edge.parent], where[edge.child], edge.accepted,
                                f"{edge.parent}->{edge.child}"))
     parts += [_node(node, *where[node.id]) for node in lineage.nodes]
-    return _svg(max(width, 640), height, title, parts)
+    return _svg(max(width, 900), height, title, parts)
 
 
 def _edge(a: tuple[float, float], b: tuple[float, float], accepted: bool, name: str) -> str:

@@ -170,9 +170,12 @@ def lineage(candidates: list[Candidate], trials: list[Trial], best: int | None) 
         for j, child in enumerate(t.children):
             if child.candidate is not None:
                 continue
+            against = t.parent_minibatch_score
+            note = t.outcome + ("" if against is None else
+                                f" (the parent's mini-batch score: {against:.3f})")
             node = LineageNode(f"t{t.number}.{j}", child.kind, None, False, None,
                                child.minibatch_score, iteration=t.number,
-                               depth=1 + max(depth[p] for p in parents), note=t.outcome)
+                               depth=1 + max(depth[p] for p in parents), note=note)
             nodes.append(node)
             edges += [LineageEdge(f"c{p}", node.id, False) for p in parents]
     return Lineage(nodes, edges)
