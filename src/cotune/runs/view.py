@@ -329,7 +329,7 @@ class BenchView:
         for r in self.records:
             cell_dir = self.path / str(r.get("run_dir", ""))
             if r.get("run_dir") and cell_dir.is_dir():
-                problems += run_problems(cell_dir).values()
+                problems += RunView.load(cell_dir).problems.values()
         return problems
 
 
