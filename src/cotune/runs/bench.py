@@ -42,7 +42,6 @@ from cotune.optimize.better_together import ARROW
 from cotune.optimize.reporting import LogReporter, Reporter
 from cotune.runs.folder import (
     RESULT,
-    STATUS,
     RunFolder,
     RunFolderError,
     config_differences,
@@ -422,7 +421,7 @@ def error_text(exc: BaseException) -> str:
 
 
 def _finished(folder: RunFolder) -> bool:
-    status = _read_quietly(folder, STATUS) or {}
+    status = RunView.load(folder.path).status
     return status.get("state") == "finished" and folder.file(RESULT).is_file()
 
 
@@ -483,15 +482,6 @@ def _json(interval: Interval | None) -> dict[str, Any] | None:
 def _gain_json(gain: Interval | None) -> dict[str, Any] | None:
     """A paired gain as ``result.json`` holds it: the interval and ``within_noise``."""
     return None if gain is None else {**gain.to_json(), "within_noise": not gain.excludes_zero}
-
-
-def _read_quietly(folder: RunFolder, name: str) -> dict[str, Any] | None:
-    """A run folder's JSON object; None when missing or corrupt (a record is still made)."""
-    try:
-        data = folder.read_json(name, required=False)
-    except (RunFolderError, OSError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def sort_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
