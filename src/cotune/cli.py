@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,6 +14,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from cotune.lm.redact import RedactingFilter, redact
+
+if TYPE_CHECKING:  # imported where used: the CLI starts fast
+    from cotune.optimize import Candidate, Trial
+    from cotune.runs.view import RunResult, RunView
 
 app = typer.Typer(
     help="Optimize LM programs end to end: prompts and LoRA weights.",
@@ -340,7 +344,7 @@ def show(run: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
                     "rerun its command to rewrite them") from None
 
 
-def _show_run(out: Console, view: Any) -> None:
+def _show_run(out: Console, view: RunView) -> None:
     best = view.best
     _show_predictors(out, view.original, best.state if best is not None else None)
     _show_score_path(out, view.candidates, view.best_index)
@@ -348,7 +352,7 @@ def _show_run(out: Console, view: Any) -> None:
     _show_cost(out, view.result)
 
 
-def _show_header(out: Console, view: Any) -> None:
+def _show_header(out: Console, view: RunView) -> None:
     config, status = view.config, view.status
     optimizer = config.get("optimizer", {})
     model = config.get("model", {})
@@ -414,7 +418,7 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _show_score_path(out: Console, candidates: list[Any], best: int | None) -> None:
+def _show_score_path(out: Console, candidates: list[Candidate], best: int | None) -> None:
     from cotune.runs.formatting import format_gain
 
     table = Table(title="score path (validation score of each candidate vs LM calls so far; "
@@ -434,7 +438,7 @@ def _show_score_path(out: Console, candidates: list[Any], best: int | None) -> N
     out.print(table)
 
 
-def _show_trials(out: Console, trials: list[Any]) -> None:
+def _show_trials(out: Console, trials: list[Trial]) -> None:
     """Search trials (e.g. MIPRO's mini-batch trials), when the optimizer recorded any."""
     if not trials:
         return
@@ -447,7 +451,7 @@ def _show_trials(out: Console, trials: list[Any]) -> None:
     out.print(table)
 
 
-def _show_cost(out: Console, result: Any) -> None:
+def _show_cost(out: Console, result: RunResult) -> None:
     from cotune.runs.formatting import format_gain, format_metrics, format_score
 
     table = Table(title="cost")

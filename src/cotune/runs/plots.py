@@ -232,15 +232,16 @@ def lineage_graph(lineage: Lineage, *, title: str = "Lineage") -> str:
     for node in lineage.nodes:
         columns.setdefault(node.depth, []).append(node)
     row: dict[str, int] = {}
+
+    def parent_row(n: LineageNode) -> int:
+        return min((row.get(p, 0) for p in parents.get(n.id, [])), default=0)
+
     for depth in sorted(columns):  # children next to their parents, in the order tried
-        columns[depth].sort(key=lambda n: (min((row.get(p, 0) for p in parents.get(n.id, [])),
-                                               default=0),
-                                           -1 if n.iteration is None else n.iteration,
-                                           not n.accepted, n.id))
+        columns[depth].sort(key=lambda n: (parent_row(n), -1 if n.iteration is None
+                                           else n.iteration, not n.accepted, n.id))
         free = 0
         for n in columns[depth]:  # level with the parent where the column has room
-            row[n.id] = max(free, min((row.get(p, 0) for p in parents.get(n.id, [])),
-                                      default=0))
+            row[n.id] = max(free, parent_row(n))
             free = row[n.id] + 1
     where = {n.id: (24 + n.depth * COL_W, 44 + row[n.id] * ROW_H) for n in lineage.nodes}
     width = 24 + (max(columns, default=0) + 1) * COL_W
