@@ -22,7 +22,7 @@ from cotune.runs.bench import (
     run_bench,
 )
 from cotune.runs.folder import RunFolder
-from cotune.runs.report import format_gain, seed_spread
+from cotune.runs.formatting import format_gain, seed_spread
 
 TASK_FILE = Path(__file__).with_name("scripted_task.py")
 SIZES = {"train_size": 6, "val_size": 4, "test_size": 4}

@@ -334,7 +334,7 @@ def test_steps_run_in_strategy_order(strategy, order, tmp_path):
         result = bt.optimize(AddTwo(), arithmetic_data(8), workdir=tmp_path)
     assert log == order
     assert [c.params["step_name"] for c in result.candidates] == order
-    assert [t["name"] for t in result.trials] == order
+    assert [t.params["name"] for t in result.trials] == order
 
 
 def test_the_training_set_is_reshuffled_before_each_step(tmp_path):
@@ -376,7 +376,7 @@ def test_the_best_step_wins_on_the_validation_set(tmp_path):
     assert result.best_index == 1
     assert isinstance(result.program.solve.lm, TunedLM)
     assert result.program.solve.instruction.endswith("[p1]")
-    assert [t["score"] for t in result.trials] == [0.2, 1.0, 0.6]
+    assert [t.score for t in result.trials] == [0.2, 1.0, 0.6]
 
 
 def test_a_real_p_step_then_w(tmp_path):
@@ -429,7 +429,7 @@ def test_a_w_step_without_passing_traces_is_reported_and_skipped(tmp_path):
     skipped = result.candidates[0]
     assert "no trace passed the metric" in skipped.params["error"]
     assert skipped.score == 0.0  # the unchanged program, evaluated
-    assert result.trials[0]["error"] == skipped.params["error"]
+    assert result.trials[0].error == skipped.params["error"]
     assert any("skipped" in m for m in reporter.messages)
     assert result.program.solve.lm is None  # never fine-tuned
 

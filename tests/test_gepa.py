@@ -102,9 +102,9 @@ def test_a_worse_child_is_rejected_and_a_planted_better_one_is_accepted():
     proposals = {0: "BAD: answer b.", 1: "BAD again.", 2: GOOD}
     refl = reflector(lambda r: proposals.get(r.rollout_id, "BAD."))
     result = optimize(gepa(refl), task_lm(planted_rule))
-    reflective = [t for t in result.trials if t["kind"] == "reflect"]
-    assert [t["accepted"] for t in reflective[:3]] == [False, False, True]
-    assert reflective[0]["minibatch_score"] < reflective[0]["parent_minibatch_score"]
+    reflective = [t for t in result.trials if t.kind == "reflect"]
+    assert [t.accepted for t in reflective[:3]] == [False, False, True]
+    assert reflective[0].minibatch_score < reflective[0].parent_minibatch_score
     assert instruction(result) == GOOD
     assert result.best_score == 1.0 and result.candidates[0].score == 0.5
     assert result.candidates[result.best_index].params["parents"] == [0]
@@ -113,7 +113,7 @@ def test_a_worse_child_is_rejected_and_a_planted_better_one_is_accepted():
 def test_an_equal_child_is_not_accepted():
     refl = reflector("Some other words.")  # changes nothing the task LM cares about
     result = optimize(gepa(refl, max_metric_calls=60), task_lm(planted_rule))
-    assert all(not t["accepted"] for t in result.trials)
+    assert all(not t.accepted for t in result.trials)
     assert len(result.candidates) == 1 and instruction(result) == QA().answer.instruction
 
 
@@ -123,8 +123,8 @@ def test_predictors_take_turns_round_robin():
                     else "Answer: 0")
     result = optimize(gepa(refl, max_metric_calls=8 + 4 * 6), lm, program=AddTwo(),
                       train=arithmetic_data(16), val=arithmetic_data(8, offset=100))
-    assert [t["predictor"] for t in result.trials] == ["plan", "solve", "plan", "solve"]
-    assert {t["parent"] for t in result.trials} == {0}
+    assert [t.params["predictor"] for t in result.trials] == ["plan", "solve", "plan", "solve"]
+    assert {p for t in result.trials for p in t.parents} == {0}
 
 
 def test_the_reflection_sees_inputs_outputs_and_the_metrics_feedback():
@@ -188,8 +188,8 @@ def test_instruction_growth_is_capped_and_reported():
     assert len(instruction(result)) <= 200 and instruction(result).endswith("task.")
     best = result.candidates[result.best_index]
     assert best.params["instruction_chars"] == {"answer": len(instruction(result))}
-    child = result.trials[0]["children"][0]
-    assert child["truncated"] and child["instruction_chars"] <= 200
+    child = result.trials[0].children[0]
+    assert child.details["truncated"] and child.details["instruction_chars"] <= 200
 
 
 # -- merge -----------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def test_merge_combines_two_candidates_that_changed_different_predictors():
     instructions = {k: v["instruction"] for k, v in merged.state["predictors"].items()}
     assert instructions == {"plan": "PLAN-X", "solve": "SOLVE-Y"}
     assert merged.val_scores == [1, 1, 1, 1]
-    assert loop.run.trials[-1]["kind"] == "merge" and loop.run.trials[-1]["accepted"]
+    assert loop.run.trials[-1].kind == "merge" and loop.run.trials[-1].accepted
     assert loop.metric_calls == 4  # the differing examples, then the rest: one pass in all
 
 
@@ -246,7 +246,7 @@ def test_a_merge_that_loses_on_the_differing_examples_is_rejected():
     loop = _pool_loop(None, [[0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]])
     with context(lm=solver_that_needs("NOTHING")):
         assert loop._merge(0)
-    assert len(loop.pool) == 3 and not loop.run.trials[-1]["accepted"]
+    assert len(loop.pool) == 3 and not loop.run.trials[-1].accepted
 
 
 def test_no_merge_without_disjoint_changes():
@@ -277,11 +277,11 @@ def test_a_run_tries_a_merge_after_accepted_children():
                            evolve_demos=False, skip_perfect=False, max_metric_calls=300),
                       ScriptedLM(reply), program=AddTwo(), train=arithmetic_data(18),
                       val=arithmetic_data(9, offset=100))
-    kinds = [(t["kind"], t["accepted"]) for t in result.trials]
+    kinds = [(t.kind, t.accepted) for t in result.trials]
     assert kinds[:3] == [("reflect", True), ("reflect", True), ("merge", False)]
     merge = result.trials[2]
-    changed = [result.candidates[c].params["predictor"] for c in merge["parents"]]
-    assert sorted(changed) == ["plan", "solve"] and merge["ancestor"] == 0
+    changed = [result.candidates[c].params["predictor"] for c in merge.parents]
+    assert sorted(changed) == ["plan", "solve"] and merge.details["ancestor"] == 0
 
 
 # -- cost, budgets, resume -------------------------------------------------------------------
@@ -315,9 +315,9 @@ def test_the_projected_cost_matches_the_run_within_ten_percent(case):
     assert actual == result.usage.calls
     assert abs(actual - projected) <= 0.1 * actual, (case, projected, actual)
     budget = optimizer.metric_budget(len(VAL))
-    assert budget - 3 * 4 - len(VAL) <= result.trials[-1]["metric_calls"] <= budget
+    assert budget - 3 * 4 - len(VAL) <= result.trials[-1].details["metric_calls"] <= budget
     if case == "accepted":
-        assert sum(t["accepted"] for t in result.trials) >= 2
+        assert sum(bool(t.accepted) for t in result.trials) >= 2
 
 
 def test_a_metric_budget_smaller_than_the_validation_set_is_refused():
@@ -374,8 +374,9 @@ def test_a_killed_run_resumes_to_the_same_program(tmp_path, crash_points):
     assert result is not None
     assert result.program.dump_state() == reference.program.dump_state()
     assert [c.score for c in result.candidates] == [c.score for c in reference.candidates]
-    strip = [{k: v for k, v in t.items() if k != "lm_calls"} for t in result.trials]
-    assert strip == [{k: v for k, v in t.items() if k != "lm_calls"} for t in reference.trials]
+    strip = [{k: v for k, v in t.to_json().items() if k != "lm_calls"} for t in result.trials]
+    assert strip == [{k: v for k, v in t.to_json().items() if k != "lm_calls"}
+                     for t in reference.trials]
     assert sum(map(len, backend)) == len(reference_requests)  # nothing asked twice
     seen = [set(map(repr, calls)) for calls in backend]
     for i, calls in enumerate(seen):
@@ -400,7 +401,7 @@ def test_parallel_proposals_are_deterministic_under_a_seed():
     first, second = run(), run()
     assert first.program.dump_state() == second.program.dump_state()
     assert first.trials == second.trials  # LM-call counts included: no timing leaks in
-    assert any(len(t["children"]) == 3 for t in first.trials)
+    assert any(len(t.children) == 3 for t in first.trials)
 
 
 def test_bad_settings_are_clear():
@@ -434,7 +435,7 @@ def test_gepa_is_the_g_step_of_better_together():
     with context(lm=ScriptedLM(lambda r: "Plan: add" if "Plan: <plan>" in r.messages[0][
             "content"] else "Answer: 3")):
         result = bt.optimize(AddTwo(), arithmetic_data(16), arithmetic_data(8, offset=100))
-    assert [t["name"] for t in result.trials] == ["g", "w"] and refl.requests
+    assert [t.params["name"] for t in result.trials] == ["g", "w"] and refl.requests
 
 
 def test_the_metric_gets_the_trace_like_other_optimizers_pass_it():

@@ -41,7 +41,7 @@ def test_gepa_on_iris_with_the_real_model_through_the_cli(tmp_path, smollm2_path
     assert result["test"]["examples"] == 6 and 0.0 <= result["test_score"] <= 1.0
     spent = result["usage"]["optimization"]["calls"]
     trials = folder.read_json("trials.json")
-    assert trials and all(t["metric_calls"] <= 26 for t in trials)
+    assert trials and all(t["details"]["metric_calls"] <= 26 for t in trials)
     if max(c["score"] for c in folder.read_json("candidates.json")["candidates"]) < 1.0:
         # the budget was spent as projected, up to the one iteration (2 x 4 program runs
         # and a reflection) that no longer fit this tiny budget

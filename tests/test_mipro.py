@@ -113,7 +113,7 @@ def test_instructions_only_leaves_demos_empty():
                                     num_demo_candidates=2, minibatch_size=8, num_threads=1))
     assert result.program.answer.demos == []
     assert all(not c.state["predictors"]["answer"]["demos"] for c in result.candidates)
-    assert all(set(t["params"]) == {"answer:instruction"} for t in result.trials)
+    assert all(set(t.params) == {"answer:instruction"} for t in result.trials)
     assert result.program.answer.instruction.startswith("Proposed instruction")
 
 
@@ -125,7 +125,7 @@ def test_demos_only_leaves_instructions_as_they_are():
     original = QA().answer.instruction
     assert all(c.state["predictors"]["answer"]["instruction"] == original
                for c in result.candidates)
-    assert all(set(t["params"]) == {"answer:demos"} for t in result.trials)
+    assert all(set(t.params) == {"answer:demos"} for t in result.trials)
     assert result.program.answer.demos
 
 
@@ -137,7 +137,7 @@ def test_mipro_plus_plus_chooses_the_proposer_settings():
     keys = {"answer:instruction", "answer:demos", "answer:proposer.use_dataset_summary",
             "answer:proposer.use_program_summary", "answer:proposer.use_demos",
             "answer:proposer.tip", "answer:proposer.temperature"}
-    assert all(set(t["params"]) == keys for t in result.trials)
+    assert all(set(t.params) == keys for t in result.trials)
     proposals = [r for r in prompt.requests if is_proposal(r)]
     assert proposals and journal.keys("proposal:")
     assert {r.temperature for r in proposals} <= set(PROPOSER_TEMPERATURES)
@@ -307,7 +307,7 @@ def test_a_killed_run_resumes_to_the_same_program(tmp_path, case):
 
     assert result.program.dump_state() == reference.program.dump_state()
     assert [c.score for c in result.candidates] == [c.score for c in reference.candidates]
-    assert [t["params"] for t in result.trials] == [t["params"] for t in reference.trials]
+    assert [t.params for t in result.trials] == [t.params for t in reference.trials]
     # nothing is asked of the backend twice: journaled steps are skipped and the finished LM
     # calls of a step cut off halfway come from the cache
     assert sum(map(len, backend_calls)) == len(reference_requests)

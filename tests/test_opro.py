@@ -32,7 +32,7 @@ def test_the_planted_instruction_is_found_and_the_history_is_shown_worst_first()
     last = lm.requests[-1].messages[-1]["content"]
     scores = [float(s) for s in re.findall(r"Score: ([\d.]+)", last)]
     assert scores == sorted(scores) and len(scores) >= 3
-    assert len(result.trials) == 8 and {t["predictor"] for t in result.trials} == {"answer"}
+    assert len(result.trials) == 8 and {t.params["predictor"] for t in result.trials} == {"answer"}
 
 
 def test_the_estimate_is_an_upper_bound():

@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,6 +15,10 @@ from rich.table import Table
 
 from cotune.lm.redact import RedactingFilter, redact
 from cotune.optimize.registry import optimizer_help, preset_help, registered_optimizers
+
+if TYPE_CHECKING:  # imported where used: the CLI starts fast
+    from cotune.optimize import Candidate, Trial
+    from cotune.runs.view import RunResult, RunView
 
 app = typer.Typer(
     help="Optimize LM programs end to end: prompts and LoRA weights.",
@@ -286,7 +290,7 @@ def _speaks_for_itself(exc: Exception) -> bool:
 
 
 def _print_summary(summary: Any) -> None:
-    from cotune.runs.report import format_gain, format_score
+    from cotune.runs.formatting import format_gain, format_score
 
     total = summary.usage["total"]
     table = Table(title=f"run {summary.run_dir}")
@@ -305,7 +309,7 @@ def _print_summary(summary: Any) -> None:
         out.print(f"test vs the unoptimized program ({_score(summary.baseline_test_score)}): "
                   f"{format_gain(summary.test_gain)}", highlight=False)
     if summary.test_metrics:
-        from cotune.runs.report import format_metrics
+        from cotune.runs.formatting import format_metrics
 
         out.print(f"other test metrics: {format_metrics(summary.test_metrics)}")
     if summary.stopped_by_budget:
@@ -321,53 +325,48 @@ def _score(value: float | None) -> str:
 @app.command()
 def show(run: Annotated[Path, typer.Argument(help="A run folder.")]) -> None:
     """Show a run: the winning instruction and demos per predictor, the score path, the cost."""
-    from cotune.runs.folder import CANDIDATES, RESULT, TRIALS, RunFolder
+    from cotune.runs.view import RunView
 
-    folder = RunFolder(run)
-    config = _guarded(folder.config)
-    status = _guarded(folder.status)
-    candidates, result, trials = _guarded(lambda: [
-        folder.read_json(name, required=False) for name in (CANDIDATES, RESULT, TRIALS)
-    ])
+    view = _guarded(lambda: RunView.load(run))
+    if not view.exists:
+        raise _fail(f"{run} is not a cotune run folder (no config.json)")
+    if view.problems:
+        raise _fail(next(iter(view.problems.values())))
     out = Console()
-    _show_header(out, run, config, status)
-    if not isinstance(candidates, dict) or not isinstance(result, dict):
+    _show_header(out, view)
+    if not view.complete:
         out.print("no result yet: the run has not finished (rerun its command to resume it)")
         return
     try:
-        _show_run(out, candidates, result, trials if isinstance(trials, list) else [])
+        _show_run(out, view)
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise _fail(f"{run} holds malformed results ({type(exc).__name__}: {exc}); "
                     "rerun its command to rewrite them") from None
 
 
-def _show_run(out: Console, candidates: dict[str, Any], result: dict[str, Any],
-              trials: list[Any]) -> None:
-    best = candidates.get("best_index")
-    found = candidates["candidates"]
-    winner = found[best]["state"] if best is not None else None
-    _show_predictors(out, candidates.get("original"), winner)
-    _show_score_path(out, found, best)
-    _show_trials(out, trials)
-    _show_cost(out, result)
+def _show_run(out: Console, view: RunView) -> None:
+    best = view.best
+    _show_predictors(out, view.original, best.state if best is not None else None)
+    _show_score_path(out, view.candidates, view.best_index)
+    _show_trials(out, view.search_trials)
+    _show_cost(out, view.result)
 
 
-def _show_header(out: Console, run: Path, config: dict[str, Any], status: dict[str, Any]) -> None:
-    from cotune.runs.folder import RunFolder
-
+def _show_header(out: Console, view: RunView) -> None:
+    config, status = view.config, view.status
     optimizer = config.get("optimizer", {})
     model = config.get("model", {})
-    out.print(f"[bold]run[/] {escape(str(run))}", highlight=False)
+    out.print(f"[bold]run[/] {escape(str(view.path))}", highlight=False)
     out.print(f"task {config.get('task', {}).get('name')}, optimizer {optimizer.get('name')}"
               + (f" ({optimizer['preset']})" if optimizer.get("preset") else "")
               + f", model {model.get('name') or model.get('identity')}, seed {config.get('seed')}"
               + f", splits {_sizes(config.get('splits', {}))}", highlight=False, markup=False)
-    state = f"status {status.get('state')} (attempt {status.get('attempt')})"
+    state = f"status {status.get('state', 'unknown')} (attempt {status.get('attempt', 0)})"
     if status.get("error"):
         state += f": {status['error']}"
     if status.get("rerun_error"):
         state += f"; its last rerun did not complete ({status['rerun_error']})"
-    if status.get("state") == "running" and not RunFolder(run).in_use():
+    if status.get("state") == "running" and not view.in_use:
         state += ", but no process is running it (killed?): rerun its command to resume"
     out.print(redact(state), highlight=False, markup=False)
 
@@ -419,8 +418,8 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _show_score_path(out: Console, candidates: list[dict[str, Any]], best: int | None) -> None:
-    from cotune.runs.report import format_gain
+def _show_score_path(out: Console, candidates: list[Candidate], best: int | None) -> None:
+    from cotune.runs.formatting import format_gain
 
     table = Table(title="score path (validation score of each candidate vs LM calls so far; "
                         "gain: paired 95% interval vs the baseline)")
@@ -430,54 +429,52 @@ def _show_score_path(out: Console, candidates: list[dict[str, Any]], best: int |
         table.add_column(column, justify=justify)
     running: float | None = None
     for c in candidates:
-        if c["score"] is not None and (running is None or c["score"] > running):
-            running = c["score"]
-        mark = " *" if c["index"] == best else ""
-        verdict = c.get("vs_baseline") or {}
-        table.add_row(f"{c['index']}{mark}", str(c["lm_calls"]), _score(c["score"]),
-                      _score(running), format_gain(verdict.get("interval")), c["description"])
+        if c.score is not None and (running is None or c.score > running):
+            running = c.score
+        mark = " *" if c.index == best else ""
+        verdict = c.vs_baseline or {}
+        table.add_row(f"{c.index}{mark}", str(c.lm_calls), _score(c.score),
+                      _score(running), format_gain(verdict.get("interval")), c.description)
     out.print(table)
 
 
-def _show_trials(out: Console, trials: list[Any]) -> None:
+def _show_trials(out: Console, trials: list[Trial]) -> None:
     """Search trials (e.g. MIPRO's mini-batch trials), when the optimizer recorded any."""
-    scored = [t for t in trials if isinstance(t, dict) and "minibatch_score" in t]
-    if not scored:
+    if not trials:
         return
-    table = Table(title=f"search trials ({len(scored)}, scored on mini-batches)")
+    table = Table(title=f"search trials ({len(trials)}, scored on mini-batches)")
     for column in ("trial", "LM calls", "mini-batch score", "choice"):
         table.add_column(column, justify="left" if column == "choice" else "right")
-    for t in scored:
-        choice = ", ".join(f"{k}={v}" for k, v in (t.get("params") or {}).items())
-        table.add_row(str(t.get("trial", "?")), str(t.get("lm_calls", "?")),
-                      _score(t["minibatch_score"]), choice)
+    for t in trials:
+        choice = ", ".join(f"{k}={v}" for k, v in t.params.items())
+        table.add_row(str(t.number), str(t.lm_calls), _score(t.minibatch_score), choice)
     out.print(table)
 
 
-def _show_cost(out: Console, result: dict[str, Any]) -> None:
+def _show_cost(out: Console, result: RunResult) -> None:
+    from cotune.runs.formatting import format_gain, format_metrics, format_score
+
     table = Table(title="cost")
     for column in ("", "LM calls", "cache hits", "backend calls", "tokens", "cost"):
         table.add_column(column, justify="right")
-    for part, u in result["usage"].items():
-        table.add_row(part, str(u["calls"]), str(u["cache_hits"]), str(u["backend_calls"]),
-                      str(u["total_tokens"]), f"{u['cost']:.4f}")
+    for part, u in result.usage.items():
+        table.add_row(part, str(u.calls), str(u.cache_hits), str(u.backend_calls),
+                      str(u.total_tokens), f"{u.cost or 0:.4f}")
     out.print(table)
-    from cotune.runs.report import format_gain, format_metrics, format_score
-
-    other = format_metrics(result.get("test_metrics"), result.get("test_metric_intervals"))
-    val = format_score(result.get("val_score"), result.get("val_interval"))
-    test = format_score(result.get("test_score"), result.get("test_interval"))
+    other = format_metrics(result.test_metrics, result.test_metric_intervals)
+    val = format_score(result.val_score, result.val_interval)
+    test = format_score(result.test_score, result.test_interval)
     out.print(f"validation score {val}, held-out test score {test}"
               + (f" ({other})" if other else "")
-              + f", wall time {result.get('wall_s', 0):.1f} s"
-              + (", stopped by the budget" if result.get("stopped_by_budget") else ""),
+              + f", wall time {result.wall_s or 0:.1f} s"
+              + (", stopped by the budget" if result.stopped_by_budget else ""),
               highlight=False, markup=False)
-    if result.get("baseline_test_score") is not None:
+    if result.baseline_test_score is not None:
         out.print(f"the unoptimized program on the same test examples: "
-                  f"{_score(result['baseline_test_score'])}; the difference: "
-                  f"{format_gain(result.get('test_gain'))} (95% intervals)",
+                  f"{_score(result.baseline_test_score)}; the difference: "
+                  f"{format_gain(result.test_gain)} (95% intervals)",
                   highlight=False, markup=False)
-    reason = (result.get("selection") or {}).get("reason")
+    reason = result.selection.get("reason")
     if reason:
         out.print(f"why this program: {reason}", highlight=False, markup=False)
 

@@ -13,6 +13,7 @@ from cotune.optimize.random_search import BootstrapRandomSearch
 from cotune.optimize.registry import build_optimizer, optimizer_names, register_optimizer
 from cotune.optimize.reporting import ConsoleReporter, CostEstimate, LogReporter, Reporter
 from cotune.optimize.traces import SuccessfulTrace, collect_successful_traces
+from cotune.optimize.trials import Child, Trial
 from cotune.optimize.vanilla import Vanilla
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "BootstrapFinetune",
     "BootstrapRandomSearch",
     "Candidate",
+    "Child",
     "ConsoleReporter",
     "CostEstimate",
     "GroundedProposer",
@@ -41,6 +43,7 @@ __all__ = [
     "ProposerSettings",
     "Reporter",
     "SuccessfulTrace",
+    "Trial",
     "ZeroShotMIPRO",
     "build_optimizer",
     "collect_successful_traces",

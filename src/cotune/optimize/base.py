@@ -31,6 +31,7 @@ from cotune.lm.usage import UsageMeter, UsageSnapshot, track_usage
 from cotune.optimize.journal import Journal, MemoryJournal
 from cotune.optimize.reporting import CostEstimate, LogReporter, Reporter
 from cotune.optimize.selection import NOISE, MinGain, Scored, Selection, check_min_gain
+from cotune.optimize.trials import Trial
 
 Metric = Callable[..., float | bool]
 
@@ -69,7 +70,7 @@ class OptimizationResult:
     usage: UsageSnapshot
     stopped_by_budget: bool
     elapsed_s: float
-    trials: list[dict[str, Any]] = field(default_factory=list)
+    trials: list[Trial] = field(default_factory=list)
     """Search trials (e.g. MIPRO's mini-batch trials) beyond the fully scored candidates."""
     selection: dict[str, Any] = field(default_factory=dict)
     """Why ``best_index`` was chosen: the rule, the baseline, the reason, any re-scoring."""
@@ -90,7 +91,7 @@ class OptimizationResult:
             "elapsed_s": self.elapsed_s,
             "usage": self.usage.to_json(),
             "candidates": [c.to_json() for c in self.candidates],
-            "trials": self.trials,
+            "trials": [t.to_json() for t in self.trials],
             "selection": self.selection,
         }
 
@@ -118,7 +119,7 @@ class OptimizationRun:
         self.workdir = workdir
         """Where the optimizer writes files (e.g. LoRA adapters): inside the run folder."""
         self.candidates: list[Candidate] = []
-        self.trials: list[dict[str, Any]] = []
+        self.trials: list[Trial] = []
         self.started = time.monotonic()
         self.selection = Selection(optimizer.min_gain, optimizer.seed)
         self._programs: list[Module] = []
@@ -180,6 +181,13 @@ class OptimizationRun:
             verdict = self.selection.add(Scored(candidate.index, score, scores, examples))
             candidate.vs_baseline = verdict.to_json() if verdict is not None else None
         return candidate
+
+    def record_trial(self, number: int, kind: str, **fields: Any) -> Trial:
+        """Record one search trial (see :class:`~cotune.optimize.trials.Trial`), placed at
+        the LM calls the run has made so far."""
+        trial = Trial(number, kind, self.meter.snapshot().calls, **fields)
+        self.trials.append(trial)
+        return trial
 
     def rescore_finalists(self, top: int, more: Sequence[Example]) -> None:
         """Score the baseline and the ``top`` best other candidates on the validation set

@@ -143,9 +143,10 @@ class BetterTogether(Optimizer):
             program, score, error = self._run_step(run, i, name, program, score, order, valset)
             run.offer(program, score, f"step {i}: {name}" + (" (skipped)" if error else ""),
                       step=i, step_name=name, strategy_prefix=self._prefix(i), error=error)
-            run.trials.append({"step": i, "name": name, "strategy_prefix": self._prefix(i),
-                               "score": score["score"] if score else None, "error": error,
-                               "lm_calls": run.meter.snapshot().calls})
+            run.record_trial(i, "step", params={"name": name,
+                                                "strategy_prefix": self._prefix(i)},
+                             score=score["score"] if score else None, error=error,
+                             candidate=len(run.candidates) - 1)
 
     def _run_step(
         self, run: OptimizationRun, i: int, name: str, program: Module,

@@ -52,6 +52,7 @@ from cotune.optimize.pareto import pareto_frontier
 from cotune.optimize.reflection import propose_instruction, reflective_examples
 from cotune.optimize.registry import register_optimizer
 from cotune.optimize.reporting import CostEstimate
+from cotune.optimize.trials import Child
 
 PRESETS: dict[str, dict[str, int]] = {
     # reflective iterations and accepted candidates the metric-call budget is sized for
@@ -592,20 +593,27 @@ class _Loop:
 
     def _trial(self, trial: dict[str, Any], children: list[dict[str, Any]],
                accepted: tuple[int, int] | None, outcome: str) -> None:
+        """Record iteration ``trial["trial"]``: its parents, the children it tried with their
+        mini-batch scores, and ``accepted`` = (the child kept, the candidate it became)."""
         best = max((c["minibatch_score"] for c in children), default=None)
         candidate = None if accepted is None else accepted[1]
-        trial.update(
-            children=children, accepted=accepted is not None, candidate=candidate,
-            outcome=outcome, minibatch_score=best,
-            val_score=None if candidate is None else self.pool[candidate].mean,
-            frontier=self._frontier_text(), metric_calls=self.metric_calls,
-            lm_calls=self.run.meter.snapshot().calls,
+        parents = trial.pop("parents", None) or [trial.pop("parent")]
+        n, kind, predictor = trial.pop("trial"), trial.pop("kind"), trial.get("predictor")
+        frontier = self._frontier_text()
+        kids = [Child(c["kind"], c["minibatch_score"],
+                      candidate if accepted is not None and j == accepted[0] else None,
+                      {k: v for k, v in c.items() if k not in ("kind", "minibatch_score")})
+                for j, c in enumerate(children)]
+        self.run.record_trial(
+            n, kind, minibatch_score=best,
+            parent_minibatch_score=trial.pop("parent_minibatch_score"),
+            score=None if candidate is None else self.pool[candidate].mean,
+            parents=parents, candidate=candidate, accepted=accepted is not None,
+            outcome=outcome, children=kids,
+            params={"kind": kind, "parents": parents, "predictor": predictor,
+                    "outcome": outcome, "frontier": frontier},
+            details={**trial, "frontier": frontier, "metric_calls": self.metric_calls},
         )
-        parents = trial.get("parents", [trial.get("parent")])
-        trial["params"] = {"kind": trial["kind"], "parents": parents,
-                           "predictor": trial.get("predictor"), "outcome": outcome,
-                           "frontier": trial["frontier"]}
-        self.run.trials.append(trial)
 
 
 def _key(instruction: str, demos: list[dict[str, Any]]) -> str:

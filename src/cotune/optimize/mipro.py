@@ -487,10 +487,7 @@ class _Search:
         self.observations.append((params, score))
         self.minibatch_scores.setdefault(key, []).append(score)
         self.params_by_key.setdefault(key, params)
-        self.run.trials.append({
-            "trial": n, "params": params, "minibatch_score": score,
-            "lm_calls": self.run.meter.snapshot().calls,
-        })
+        self.run.record_trial(n, "search", params=params, minibatch_score=score)
 
     def _full_evaluation(self, after_trial: int) -> None:
         """Score the not yet fully evaluated combination with the best mean mini-batch score

@@ -160,11 +160,11 @@ class _Search:
             score = self.run.evaluate(program, [self.evalset[i] for i in batch],
                                       f"opro:{n}:{k}")["score"]
             self.scores[name].setdefault(text, []).append(score)
-            self.run.trials.append({
-                "trial": n, "predictor": name, "proposal": k, "minibatch_score": score,
-                "instruction_chars": len(text), "lm_calls": self.run.meter.snapshot().calls,
-                "params": {"predictor": name, "instruction": short(text, 80)},
-            })
+            self.run.record_trial(
+                n, "search", minibatch_score=score,
+                params={"predictor": name, "instruction": short(text, 80)},
+                details={"proposal": k, "instruction_chars": len(text)},
+            )
 
     def _proposals(self, n: int, name: str, predictor: Predict) -> list[str]:
         history = sorted(self.scores[name].items(), key=lambda kv: _mean(kv[1]))

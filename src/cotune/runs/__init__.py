@@ -1,7 +1,8 @@
 """Run folders, program files and journals: the top layer, where I/O lives.
 
-``RunFolder``, ``SQLiteJournal``, ``RunSpec`` and ``run_optimization`` are imported on first
-use, so that ``import cotune`` does not pull in the optimizers.
+``RunFolder``, ``SQLiteJournal``, ``RunSpec``, ``run_optimization`` and ``RunView`` (what a run
+folder holds, read back) are imported on first use, so that ``import cotune`` does not pull in
+the optimizers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _LAZY = {
     "RunSpec": "cotune.runs.optimize",
     "RunSummary": "cotune.runs.optimize",
     "run_optimization": "cotune.runs.optimize",
+    "RunView": "cotune.runs.view",
 }
 
 __all__ = ["load_program", "save_program", *_LAZY]

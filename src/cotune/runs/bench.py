@@ -35,6 +35,7 @@ from cotune.core.validate import (
     check_number,
     check_str,
 )
+from cotune.evaluate.stats import Interval
 from cotune.lm.models import DEFAULT_MODEL
 from cotune.lm.redact import is_redacted_url, redact
 from cotune.optimize.better_together import ARROW
@@ -42,21 +43,20 @@ from cotune.optimize.registry import get_optimizer, registered_optimizers
 from cotune.optimize.reporting import LogReporter, Reporter
 from cotune.runs.folder import (
     RESULT,
-    STATUS,
     RunFolder,
     RunFolderError,
     config_differences,
     write_atomic,
 )
-from cotune.runs.optimize import RunSpec, planned_config, run_optimization
-from cotune.runs.report import (
+from cotune.runs.formatting import (
     BENCH_COLUMNS,
     TEXT_COLUMNS,
     columns_in_use,
     format_value,
     seed_spread,
-    training_seconds,
 )
+from cotune.runs.optimize import RunSpec, planned_config, run_optimization
+from cotune.runs.view import RunView, Usage
 
 SPEC_FILE = "bench.json"
 RESULTS_JSON = "results.json"
@@ -422,7 +422,7 @@ def error_text(exc: BaseException) -> str:
 
 
 def _finished(folder: RunFolder) -> bool:
-    status = _read_quietly(folder, STATUS) or {}
+    status = RunView.load(folder.path).status
     return status.get("state") == "finished" and folder.file(RESULT).is_file()
 
 
@@ -440,9 +440,10 @@ def cell_record(
     wall_s: float | None = None,
 ) -> dict[str, Any]:
     """What the results table shows of a cell, read from its run folder."""
-    result = _read_quietly(folder, RESULT) if error is None else None
-    total = (result or {}).get("usage", {}).get("total", {})
-    status = _read_quietly(folder, STATUS) or {}
+    view = RunView.load(folder.path)
+    result = view.result if error is None else None
+    total = result.total if result is not None else Usage()
+    status = view.status
     return {
         "cell": cell.name,
         "task": cell.task.name,
@@ -454,33 +455,34 @@ def cell_record(
         "seed": cell.seed,
         "status": state or status.get("state", "unknown"),
         "error": error or status.get("error"),
-        "test_score": (result or {}).get("test_score"),
-        "test_interval": (result or {}).get("test_interval"),
-        "test_gain": (result or {}).get("test_gain"),
-        "test_metrics": (result or {}).get("test_metrics") or None,
-        "val_score": (result or {}).get("val_score"),
-        "val_interval": (result or {}).get("val_interval"),
-        "lm_calls": total.get("calls"),
-        "backend_calls": total.get("backend_calls"),
-        "cache_hits": total.get("cache_hits"),
-        "tokens": total.get("total_tokens"),
-        "cost": total.get("cost"),
-        "train_s": training_seconds(folder.path),
-        "wall_s": round(wall_s, 3) if wall_s is not None else (result or {}).get("wall_s"),
-        "stopped_by_budget": (result or {}).get("stopped_by_budget"),
+        "test_score": result.test_score if result else None,
+        "test_interval": _json(result.test_interval) if result else None,
+        "test_gain": _gain_json(result.test_gain) if result else None,
+        "test_metrics": (result.test_metrics or None) if result else None,
+        "val_score": result.val_score if result else None,
+        "val_interval": _json(result.val_interval) if result else None,
+        "lm_calls": total.calls,
+        "backend_calls": total.backend_calls,
+        "cache_hits": total.cache_hits,
+        "tokens": total.total_tokens,
+        "cost": total.cost,
+        "train_s": view.training_seconds(),
+        "wall_s": round(wall_s, 3) if wall_s is not None else (result.wall_s if result
+                                                                else None),
+        "stopped_by_budget": result.stopped_by_budget if result else None,
         "attempt": status.get("attempt"),
         "skipped": skipped,
         "run_dir": folder.path.relative_to(bench_dir).as_posix(),
     }
 
 
-def _read_quietly(folder: RunFolder, name: str) -> dict[str, Any] | None:
-    """A run folder's JSON object; None when missing or corrupt (a record is still made)."""
-    try:
-        data = folder.read_json(name, required=False)
-    except (RunFolderError, OSError):
-        return None
-    return data if isinstance(data, dict) else None
+def _json(interval: Interval | None) -> dict[str, Any] | None:
+    return None if interval is None else interval.to_json()
+
+
+def _gain_json(gain: Interval | None) -> dict[str, Any] | None:
+    """A paired gain as ``result.json`` holds it: the interval and ``within_noise``."""
+    return None if gain is None else {**gain.to_json(), "within_noise": not gain.excludes_zero}
 
 
 def sort_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

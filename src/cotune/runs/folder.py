@@ -8,7 +8,7 @@
       journal.sqlite    finished steps (bootstraps, evaluations, trials): the resume point
       lm_cache.sqlite   the LM answer cache, when the run keeps its own (--cache-dir RUN)
       candidates.json   every candidate: description, validation score, LM calls so far, state
-      trials.json       search trials beyond the fully scored candidates (e.g. MIPRO's)
+      trials.json       search trials beyond the candidates (MIPRO, OPRO; GEPA: the lineage)
       program.json      the final program (load with cotune.load_program)
       result.json       scores (validation, held-out test), LM usage, wall time, budget stop
       work/             files the optimizer produces (e.g. LoRA adapters the program uses)

@@ -386,7 +386,7 @@ def _write_search(folder: RunFolder, original: Module, result: OptimizationResul
         "candidates": [c.to_json() for c in result.candidates],
         "selection": result.selection,
     })
-    folder.write_json(TRIALS, result.trials)
+    folder.write_json(TRIALS, [t.to_json() for t in result.trials])
     save_program(result.program, folder.program_path)
 
 

@@ -7,7 +7,7 @@ One MLflow run per finished cotune run (and so per bench cell), in the experimen
 * metrics with **LM calls as the step**: every candidate's validation score
   (``candidate_score``), the highest of them so far (``best_candidate_score``: not always the
   chosen program's, since the choice respects noise), and every numeric ``*score``
-  field of the search trials (``trial.minibatch_score``, ...);
+  score of the search trials (``trial.minibatch_score``, ``trial.score``, ...);
 * the final scores: ``val_score``, ``test_score``, the test's extra metrics and whatever
   interval the result carries (a ``[low, high]`` pair becomes ``..._low`` / ``..._high``);
 * usage: ``usage.<part>.<field>`` for the optimization, the test, the preflight and the total;
@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from cotune.optimize.trials import Trial
 from cotune.runs.folder import CANDIDATES, CONFIG, PROGRAM, RESULT, TRIALS
 
 DEFAULT_EXPERIMENT = "cotune"
@@ -154,13 +155,12 @@ def _metrics(folder: Path, result: Mapping[str, Any]) -> list[tuple[str, float, 
             out.append(("candidate_score", float(c["score"]), step, now))
             best = max(best, float(c["score"]))
             out.append(("best_candidate_score", best, step, now))
-    trials = _read(folder / TRIALS) or []
-    for trial in trials if isinstance(trials, list) else []:
-        step = int(trial.get("lm_calls") or 0)
-        last_step = max(last_step, step)
-        for key, value in trial.items():
-            if key.endswith("score") and _number(value):
-                out.append((f"trial.{key}", float(value), step, now))
+    for trial in _trials(folder):
+        last_step = max(last_step, trial.lm_calls)
+        for key in ("minibatch_score", "parent_minibatch_score", "score"):
+            value = getattr(trial, key)
+            if _number(value):
+                out.append((f"trial.{key}", float(value), trial.lm_calls, now))
     final = {"val_score": result.get("val_score"), "test_score": result.get("test_score"),
              "wall_s": result.get("wall_s")}
     for key, value in result.items():  # intervals beside the scores (e.g. [low, high] pairs)
@@ -182,6 +182,14 @@ def _metrics(folder: Path, result: Mapping[str, Any]) -> list[tuple[str, float, 
             out.append((f"{key}_low", float(value[0]), last_step, now))
             out.append((f"{key}_high", float(value[1]), last_step, now))
     return out
+
+
+def _trials(folder: Path) -> list[Trial]:
+    trials = _read(folder / TRIALS) or []
+    try:
+        return [Trial.from_json(t) for t in trials] if isinstance(trials, list) else []
+    except ValueError as exc:
+        raise TrackingError(f"{folder / TRIALS}: unreadable ({exc})") from exc
 
 
 def _pair(value: Any) -> bool:
