@@ -32,6 +32,20 @@ def use_scripted_lm() -> None:
     cotune.lm.factory.make_lm = make_lm
 
 
+def counting_scripted_lm(log: str):
+    """The scripted task's LM, appending a line to the file ``log`` for every request that
+    reaches it, in whichever process it runs (the truth about the calls actors made)."""
+    import scripted_task
+
+    class CountingLM(scripted_task.SlowScriptedLM):
+        def _complete(self, request):
+            with open(log, "a", encoding="utf-8") as f:
+                f.write("call\n")
+            return super()._complete(request)
+
+    return CountingLM(scripted_task.scripted_answer, model="scripted")
+
+
 @contextlib.contextmanager
 def ray_cluster(temp_dir: Path, port: int, env: dict[str, str]) -> Iterator[str]:
     """Start ``ray start --head --block`` and a second ``ray start --block`` node; yield the

@@ -3,6 +3,7 @@ local cluster (head + one more node, 1 CPU each, dashboard off) started and stop
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -12,11 +13,13 @@ from pathlib import Path
 import pytest
 import scripted_task as scripted
 from conftest import free_port
-from ray_cluster import ray_cluster, wait_for_nodes
+from ray_cluster import counting_scripted_lm, ray_cluster, wait_for_nodes
 
-from cotune import Example, InputField, OutputField, Predict, Signature, budget, context
+from cotune import Example, InputField, Module, OutputField, Predict, Signature, budget, context
 from cotune.evaluate import Evaluate
 from cotune.lm import BudgetExceeded, track_usage
+from cotune.optimize import BootstrapFewShot, collect_successful_traces
+from cotune.optimize.bootstrap import demo_sets_from_traces
 from cotune.runs.bench import BenchSpec, run_bench
 
 ray = pytest.importorskip("ray")
@@ -91,6 +94,84 @@ def test_evaluate_on_ray_actors_gives_the_threads_results_and_usage(cluster):
         executor.close()
 
 
+def test_bootstrapped_traces_and_demos_on_ray_actors_are_the_threads_ones(cluster):
+    executor = RayExecutor(scripted.make_scripted_lm, num_actors=2, num_cpus=1)
+    try:
+        with context(lm=scripted.make_scripted_lm()), track_usage() as local:
+            threads = collect_successful_traces(scripted.Parity(), scripted.trainset,
+                                                scripted.metric, num_threads=2)
+        with track_usage() as remote:
+            fanned = collect_successful_traces(scripted.Parity(), scripted.trainset,
+                                               scripted.metric, executor=executor)
+        assert fanned == threads
+        assert 0 < len(fanned) < len(scripted.trainset)  # the metric kept some, not all
+        assert remote.snapshot().calls == local.snapshot().calls == len(scripted.trainset)
+
+        def bootstrap(executor):
+            optimizer = BootstrapFewShot(scripted.metric, max_bootstrapped_demos=3,
+                                         max_labeled_demos=1, num_threads=2)
+            optimizer.executor = executor
+            with context(lm=scripted.make_scripted_lm()):
+                return optimizer.optimize(scripted.Parity(), scripted.trainset,
+                                          scripted.valset)
+
+        here, there = bootstrap(None), bootstrap(executor)
+        demos = here.program.classify.demos
+        assert len(demos) == 4 and demos == there.program.classify.demos
+        assert there.program.dump_state() == here.program.dump_state()
+        assert there.usage.calls == here.usage.calls
+    finally:
+        executor.close()
+
+
+class TwoCalls(Module):
+    """Two LM calls per example: an example can be cut off by the budget halfway."""
+
+    def __init__(self) -> None:
+        self.first = Predict(scripted.ParitySignature, max_tokens=16)
+        self.second = Predict(scripted.ParitySignature, max_tokens=16)
+
+    def forward(self, text: str):
+        self.first(text=text)
+        return self.second(text=text)
+
+
+def test_budgets_hold_across_actors_within_the_examples_in_flight(cluster, tmp_path):
+    """Per-example accounting: the driver sends no example once a budget is spent, every
+    call an actor made (counted by the LM itself) is in the driver's meter and budget, and
+    the calls pass the cap by at most (in flight - 1) x calls per example."""
+    log = tmp_path / "calls.log"
+    executor = RayExecutor(functools.partial(counting_scripted_lm, str(log)), num_actors=2,
+                           num_cpus=1, threads_per_actor=2)
+    slots, per_example, cap = executor.slots, 2, 7
+
+    def made() -> int:
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
+    try:
+        for run in (
+            lambda: collect_successful_traces(TwoCalls(), scripted.trainset, scripted.metric,
+                                              executor=executor),
+            lambda: _evaluate(executor=executor)(TwoCalls()),
+        ):
+            before = made()
+            with budget(max_calls=cap) as b, track_usage() as meter, \
+                    pytest.raises(BudgetExceeded, match=f"budget of {cap} calls"):
+                run()
+            spent = made() - before
+            assert cap <= spent <= cap + (slots - 1) * per_example
+            assert b.calls == meter.snapshot().calls == spent
+
+        before = made()
+        with budget(max_tokens=1) as b, pytest.raises(BudgetExceeded, match="token budget"):
+            collect_successful_traces(TwoCalls(), scripted.trainset, scripted.metric,
+                                      executor=executor)
+        assert made() - before <= slots  # the first call of each example in flight
+        assert b.tokens > 0
+    finally:
+        executor.close()
+
+
 def test_a_program_with_its_own_lm_bound_is_refused_clearly(cluster):
     program = scripted.Parity()
     program.classify.lm = scripted.make_scripted_lm()
@@ -121,16 +202,26 @@ def test_smollm2_replicas_in_ray_actors_give_the_in_process_results(cluster, smo
 
     lm = LlamaCppLM(smollm2_path, cache=None, n_threads=1)
     evaluate = Evaluate(devset, metric, num_threads=1, display_progress=False)
+
+    def bootstrap(**where):  # the first 3 passing traces, then their demos
+        traces = collect_successful_traces(Predict(Capital, max_tokens=12), devset, metric,
+                                           wanted=3, **where)
+        return traces, demo_sets_from_traces(Predict(Capital), traces, 3)
+
     with context(lm=lm):
         local = evaluate(Predict(Capital, max_tokens=12))
+        local_traces, local_demos = bootstrap(num_threads=2)
     executor = RayExecutor(lm.describe(), num_actors=2, num_cpus=1,
                            lm_options={"cache": None, "n_threads": 1})
     try:
         evaluate.executor = executor
         fanned = evaluate(Predict(Capital, max_tokens=12))
+        fanned_traces, fanned_demos = bootstrap(executor=executor)
     finally:
         executor.close()
     _same(fanned, local)
+    assert len(local_traces) == 3 and fanned_traces == local_traces
+    assert fanned_demos == local_demos and len(local_demos["self"]) == 3
     assert fanned.usage.prompt_tokens == local.usage.prompt_tokens
     assert fanned.usage.completion_tokens == local.usage.completion_tokens
 

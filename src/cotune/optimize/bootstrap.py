@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,6 +50,10 @@ def without_example(program: Module, example: Example) -> Module:
     for p in copy.predictors():
         p.demos = [d for d in p.demos if not _same_source(d, example)]
     return copy
+
+
+def _without_example_at(trainset: Sequence[Example], program: Module, index: int) -> Module:
+    return without_example(program, trainset[index])
 
 
 def _same_source(demo: Example, example: Example) -> bool:
@@ -139,7 +144,8 @@ def bootstrap_demo_sets(
         traces = [] if max_bootstrapped <= 0 else collect_successful_traces(
             source, trainset, run.metric, threshold=threshold, num_threads=run.num_threads,
             wanted=max_bootstrapped,
-            prepare=lambda program, i: without_example(program, trainset[i]),
+            prepare=functools.partial(_without_example_at, trainset),
+            executor=run.optimizer.executor,
         )
         sets = demo_sets_from_traces(student, traces, max_bootstrapped)
         used = {t.example_index for t in traces}
