@@ -37,7 +37,7 @@ def cluster(tmp_path_factory):
            "COTUNE_LLAMA_THREADS": "1", "COTUNE_CACHE_DIR": str(root / "cache")}
     temp_dir = Path("/tmp") / f"cotune-ray-{os.getpid()}"  # short: Ray's socket paths
     temp_dir.mkdir(exist_ok=True)
-    with ray_cluster(temp_dir, free_port(), env) as address:
+    with ray_cluster(temp_dir, free_port(), env, node_gpus=1) as address:
         ray.init(address=address, log_to_driver=False,
                  runtime_env={"worker_process_setup_hook": "ray_cluster.use_scripted_lm"})
         try:
@@ -334,3 +334,38 @@ def test_actors_the_cluster_cannot_place_are_a_clear_error_not_a_hang(cluster):
             _evaluate(executor=executor)(scripted.Parity())
     finally:
         executor.close()
+
+
+def test_fine_tuning_cells_declare_gpus_and_every_cell_on_ray_is_logged_to_mlflow(
+        cluster, tmp_path, monkeypatch):
+    """The cluster's second node declares one (logical) GPU: a fine-tuning cell asks for it
+    and is placed there, the others ask for none; cells finished in the workers are logged
+    to one SQLite MLflow store, two at a time."""
+    mlflow = pytest.importorskip("mlflow")
+    declared: dict[str, tuple[float, float]] = {}
+    real_remote = ray.remote
+
+    class Spy:
+        def __init__(self, remote):
+            self.remote = remote
+
+        def options(self, **options):
+            declared[options["name"]] = (options["num_cpus"], options["num_gpus"])
+            return self.remote.options(**options)
+
+    monkeypatch.setattr(ray, "remote", lambda fn: Spy(real_remote(fn)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = _bench_spec(optimizers=["vanilla", "finetune"], mlflow=uri,
+                       mlflow_experiment="on-ray")
+    records = run_bench_on_ray(spec, tmp_path / "bench", cpus_per_cell=1, gpus_per_cell=1)
+    assert {name.removeprefix("cotune-cell-"): gpus for name, (_, gpus) in declared.items()} \
+        == {r["cell"]: (1 if "finetune" in r["cell"] else 0) for r in records}
+    assert len(records) == 4  # the fine-tuning cells were placed (on the GPU node) and ended
+    finished = [r["cell"] for r in records if r["status"] == "finished"]
+    assert len(finished) >= 2, [(r["cell"], r["error"]) for r in records]
+    mlflow.set_tracking_uri(uri)
+    try:
+        logged = mlflow.search_runs(experiment_names=["on-ray"], output_format="list")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert sorted(r.info.run_name for r in logged) == sorted(finished)
