@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -170,6 +171,37 @@ def test_budgets_hold_across_actors_within_the_examples_in_flight(cluster, tmp_p
         assert b.tokens > 0
     finally:
         executor.close()
+
+
+def _parity_answer(body):
+    """The fake endpoint's answer: the scripted task's LM, in the form the request asks."""
+    from types import SimpleNamespace
+
+    if not body.get("response_format"):
+        return scripted.scripted_answer(SimpleNamespace(messages=body["messages"]))
+    number = int(re.findall(r"\d+", body["messages"][-1]["content"])[-1])
+    return json.dumps({"parity": "odd" if number % 2 or number % 5 == 0 else "even"})
+
+
+def test_actors_building_an_openai_endpoint_lm_give_the_threads_results(
+        cluster, fake_openai_server):
+    from cotune.lm import OpenAILM
+
+    fake_openai_server.answer = _parity_answer
+    lm = OpenAILM("fake", base_url=fake_openai_server.url, cache=None)
+    with context(lm=lm):
+        threads = _evaluate(raising_metric)(scripted.Parity())
+    sent = fake_openai_server.attempts
+    executor = RayExecutor(lm.describe(), num_actors=2, threads_per_actor=2,
+                           lm_options={"cache": None})
+    try:
+        fanned = _evaluate(raising_metric, executor=executor)(scripted.Parity())
+    finally:
+        executor.close()
+    _same(fanned, threads)
+    assert sent == fake_openai_server.attempts - sent == len(fanned.results)
+    assert fanned.usage.total_tokens == threads.usage.total_tokens > 0
+    assert fanned.num_errors == 1 and 0 < fanned.score < 1
 
 
 def test_a_program_with_its_own_lm_bound_is_refused_clearly(cluster):
