@@ -358,6 +358,26 @@ def test_an_optimizers_evaluations_on_ray_give_the_threads_result(cluster):
     assert fanned.usage.calls == local.usage.calls
 
 
+def test_an_optimizer_on_ray_stops_at_its_budget_with_the_calls_counted(cluster):
+    """An optimizer's budget, with its bootstraps and evaluations on the actors: the run stops
+    cleanly, its usage past the cap by no more than the examples in flight."""
+    from cotune import Budget
+    from cotune.optimize.random_search import BootstrapRandomSearch
+
+    executor = RayExecutor(scripted.make_scripted_lm, num_actors=2, num_cpus=1)
+    cap = 25
+    try:
+        optimizer = BootstrapRandomSearch(scripted.metric, num_candidates=4, num_threads=2)
+        optimizer.executor = executor
+        with context(lm=scripted.make_scripted_lm()):
+            result = optimizer.optimize(scripted.Parity(), scripted.trainset,
+                                        scripted.valset, budget=(b := Budget(max_calls=cap)))
+    finally:
+        executor.close()
+    assert result.stopped_by_budget and result.candidates
+    assert cap <= result.usage.calls == b.calls <= cap + executor.slots - 1
+
+
 def test_actors_the_cluster_cannot_place_are_a_clear_error_not_a_hang(cluster):
     executor = RayExecutor(scripted.make_scripted_lm, num_actors=1, num_cpus=8,
                            start_timeout=3)
