@@ -9,7 +9,8 @@
    (benchmarks/stub_server.py): 8 threads in this process vs ``RayExecutor`` (2 actors x 4
    threads); wall time per example.
    The same for bootstrapping (``collect_successful_traces``, every example a passing trace):
-   the traces must be identical; wall time per example.
+   all traces (one pass), and the first half of them (``wanted``: chunks of twice the slots,
+   each drained before the next); the traces must be identical; wall time per example run.
 3. The optimizer's own loop: ``cotune optimize``'s ``run_optimization`` of MIPRO (light preset,
    60 trials) on the scripted task with an instant scripted LM, journal on, cache off: wall
    time per trial and per LM call when the LM costs nothing (proposals, TPE, journal writes,
@@ -107,6 +108,8 @@ def evaluate_rows(n: int, repeats: int) -> list[dict[str, Any]]:
         fanned = Evaluate(devset, exact_match(), display_progress=False, executor=executor)
         from cotune import context
 
+        half = n // 2
+
         def bootstrap(where: dict[str, Any]) -> Any:
             return collect_successful_traces(program, devset, exact_match(), **where)
 
@@ -116,7 +119,11 @@ def evaluate_rows(n: int, repeats: int) -> list[dict[str, Any]]:
                     ("evaluate", "Ray actors (2 x 4)", lambda: fanned(program)),
                     ("bootstrap", "threads (8)", lambda: bootstrap({"num_threads": 8})),
                     ("bootstrap", "Ray actors (2 x 4)",
-                     lambda: bootstrap({"executor": executor}))]
+                     lambda: bootstrap({"executor": executor})),
+                    ("bootstrap, wanted", "threads (8)",
+                     lambda: bootstrap({"num_threads": 8, "wanted": half})),
+                    ("bootstrap, wanted", "Ray actors (2 x 4)",
+                     lambda: bootstrap({"executor": executor, "wanted": half}))]
             outputs: dict[str, set[str]] = {}
             for what, label, run in runs:
                 walls, seen = [], set()
@@ -129,9 +136,10 @@ def evaluate_rows(n: int, repeats: int) -> list[dict[str, Any]]:
                              json.dumps([t.to_json() for t in result], sort_keys=True))
                 outputs.setdefault(what, set()).update(seen)
                 wall = statistics.median(walls)
-                rows.append({"what": what, "executor": label, "examples": n,
+                ran = n if what != "bootstrap, wanted" else -(-half // 16) * 16  # whole chunks
+                rows.append({"what": what, "executor": label, "examples": ran,
                              "median_s": round(wall, 3),
-                             "ms_per_example": round(1000 * wall / n, 3),
+                             "ms_per_example": round(1000 * wall / ran, 3),
                              "identical_to_threads": len(outputs[what]) == 1})
                 print(rows[-1], flush=True)
         finally:

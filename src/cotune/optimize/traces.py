@@ -57,7 +57,10 @@ def collect_successful_traces(
     program=...)``, ``slots`` at a time: the same traces, usage and budgets.  ``metric`` and
     ``prepare`` must then pickle (module-level functions, lambdas over picklable values).
     """
-    chunk = max(executor.slots if executor is not None else num_threads, 1) * 2
+    # with ``wanted``, chunks of twice the parallel slots, each drained before the next, so
+    # that the same examples run however the work is timed; without it, one pass over all
+    chunk = len(examples) if wanted is None else \
+        max(executor.slots if executor is not None else num_threads, 1) * 2
     make_runner = functools.partial(trace_runner, program, list(examples), metric, threshold,
                                     prepare)
     run_one = make_runner() if executor is None else None
