@@ -8,12 +8,16 @@
 2. ``Evaluate`` of a one-predictor program against the instant stub server
    (benchmarks/stub_server.py): 8 threads in this process vs ``RayExecutor`` (2 actors x 4
    threads); wall time per example.
+   The same for bootstrapping (``collect_successful_traces``, every example a passing trace):
+   all traces (one pass), and the first half of them (``wanted``: chunks of twice the slots,
+   each drained before the next); the traces must be identical; wall time per example run.
 3. The optimizer's own loop: ``cotune optimize``'s ``run_optimization`` of MIPRO (light preset,
    60 trials) on the scripted task with an instant scripted LM, journal on, cache off: wall
    time per trial and per LM call when the LM costs nothing (proposals, TPE, journal writes,
    Evaluate's bookkeeping), the basis of docs/scale-out.md's projection.
 
     python benchmarks/scale_out.py --out scale_out.json
+    python benchmarks/scale_out.py --only-fanout --out fanout.json   # part 2 alone
 
 Needs cotune[ray] and the packaged SmolLM2 (``--no-smollm2`` skips those cells).
 """
@@ -42,6 +46,7 @@ from cotune import Example, Predict  # noqa: E402
 from cotune.evaluate import Evaluate, exact_match  # noqa: E402
 from cotune.evaluate.ray_executor import RayExecutor  # noqa: E402
 from cotune.lm import OpenAILM  # noqa: E402
+from cotune.optimize import collect_successful_traces  # noqa: E402
 from cotune.runs.bench import BenchSpec, run_bench  # noqa: E402
 from cotune.runs.distributed import run_bench_on_ray  # noqa: E402
 
@@ -103,20 +108,39 @@ def evaluate_rows(n: int, repeats: int) -> list[dict[str, Any]]:
         fanned = Evaluate(devset, exact_match(), display_progress=False, executor=executor)
         from cotune import context
 
+        half = n // 2
+
+        def bootstrap(where: dict[str, Any]) -> Any:
+            return collect_successful_traces(program, devset, exact_match(), **where)
+
         try:
             fanned(program)  # warm-up: the actors start and import cotune
-            for label, evaluate in (("threads (8)", threads), ("Ray actors (2 x 4)", fanned)):
-                walls, scores = [], set()
+            runs = [("evaluate", "threads (8)", lambda: threads(program)),
+                    ("evaluate", "Ray actors (2 x 4)", lambda: fanned(program)),
+                    ("bootstrap", "threads (8)", lambda: bootstrap({"num_threads": 8})),
+                    ("bootstrap", "Ray actors (2 x 4)",
+                     lambda: bootstrap({"executor": executor})),
+                    ("bootstrap, wanted", "threads (8)",
+                     lambda: bootstrap({"num_threads": 8, "wanted": half})),
+                    ("bootstrap, wanted", "Ray actors (2 x 4)",
+                     lambda: bootstrap({"executor": executor, "wanted": half}))]
+            outputs: dict[str, set[str]] = {}
+            for what, label, run in runs:
+                walls, seen = [], set()
                 for _ in range(repeats):
                     start = time.perf_counter()
                     with context(lm=lm):
-                        result = evaluate(program)
+                        result = run()
                     walls.append(time.perf_counter() - start)
-                    scores.add(result.score)
+                    seen.add(repr(result.score) if what == "evaluate" else
+                             json.dumps([t.to_json() for t in result], sort_keys=True))
+                outputs.setdefault(what, set()).update(seen)
                 wall = statistics.median(walls)
-                rows.append({"executor": label, "examples": n, "score": sorted(scores),
+                ran = n if what != "bootstrap, wanted" else -(-half // 16) * 16  # whole chunks
+                rows.append({"what": what, "executor": label, "examples": ran,
                              "median_s": round(wall, 3),
-                             "ms_per_example": round(1000 * wall / n, 3)})
+                             "ms_per_example": round(1000 * wall / ran, 3),
+                             "identical_to_threads": len(outputs[what]) == 1})
                 print(rows[-1], flush=True)
         finally:
             executor.close()
@@ -169,6 +193,8 @@ def main() -> None:
     parser.add_argument("--delay", default=CALL_DELAY_S,
                         help="seconds per scripted LM call in the grid (default 0.05)")
     parser.add_argument("--only-loop", action="store_true", help="only part 3 (no Ray)")
+    parser.add_argument("--only-fanout", action="store_true",
+                        help="only part 2 (Evaluate and bootstrapping on actors vs threads)")
     args = parser.parse_args()
     os.environ["COTUNE_TEST_SLEEP"] = args.delay
     os.environ.setdefault("COTUNE_LLAMA_THREADS", "1")
@@ -192,9 +218,10 @@ def main() -> None:
                      runtime_env={"worker_process_setup_hook": "ray_cluster.use_scripted_lm"})
             try:
                 wait_for_nodes(ray, NODES)
-                report = {"bench": bench_rows(work, not args.no_smollm2),
-                          "evaluate": evaluate_rows(args.examples, args.repeats),
-                          "loop": loop_rows(work)}
+                fanout = evaluate_rows(args.examples, args.repeats)
+                report = ({"fanout": fanout} if args.only_fanout else
+                          {"bench": bench_rows(work, not args.no_smollm2), "fanout": fanout,
+                           "loop": loop_rows(work)})
             finally:
                 ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -32,11 +32,27 @@ def use_scripted_lm() -> None:
     cotune.lm.factory.make_lm = make_lm
 
 
+def counting_scripted_lm(log: str):
+    """The scripted task's LM, appending a line to the file ``log`` for every request that
+    reaches it, in whichever process it runs (the truth about the calls actors made)."""
+    import scripted_task
+
+    class CountingLM(scripted_task.SlowScriptedLM):
+        def _complete(self, request):
+            with open(log, "a", encoding="utf-8") as f:
+                f.write("call\n")
+            return super()._complete(request)
+
+    return CountingLM(scripted_task.scripted_answer, model="scripted")
+
+
 @contextlib.contextmanager
-def ray_cluster(temp_dir: Path, port: int, env: dict[str, str]) -> Iterator[str]:
+def ray_cluster(temp_dir: Path, port: int, env: dict[str, str], *,
+                node_gpus: int = 0) -> Iterator[str]:
     """Start ``ray start --head --block`` and a second ``ray start --block`` node; yield the
     address (``127.0.0.1:PORT``) once the head is up (see :func:`wait_for_nodes`); stop both
-    (SIGTERM: ``ray start`` stops the processes it started) on exit."""
+    (SIGTERM: ``ray start`` stops the processes it started) on exit.  ``node_gpus``: GPUs the
+    second node declares (a logical resource: Ray places GPU tasks by it, none need exist)."""
     ray_bin = str(Path(sys.executable).with_name("ray"))
     common = ["--block", "--num-cpus=1", f"--object-store-memory={OBJECT_STORE_BYTES}",
               "--disable-usage-stats"]
@@ -52,7 +68,7 @@ def ray_cluster(temp_dir: Path, port: int, env: dict[str, str]) -> Iterator[str]
         _wait_for(lambda: (temp_dir / "ray_current_cluster").is_file(), processes, temp_dir)
         with (temp_dir / "node.log").open("wb") as log:
             processes.append(subprocess.Popen(
-                [ray_bin, "start", f"--address={address}", *common],
+                [ray_bin, "start", f"--address={address}", f"--num-gpus={node_gpus}", *common],
                 env=env, stdout=log, stderr=subprocess.STDOUT))
         yield address
     finally:

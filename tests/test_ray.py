@@ -3,8 +3,10 @@ local cluster (head + one more node, 1 CPU each, dashboard off) started and stop
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -12,11 +14,13 @@ from pathlib import Path
 import pytest
 import scripted_task as scripted
 from conftest import free_port
-from ray_cluster import ray_cluster, wait_for_nodes
+from ray_cluster import counting_scripted_lm, ray_cluster, wait_for_nodes
 
-from cotune import Example, InputField, OutputField, Predict, Signature, budget, context
+from cotune import Example, InputField, Module, OutputField, Predict, Signature, budget, context
 from cotune.evaluate import Evaluate
 from cotune.lm import BudgetExceeded, track_usage
+from cotune.optimize import BootstrapFewShot, collect_successful_traces
+from cotune.optimize.bootstrap import demo_sets_from_traces
 from cotune.runs.bench import BenchSpec, run_bench
 
 ray = pytest.importorskip("ray")
@@ -34,7 +38,7 @@ def cluster(tmp_path_factory):
            "COTUNE_LLAMA_THREADS": "1", "COTUNE_CACHE_DIR": str(root / "cache")}
     temp_dir = Path("/tmp") / f"cotune-ray-{os.getpid()}"  # short: Ray's socket paths
     temp_dir.mkdir(exist_ok=True)
-    with ray_cluster(temp_dir, free_port(), env) as address:
+    with ray_cluster(temp_dir, free_port(), env, node_gpus=1) as address:
         ray.init(address=address, log_to_driver=False,
                  runtime_env={"worker_process_setup_hook": "ray_cluster.use_scripted_lm"})
         try:
@@ -91,6 +95,115 @@ def test_evaluate_on_ray_actors_gives_the_threads_results_and_usage(cluster):
         executor.close()
 
 
+def test_bootstrapped_traces_and_demos_on_ray_actors_are_the_threads_ones(cluster):
+    executor = RayExecutor(scripted.make_scripted_lm, num_actors=2, num_cpus=1)
+    try:
+        with context(lm=scripted.make_scripted_lm()), track_usage() as local:
+            threads = collect_successful_traces(scripted.Parity(), scripted.trainset,
+                                                scripted.metric, num_threads=2)
+        with track_usage() as remote:
+            fanned = collect_successful_traces(scripted.Parity(), scripted.trainset,
+                                               scripted.metric, executor=executor)
+        assert fanned == threads
+        assert 0 < len(fanned) < len(scripted.trainset)  # the metric kept some, not all
+        assert remote.snapshot().calls == local.snapshot().calls == len(scripted.trainset)
+
+        def bootstrap(executor):
+            optimizer = BootstrapFewShot(scripted.metric, max_bootstrapped_demos=3,
+                                         max_labeled_demos=1, num_threads=2)
+            optimizer.executor = executor
+            with context(lm=scripted.make_scripted_lm()):
+                return optimizer.optimize(scripted.Parity(), scripted.trainset,
+                                          scripted.valset)
+
+        here, there = bootstrap(None), bootstrap(executor)
+        demos = here.program.classify.demos
+        assert len(demos) == 4 and demos == there.program.classify.demos
+        assert there.program.dump_state() == here.program.dump_state()
+        assert there.usage.calls == here.usage.calls
+    finally:
+        executor.close()
+
+
+class TwoCalls(Module):
+    """Two LM calls per example: an example can be cut off by the budget halfway."""
+
+    def __init__(self) -> None:
+        self.first = Predict(scripted.ParitySignature, max_tokens=16)
+        self.second = Predict(scripted.ParitySignature, max_tokens=16)
+
+    def forward(self, text: str):
+        self.first(text=text)
+        return self.second(text=text)
+
+
+def test_budgets_hold_across_actors_within_the_examples_in_flight(cluster, tmp_path):
+    """Per-example accounting: the driver sends no example once a budget is spent, every
+    call an actor made (counted by the LM itself) is in the driver's meter and budget, and
+    the calls pass the cap by at most (in flight - 1) x calls per example."""
+    log = tmp_path / "calls.log"
+    executor = RayExecutor(functools.partial(counting_scripted_lm, str(log)), num_actors=2,
+                           num_cpus=1, threads_per_actor=2)
+    slots, per_example, cap = executor.slots, 2, 7
+
+    def made() -> int:
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
+    try:
+        for run in (
+            lambda: collect_successful_traces(TwoCalls(), scripted.trainset, scripted.metric,
+                                              executor=executor),
+            lambda: _evaluate(executor=executor)(TwoCalls()),
+        ):
+            before = made()
+            with budget(max_calls=cap) as b, track_usage() as meter, \
+                    pytest.raises(BudgetExceeded, match=f"budget of {cap} calls"):
+                run()
+            spent = made() - before
+            assert cap <= spent <= cap + (slots - 1) * per_example
+            assert b.calls == meter.snapshot().calls == spent
+
+        before = made()
+        with budget(max_tokens=1) as b, pytest.raises(BudgetExceeded, match="token budget"):
+            collect_successful_traces(TwoCalls(), scripted.trainset, scripted.metric,
+                                      executor=executor)
+        assert made() - before <= slots  # the first call of each example in flight
+        assert b.tokens > 0
+    finally:
+        executor.close()
+
+
+def _parity_answer(body):
+    """The fake endpoint's answer: the scripted task's LM, in the form the request asks."""
+    from types import SimpleNamespace
+
+    if not body.get("response_format"):
+        return scripted.scripted_answer(SimpleNamespace(messages=body["messages"]))
+    number = int(re.findall(r"\d+", body["messages"][-1]["content"])[-1])
+    return json.dumps({"parity": "odd" if number % 2 or number % 5 == 0 else "even"})
+
+
+def test_actors_building_an_openai_endpoint_lm_give_the_threads_results(
+        cluster, fake_openai_server):
+    from cotune.lm import OpenAILM
+
+    fake_openai_server.answer = _parity_answer
+    lm = OpenAILM("fake", base_url=fake_openai_server.url, cache=None)
+    with context(lm=lm):
+        threads = _evaluate(raising_metric)(scripted.Parity())
+    sent = fake_openai_server.attempts
+    executor = RayExecutor(lm.describe(), num_actors=2, threads_per_actor=2,
+                           lm_options={"cache": None})
+    try:
+        fanned = _evaluate(raising_metric, executor=executor)(scripted.Parity())
+    finally:
+        executor.close()
+    _same(fanned, threads)
+    assert sent == fake_openai_server.attempts - sent == len(fanned.results)
+    assert fanned.usage.total_tokens == threads.usage.total_tokens > 0
+    assert fanned.num_errors == 1 and 0 < fanned.score < 1
+
+
 def test_a_program_with_its_own_lm_bound_is_refused_clearly(cluster):
     program = scripted.Parity()
     program.classify.lm = scripted.make_scripted_lm()
@@ -121,16 +234,26 @@ def test_smollm2_replicas_in_ray_actors_give_the_in_process_results(cluster, smo
 
     lm = LlamaCppLM(smollm2_path, cache=None, n_threads=1)
     evaluate = Evaluate(devset, metric, num_threads=1, display_progress=False)
+
+    def bootstrap(**where):  # the first 3 passing traces, then their demos
+        traces = collect_successful_traces(Predict(Capital, max_tokens=12), devset, metric,
+                                           wanted=3, **where)
+        return traces, demo_sets_from_traces(Predict(Capital), traces, 3)
+
     with context(lm=lm):
         local = evaluate(Predict(Capital, max_tokens=12))
+        local_traces, local_demos = bootstrap(num_threads=2)
     executor = RayExecutor(lm.describe(), num_actors=2, num_cpus=1,
                            lm_options={"cache": None, "n_threads": 1})
     try:
         evaluate.executor = executor
         fanned = evaluate(Predict(Capital, max_tokens=12))
+        fanned_traces, fanned_demos = bootstrap(executor=executor)
     finally:
         executor.close()
     _same(fanned, local)
+    assert len(local_traces) == 3 and fanned_traces == local_traces
+    assert fanned_demos == local_demos and len(local_demos["self"]) == 3
     assert fanned.usage.prompt_tokens == local.usage.prompt_tokens
     assert fanned.usage.completion_tokens == local.usage.completion_tokens
 
@@ -235,6 +358,26 @@ def test_an_optimizers_evaluations_on_ray_give_the_threads_result(cluster):
     assert fanned.usage.calls == local.usage.calls
 
 
+def test_an_optimizer_on_ray_stops_at_its_budget_with_the_calls_counted(cluster):
+    """An optimizer's budget, with its bootstraps and evaluations on the actors: the run stops
+    cleanly, its usage past the cap by no more than the examples in flight."""
+    from cotune import Budget
+    from cotune.optimize.random_search import BootstrapRandomSearch
+
+    executor = RayExecutor(scripted.make_scripted_lm, num_actors=2, num_cpus=1)
+    cap = 25
+    try:
+        optimizer = BootstrapRandomSearch(scripted.metric, num_candidates=4, num_threads=2)
+        optimizer.executor = executor
+        with context(lm=scripted.make_scripted_lm()):
+            result = optimizer.optimize(scripted.Parity(), scripted.trainset,
+                                        scripted.valset, budget=(b := Budget(max_calls=cap)))
+    finally:
+        executor.close()
+    assert result.stopped_by_budget and result.candidates
+    assert cap <= result.usage.calls == b.calls <= cap + executor.slots - 1
+
+
 def test_actors_the_cluster_cannot_place_are_a_clear_error_not_a_hang(cluster):
     executor = RayExecutor(scripted.make_scripted_lm, num_actors=1, num_cpus=8,
                            start_timeout=3)
@@ -243,3 +386,38 @@ def test_actors_the_cluster_cannot_place_are_a_clear_error_not_a_hang(cluster):
             _evaluate(executor=executor)(scripted.Parity())
     finally:
         executor.close()
+
+
+def test_fine_tuning_cells_declare_gpus_and_every_cell_on_ray_is_logged_to_mlflow(
+        cluster, tmp_path, monkeypatch):
+    """The cluster's second node declares one (logical) GPU: a fine-tuning cell asks for it
+    and is placed there, the others ask for none; cells finished in the workers are logged
+    to one SQLite MLflow store, two at a time."""
+    mlflow = pytest.importorskip("mlflow")
+    declared: dict[str, tuple[float, float]] = {}
+    real_remote = ray.remote
+
+    class Spy:
+        def __init__(self, remote):
+            self.remote = remote
+
+        def options(self, **options):
+            declared[options["name"]] = (options["num_cpus"], options["num_gpus"])
+            return self.remote.options(**options)
+
+    monkeypatch.setattr(ray, "remote", lambda fn: Spy(real_remote(fn)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = _bench_spec(optimizers=["vanilla", "finetune"], mlflow=uri,
+                       mlflow_experiment="on-ray")
+    records = run_bench_on_ray(spec, tmp_path / "bench", cpus_per_cell=1, gpus_per_cell=1)
+    assert {name.removeprefix("cotune-cell-"): gpus for name, (_, gpus) in declared.items()} \
+        == {r["cell"]: (1 if "finetune" in r["cell"] else 0) for r in records}
+    assert len(records) == 4  # the fine-tuning cells were placed (on the GPU node) and ended
+    finished = [r["cell"] for r in records if r["status"] == "finished"]
+    assert len(finished) >= 2, [(r["cell"], r["error"]) for r in records]
+    mlflow.set_tracking_uri(uri)
+    try:
+        logged = mlflow.search_runs(experiment_names=["on-ray"], output_format="list")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert sorted(r.info.run_name for r in logged) == sorted(finished)

@@ -240,9 +240,9 @@ class Optimizer(ABC):
 
     name: ClassVar[str] = "optimizer"
     executor: Any = None
-    """Where the candidates' evaluations run (``Evaluate``'s ``executor``, e.g. a
-    :class:`~cotune.evaluate.ray_executor.RayExecutor`); None: ``num_threads`` threads.
-    Bootstrapping and proposals stay in threads."""
+    """Where the candidates' evaluations and the bootstraps of demos and fine-tuning traces
+    run (``Evaluate``'s ``executor``, e.g. a :class:`~cotune.evaluate.ray_executor.RayExecutor`);
+    None: ``num_threads`` threads.  Proposals stay in this process."""
 
     def __init__(
         self,

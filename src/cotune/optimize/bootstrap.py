@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -62,6 +63,10 @@ def sample_labelled_demos(
     for p in program.predictors():
         usable = [d for ex in trainset if (d := labelled_demo(p, ex)) is not None]
         p.demos = rng.sample(usable, min(k, len(usable)))
+
+
+def _without_example_at(trainset: Sequence[Example], program: Module, index: int) -> Module:
+    return without_example(program, trainset[index])
 
 
 @register_optimizer("labelled demos sampled from the training set")
@@ -147,7 +152,8 @@ def bootstrap_demo_sets(
         traces = [] if max_bootstrapped <= 0 else collect_successful_traces(
             source, trainset, run.metric, threshold=threshold, num_threads=run.num_threads,
             wanted=max_bootstrapped,
-            prepare=lambda program, i: without_example(program, trainset[i]),
+            prepare=functools.partial(_without_example_at, trainset),
+            executor=run.optimizer.executor,
         )
         sets = demo_sets_from_traces(student, traces, max_bootstrapped)
         used = {t.example_index for t in traces}

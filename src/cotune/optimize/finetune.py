@@ -145,7 +145,7 @@ class BootstrapFinetune(Optimizer):
         run.reporter.message(f"collecting fine-tuning traces on {len(trainset)} examples")
         traces = collect_successful_traces(
             student, trainset, run.metric, threshold=self.metric_threshold,
-            num_threads=run.num_threads,
+            num_threads=run.num_threads, executor=run.optimizer.executor,
         )
         records = training_records(student, traces, with_demos=not self.train_without_demos)
         group_of = {name: i for i, g in enumerate(groups) for name in g.predictors}

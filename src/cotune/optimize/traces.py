@@ -3,6 +3,7 @@ the raw material of bootstrapped demos (prompt optimization) and of fine-tuning 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ def collect_successful_traces(
     num_threads: int = 4,
     wanted: int | None = None,
     prepare: Callable[[Module, int], Module] | None = None,
+    executor: Any = None,
 ) -> list[SuccessfulTrace]:
     """Run ``program`` on ``examples`` in parallel; return the traces whose final prediction
     scores at least ``threshold``, in example order.
@@ -49,7 +51,47 @@ def collect_successful_traces(
     a spent budget and an LM failure that is no example's
     (:func:`~cotune.lm.is_infrastructure_error`) propagate: demos chosen while the LM was down
     would not be the ones it chooses when it is up.
+
+    ``executor`` (e.g. a :class:`~cotune.evaluate.ray_executor.RayExecutor`) runs the examples
+    elsewhere instead of in ``num_threads`` threads, by its ``map(make_runner, items,
+    program=...)``, ``slots`` at a time: the same traces, usage and budgets.  ``metric`` and
+    ``prepare`` must then pickle (module-level functions, lambdas over picklable values).
     """
+    # with ``wanted``, chunks of twice the parallel slots, each drained before the next, so
+    # that the same examples run however the work is timed; without it, one pass over all
+    chunk = len(examples) if wanted is None else \
+        max(executor.slots if executor is not None else num_threads, 1) * 2
+    make_runner = functools.partial(trace_runner, program, list(examples), metric, threshold,
+                                    prepare)
+    run_one = make_runner() if executor is None else None
+    found: list[SuccessfulTrace] = []
+    start = 0
+    while start < len(examples):
+        indices = range(start, min(start + chunk, len(examples)))
+        results: dict[int, SuccessfulTrace | None] = {}
+        work = (imap_unordered(run_one, indices, num_threads) if run_one is not None
+                else executor.map(make_runner, indices, program=program))
+        try:
+            for position, future in work:
+                results[indices[position]] = future.result()
+        finally:
+            work.close()  # on an error: submit no more, wait for what is in flight
+        found.extend(r for i in sorted(results) if (r := results[i]) is not None)
+        if wanted is not None and len(found) >= wanted:
+            return found[:wanted]
+        start += chunk
+    return found
+
+
+def trace_runner(
+    program: Module,
+    examples: Sequence[Example],
+    metric: Callable[..., Any],
+    threshold: float,
+    prepare: Callable[[Module, int], Module] | None,
+) -> Callable[[int], SuccessfulTrace | None]:
+    """The per-example function of :func:`collect_successful_traces`: the trace of example
+    ``i`` when it passes, else None (module-level, so that a Ray actor can build it)."""
     names = {id(p): name for name, p in program.named_predictors()}
 
     def run_one(index: int) -> SuccessfulTrace | None:
@@ -75,20 +117,4 @@ def collect_successful_traces(
         ]
         return SuccessfulTrace(index, steps)
 
-    found: list[SuccessfulTrace] = []
-    chunk = max(num_threads, 1) * 2
-    start = 0
-    while start < len(examples):
-        indices = range(start, min(start + chunk, len(examples)))
-        results: dict[int, SuccessfulTrace | None] = {}
-        work = imap_unordered(run_one, indices, num_threads)
-        try:
-            for position, future in work:
-                results[indices[position]] = future.result()
-        finally:
-            work.close()  # on an error: submit no more, wait for what is in flight
-        found.extend(r for i in sorted(results) if (r := results[i]) is not None)
-        if wanted is not None and len(found) >= wanted:
-            return found[:wanted]
-        start += chunk
-    return found
+    return run_one

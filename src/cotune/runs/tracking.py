@@ -22,6 +22,7 @@ not logged twice.  mlflow is imported on first use only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -61,33 +62,78 @@ def log_run(
         raise TrackingError(f"{folder} holds no finished run ({RESULT} or {CONFIG} is missing)")
     attempt = str(result.get("attempt", 1))
     try:
-        client, entities = _client(tracking_uri)
-        exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(
-            experiment, artifact_location=_artifact_location(tracking_uri))
-        found = client.search_runs(
-            [exp_id], filter_string=f"tags.`{RUN_DIR_TAG}` = '{_quote(str(folder))}' and "
-                                    f"tags.`{ATTEMPT_TAG}` = '{attempt}'", max_results=1)
-        if found:
-            return found[0].info.run_id
-        all_tags = {RUN_DIR_TAG: str(folder), ATTEMPT_TAG: attempt, **(tags or {})}
-        run = client.create_run(exp_id, run_name=run_name or folder.name, tags=all_tags)
-        run_id = run.info.run_id
-        params = [entities.Param(k, v) for k, v in _params(config)]
-        metrics = [entities.Metric(k, v, ts, step) for k, v, step, ts in _metrics(folder, result)]
-        for i in range(0, len(params), 100):  # log_batch's limits: 100 params, 1000 metrics
-            client.log_batch(run_id, params=params[i:i + 100])
-        for i in range(0, len(metrics), 1000):
-            client.log_batch(run_id, metrics=metrics[i:i + 1000])
-        for path in _artifacts(folder):
-            client.log_artifact(run_id, str(path))
-        client.set_terminated(run_id, "FINISHED")
+        with _store_lock(tracking_uri):
+            client, entities = _client(tracking_uri)  # a new SQLite store is created here
+            return _log(client, entities, folder, config, result, attempt, tracking_uri,
+                        experiment, run_name, tags)
     except TrackingError:
         raise
     except Exception as exc:  # the store's own errors: name the store
         raise TrackingError(f"logging {folder} to MLflow at {tracking_uri} failed: "
                             f"{type(exc).__name__}: {exc}") from exc
+
+
+def _log(client: Any, entities: Any, folder: Path, config: Mapping[str, Any],
+         result: Mapping[str, Any], attempt: str, tracking_uri: str, experiment: str,
+         run_name: str | None, tags: Mapping[str, str] | None) -> str:
+    exp_id = _experiment_id(client, experiment, tracking_uri)
+    found = client.search_runs(
+        [exp_id], filter_string=f"tags.`{RUN_DIR_TAG}` = '{_quote(str(folder))}' and "
+                                f"tags.`{ATTEMPT_TAG}` = '{attempt}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    all_tags = {RUN_DIR_TAG: str(folder), ATTEMPT_TAG: attempt, **(tags or {})}
+    run = client.create_run(exp_id, run_name=run_name or folder.name, tags=all_tags)
+    run_id = run.info.run_id
+    params = [entities.Param(k, v) for k, v in _params(config)]
+    metrics = [entities.Metric(k, v, ts, step) for k, v, step, ts in _metrics(folder, result)]
+    for i in range(0, len(params), 100):  # log_batch's limits: 100 params, 1000 metrics
+        client.log_batch(run_id, params=params[i:i + 100])
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+    for path in _artifacts(folder):
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def _experiment_id(client: Any, experiment: str, tracking_uri: str) -> str:
+    """The experiment's id, created if need be (another process, e.g. a bench cell on
+    another Ray worker, may create it at the same moment: then its id)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(experiment,
+                                        artifact_location=_artifact_location(tracking_uri))
+    except Exception:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+@contextlib.contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """For a SQLite store, an exclusive lock (``DB.lock`` beside it) while logging: bench
+    cells finishing at once in several processes (Ray workers) would otherwise race to create
+    the database's tables.  Other stores are servers that serialize writes themselves."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    db = Path(tracking_uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _client(tracking_uri: str) -> tuple[Any, Any]:
