@@ -3,11 +3,13 @@ against the real llama.cpp server with SmolLM2 (``real_model``)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -45,9 +47,10 @@ def _make_lm(server, **kwargs) -> OpenAILM:
         "retry_initial_delay": 0.01,
         "retry_max_delay": 0.05,
         "timeout": 10.0,
+        "base_url": server.url,
     }
     options.update(kwargs)
-    return OpenAILM("test-model", base_url=server.url, **options)
+    return OpenAILM("test-model", **options)
 
 
 def test_import_cotune_does_not_import_openai():
@@ -55,7 +58,7 @@ def test_import_cotune_does_not_import_openai():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_auto_transport_picks_stdlib_http_for_plain_http(fake_openai_server):
+def test_auto_transport_picks_the_pooled_http_for_plain_http(fake_openai_server):
     assert _make_lm(fake_openai_server).transport == "http"
     assert _make_lm(fake_openai_server, transport="sdk").transport == "sdk"
     remote = OpenAILM("m", base_url="https://example.invalid/v1", api_key="k", cache=None)
@@ -147,6 +150,16 @@ def test_api_key_is_sent_but_never_described(fake_openai_server, make_lm, monkey
         }
 
 
+def test_url_credentials_are_sent_as_basic_auth_by_both_transports(fake_openai_server,
+                                                                    make_lm):
+    url = fake_openai_server.url.replace("http://", "http://al%40ice:p%3Aw@")
+    lm = make_lm(api_key="sk-test-very-secret-123", base_url=url)
+    assert lm.chat(MESSAGES).text == "ok"
+    sent = fake_openai_server.headers[-1]
+    assert sent["authorization"] == "Basic " + base64.b64encode(b"al@ice:p:w").decode()
+    assert sent["host"] == fake_openai_server.url.split("/")[2]  # no credentials in the Host
+
+
 def test_local_server_needs_no_key(fake_openai_server, make_lm, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert make_lm().chat(MESSAGES).text == "ok"
@@ -228,7 +241,7 @@ def test_max_concurrency_limits_requests_in_flight(fake_openai_server, make_lm):
     assert fake_openai_server.max_in_flight == 2
 
 
-# -- the stdlib HTTP/1.1 transport against answers in every framing -----------------------------
+# -- the pooled HTTP transport (urllib3) against answers in every framing ----------------------
 
 
 def _completion(text: str) -> bytes:
@@ -311,6 +324,15 @@ def test_http_keeps_the_connection_alive(raw_server):
     lm = _raw_lm(server)
     assert [lm.chat(MESSAGES).text for _ in range(3)] == ["a", "a", "a"]
     assert (server.requests, server.connections) == (3, 1)
+
+
+def test_http_pools_as_many_connections_as_requests_may_be_in_flight(raw_server):
+    server = raw_server([_with_length(_completion("a"))])
+    lm = _raw_lm(server, max_concurrency=3)
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(lambda _: lm.chat(MESSAGES).text, range(64))) == {"a"}
+    assert server.requests == 64
+    assert 1 <= server.connections <= 3
 
 
 def test_http_reads_chunked_answers(raw_server):
