@@ -10,10 +10,13 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import free_port
 
 from cotune.lm import (
+    EndpointPool,
     LMCache,
     LMInvalidResponse,
     LMRequestError,
@@ -158,6 +161,50 @@ def test_url_credentials_are_sent_as_basic_auth_by_both_transports(fake_openai_s
     sent = fake_openai_server.headers[-1]
     assert sent["authorization"] == "Basic " + base64.b64encode(b"al@ice:p:w").decode()
     assert sent["host"] == fake_openai_server.url.split("/")[2]  # no credentials in the Host
+
+
+class _AuthServer:
+    """Answers ``GET /v1/models`` with 200 to the one ``Authorization`` it expects, else 401."""
+
+    def __init__(self, authorization: str) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                ok = self.path == "/v1/models" and \
+                    self.headers.get("Authorization") == authorization
+                self.send_response(200 if ok else 401)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                         daemon=True).start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def test_the_health_probe_asks_as_the_requests_do(transport):
+    server = _AuthServer("Basic " + base64.b64encode(b"al:pw").decode())
+    try:
+        url = f"http://al:pw@127.0.0.1:{server.port}/v1"
+        assert OpenAILM("m", base_url=url, cache=None, transport=transport).is_up()
+        assert EndpointPool("m", [url], cache=None, transport=transport).probe(url)
+        wrong = f"http://127.0.0.1:{server.port}/v1"  # the key is sent, not the credentials
+        assert not OpenAILM("m", base_url=wrong, api_key="some-key-1234", cache=None,
+                            transport=transport).is_up()
+    finally:
+        server.close()
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    assert not OpenAILM("m", base_url=dead, cache=None, transport=transport).is_up(timeout=1)
 
 
 def test_local_server_needs_no_key(fake_openai_server, make_lm, monkeypatch):

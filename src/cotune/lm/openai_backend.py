@@ -262,6 +262,18 @@ class OpenAILM(LM):
             cache=False, max_retries=min(self.max_retries, CHECK_RETRIES),
         )
 
+    def is_up(self, timeout: float = 2.0) -> bool:
+        """Whether ``GET <base_url>/models`` answers 200 within ``timeout`` seconds, asked as
+        the chat requests are (same transport, same auth): a health probe, not a check of
+        the model (see :meth:`check`)."""
+        if self._http is not None:
+            return self._http.get_status("/models", timeout) == 200
+        try:
+            self._client.get("/models", cast_to=str, options={"timeout": timeout})
+        except self._openai.OpenAIError:
+            return False
+        return True
+
     def _post_with_sdk(self, body: dict[str, Any]) -> str:
         openai = self._openai
         try:
@@ -448,6 +460,21 @@ class _PooledHTTP:
             kind = "timeout" if timeout else type(e).__name__
             raise LMTransientError(f"{kind} talking to {self.base_url}: {e}") from e
         return answer.status, answer.data, answer.headers
+
+
+    def get_status(self, path: str, timeout: float) -> int | None:
+        """The status of ``GET <base_url><path>``; None when there is no answer."""
+        import urllib3
+
+        base = urlsplit(self.base_url).path.rstrip("/")
+        try:
+            answer = self._current_pool().urlopen(
+                "GET", base + path, headers=self.headers, redirect=False,
+                timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            )  # fmt: skip
+        except (urllib3.exceptions.HTTPError, OSError, ValueError):
+            return None
+        return answer.status
 
 
 def _request_headers(client: Any, base_url: str) -> dict[str, str]:
