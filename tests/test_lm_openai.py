@@ -382,6 +382,20 @@ def test_http_pools_as_many_connections_as_requests_may_be_in_flight(raw_server)
     assert 1 <= server.connections <= 3
 
 
+def test_http_sends_head_and_body_in_one_write(raw_server, monkeypatch):
+    import http.client
+
+    writes: list[bytes] = []
+    send = http.client.HTTPConnection.send
+    monkeypatch.setattr(http.client.HTTPConnection, "send",
+                        lambda self, data: (writes.append(bytes(data)), send(self, data))[1])
+    server = raw_server([_with_length(_completion("a"))])
+    lm = _raw_lm(server)
+    assert [lm.chat(MESSAGES).text for _ in range(2)] == ["a", "a"]
+    assert len(writes) == 2  # one per request: not the head, then the body
+    assert all(w.startswith(b"POST /v1/chat/completions ") and w.endswith(b"}") for w in writes)
+
+
 def test_http_reads_chunked_answers(raw_server):
     body = _completion("chunked answer")
     chunks = b"".join(

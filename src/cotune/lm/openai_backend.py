@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import json
 import logging
 import os
@@ -442,6 +443,7 @@ class _PooledHTTP:
                         *self._address, maxsize=self._connections, block=False,
                         retries=False, timeout=timeout,
                     )  # fmt: skip
+                    self._pool.ConnectionCls = _one_write_connection()
                     self._pid = os.getpid()
         return self._pool
 
@@ -475,6 +477,41 @@ class _PooledHTTP:
         except (urllib3.exceptions.HTTPError, OSError, ValueError):
             return None
         return answer.status
+
+
+@functools.cache
+def _one_write_connection() -> type:
+    """urllib3's connection, sending a request's head and its body in one write.
+
+    ``http.client`` (under urllib3) writes them apart: two TCP segments, and a server woken
+    twice per request, which on a busy machine costs more than all of cotune's own work per
+    call.  This class holds the head back until the body comes, and sends the two together.
+    """
+    import urllib3
+
+    class OneWriteHTTPConnection(urllib3.connection.HTTPConnection):
+        _hold = False
+        _head: bytes | None = None
+
+        def request(self, method: str, url: str, body: Any = None, headers: Any = None,
+                    **kwargs: Any) -> None:
+            self._hold = isinstance(body, bytes) and len(body) > 0  # a body follows the head
+            try:
+                super().request(method, url, body=body, headers=headers, **kwargs)
+            finally:
+                self._hold, head, self._head = False, self._head, None
+            if head is not None:  # no body came after all
+                super().send(head)
+
+        def send(self, data: Any) -> None:
+            if self._hold:  # the head: wait for the body
+                self._hold, self._head = False, bytes(data)
+                return
+            if self._head is not None:
+                data, self._head = self._head + bytes(data), None
+            super().send(data)
+
+    return OneWriteHTTPConnection
 
 
 def _request_headers(client: Any, base_url: str) -> dict[str, str]:
