@@ -463,7 +463,6 @@ class _PooledHTTP:
             raise LMTransientError(f"{kind} talking to {self.base_url}: {e}") from e
         return answer.status, answer.data, answer.headers
 
-
     def get_status(self, path: str, timeout: float) -> int | None:
         """The status of ``GET <base_url><path>``; None when there is no answer."""
         import urllib3
@@ -515,12 +514,15 @@ def _one_write_connection() -> type:
 
 
 def _request_headers(client: Any, base_url: str) -> dict[str, str]:
-    """The headers the SDK sends (its defaults and auth, without the ones it omits), and, as
-    the SDK's httpx does, a URL's ``user:password`` as HTTP Basic auth in place of the key."""
+    """The headers the SDK sends (its defaults and auth), less the ones it omits and its own
+    telemetry (``X-Stainless-*``: the SDK's version, OS and retry count, which describe
+    requests the SDK sends, and cost a few percent of a call here); and, as the SDK's httpx
+    does, a URL's ``user:password`` as HTTP Basic auth in place of the key."""
     headers = {
         name: value
         for name, value in {**client.default_headers, **client.auth_headers}.items()
         if isinstance(value, str)  # the SDK's Omit marks a header it leaves out
+        and not name.lower().startswith("x-stainless-")
     }
     parts = urlsplit(base_url)
     if parts.username is not None or parts.password is not None:
