@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 import pytest
+from import_check import modules_loaded_by
 from pydantic import BaseModel
 
 from cotune.adapters.parsing import (
@@ -142,3 +143,7 @@ def test_the_number_pattern_is_public_for_other_readers():
     assert number_value("-$1,204.50") == -1204.5
     assert number_value("1,204") == 1204 and isinstance(number_value("1,204"), int)
     assert number_value("1e3") == 1000.0
+
+
+def test_pydantic_is_imported_on_first_use_not_with_cotune():
+    assert modules_loaded_by("import cotune, cotune.adapters.parsing", {"pydantic"}) == []

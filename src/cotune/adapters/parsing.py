@@ -18,11 +18,12 @@ import functools
 import json
 import re
 import typing
-from typing import Any, Literal
-
-import pydantic
+from typing import TYPE_CHECKING, Any, Literal
 
 from cotune.core.signature import Field
+
+if TYPE_CHECKING:
+    import pydantic
 
 __all__ = [
     "NUMBER",
@@ -111,6 +112,8 @@ def coerce(field: Field, value: Any, raw_text: str) -> Any:
 
 @functools.lru_cache(maxsize=256)
 def _adapter(annotation: Any) -> pydantic.TypeAdapter[Any]:
+    import pydantic  # lazy: it would add ~40% to the time of ``import cotune``
+
     if annotation is float:  # an answer of "nan" or "inf" is no score, size or price
         return pydantic.TypeAdapter(pydantic.FiniteFloat)
     return pydantic.TypeAdapter(annotation)
@@ -122,6 +125,8 @@ def _validate(annotation: Any, value: Any) -> Any:
 
 def _reason(exc: Exception) -> str:
     """A pydantic error in one line (``age: Field required``), other errors as they are."""
+    import pydantic
+
     if not isinstance(exc, pydantic.ValidationError):
         return str(exc)
     parts = []
@@ -132,7 +137,7 @@ def _reason(exc: Exception) -> str:
 
 
 def _is_model(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel)
+    return isinstance(annotation, type) and hasattr(annotation, "model_validate")  # pydantic's
 
 
 def _normalize(text: str) -> str:
@@ -142,7 +147,7 @@ def _normalize(text: str) -> str:
 def _coerce_choice(annotation: Any, value: Any) -> Any:
     try:
         return _validate(annotation, value)
-    except pydantic.ValidationError:
+    except ValueError:  # pydantic's ValidationError
         pass
     choices = typing.get_args(annotation)
     text = _normalize(str(value))
@@ -161,7 +166,7 @@ def _coerce_choice(annotation: Any, value: Any) -> Any:
 def _coerce_bool(value: Any) -> bool:
     try:
         return _validate(bool, value.strip() if isinstance(value, str) else value)
-    except pydantic.ValidationError:
+    except ValueError:  # pydantic's ValidationError
         pass
     words = _normalize(str(value)).split()  # "Yes, because ..." / "no!": its first word
     if words:
@@ -169,7 +174,7 @@ def _coerce_bool(value: Any) -> bool:
             return _BOOL_WORDS[words[0]]
         try:
             return _validate(bool, words[0])
-        except pydantic.ValidationError:
+        except ValueError:  # pydantic's ValidationError
             pass
     raise ValueError("expected yes/no or true/false")
 
@@ -180,7 +185,7 @@ def _coerce_number(kind: type, value: Any) -> int | float:
     if isinstance(value, str):
         try:
             return _validate(kind, value)  # "42", " 0.75 ", "1e-3"
-        except pydantic.ValidationError:
+        except ValueError:  # pydantic's ValidationError
             token = first_number(value)  # "12 apples", "$1,204.", "Answer: 3.5"
             if token is None:
                 raise ValueError("no number found") from None
