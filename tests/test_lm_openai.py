@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -394,6 +395,20 @@ def test_http_sends_head_and_body_in_one_write(raw_server, monkeypatch):
     assert [lm.chat(MESSAGES).text for _ in range(2)] == ["a", "a"]
     assert len(writes) == 2  # one per request: not the head, then the body
     assert all(w.startswith(b"POST /v1/chat/completions ") and w.endswith(b"}") for w in writes)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_http_a_forked_child_opens_its_own_connection(raw_server):
+    server = raw_server([_with_length(_completion("a"))])
+    lm = _raw_lm(server)
+    assert lm.chat(MESSAGES).text == "a"  # the parent's pooled connection
+    pid = os.fork()
+    if pid == 0:  # the child: must not write on the parent's socket
+        os._exit(0 if lm.chat(MESSAGES).text == "a" else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert lm.chat(MESSAGES).text == "a"  # the parent's connection is still its own
+    assert (server.requests, server.connections) == (3, 2)
 
 
 def test_http_reads_chunked_answers(raw_server):
