@@ -4,13 +4,14 @@ A one-predictor program (``Predict("question -> answer")``) is evaluated on N ex
 ``benchmarks/stub_server.py`` (an OpenAI-compatible server that answers instantly), started in a
 separate process so that it does not compete with the client for the GIL.  The LM cache is off
 and the progress bar hidden, so what is measured is cotune's own cost per example: adapter
-format/parse, ``Predict``, the LM choke point, the openai SDK and HTTP.
+format/parse, ``Predict``, the LM choke point and HTTP (urllib3; the openai SDK for https).
 
 Rows, from the bare transport up to the full stack, so the difference between two rows is the
 cost of one layer:
 
-* ``http.client`` / ``httpx`` — the same JSON request posted in a loop (no cotune, no SDK);
-* ``OpenAILM.chat`` — the LM choke point plus the openai SDK, a pre-formatted prompt;
+* ``http.client`` / ``urllib3`` / ``httpx`` — the same JSON request posted in a loop (no cotune,
+  no SDK);
+* ``OpenAILM.chat`` — the LM choke point plus its HTTP transport, a pre-formatted prompt;
 * ``Predict`` loop — adapter format + LM + parse, one example after another, no ``Evaluate``;
 * ``Evaluate`` — the full stack at 1 and 8 threads;
 * ``Evaluate`` + ``ScriptedLM`` — everything but HTTP and the SDK (the framework alone).
@@ -175,6 +176,17 @@ def run_all(
         import httpx
     except ImportError:  # newer openai SDKs depend on the renamed fork
         import httpx2 as httpx
+
+    import urllib3
+
+    pool = urllib3.HTTPConnectionPool(host, port, maxsize=max(thread_counts), retries=False)
+
+    def post_urllib3(_: int) -> None:
+        json.loads(pool.urlopen("POST", path, body=body, headers=headers).data)
+
+    for threads in thread_counts:
+        add("bare urllib3", threads, lambda t=threads: in_threads(post_urllib3, n, t))
+    pool.close()
 
     with httpx.Client(limits=httpx.Limits(max_connections=64)) as client:
 

@@ -332,6 +332,26 @@ def test_the_server_accepts_a_json_schema_response_format(smol_server: LlamaServ
 
 
 @pytest.mark.real_model
+def test_the_server_engine_constrains_an_answer_to_the_request_schema(
+    smol_server: LlamaServer,
+) -> None:
+    """Through LlamaServerLM itself (its own request body, with and without an adapter
+    field), not a hand-made request: the schema reaches the server and shapes the answer."""
+    from cotune.lm.llama_server_lm import LlamaServerLM
+
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    lm = LlamaServerLM(server=smol_server, cache=None, max_retries=0)
+    response = lm.chat(messages("What is 2 + 3?"), max_tokens=24, response_schema=schema)
+    answer = json.loads(response.text)
+    assert set(answer) == {"answer"} and isinstance(answer["answer"], int)
+
+
+@pytest.mark.real_model
 def test_the_model_spec_server_prefix_makes_the_server_engine(server_binary: Path) -> None:
     from cotune.lm.factory import make_lm
     from cotune.lm.llama_server_lm import LlamaServerLM

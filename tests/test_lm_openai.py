@@ -3,15 +3,21 @@ against the real llama.cpp server with SmolLM2 (``real_model``)."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import socket
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import free_port
 
 from cotune.lm import (
+    EndpointPool,
     LMCache,
     LMInvalidResponse,
     LMRequestError,
@@ -45,9 +51,10 @@ def _make_lm(server, **kwargs) -> OpenAILM:
         "retry_initial_delay": 0.01,
         "retry_max_delay": 0.05,
         "timeout": 10.0,
+        "base_url": server.url,
     }
     options.update(kwargs)
-    return OpenAILM("test-model", base_url=server.url, **options)
+    return OpenAILM("test-model", **options)
 
 
 def test_import_cotune_does_not_import_openai():
@@ -55,7 +62,7 @@ def test_import_cotune_does_not_import_openai():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_auto_transport_picks_stdlib_http_for_plain_http(fake_openai_server):
+def test_auto_transport_picks_the_pooled_http_for_plain_http(fake_openai_server):
     assert _make_lm(fake_openai_server).transport == "http"
     assert _make_lm(fake_openai_server, transport="sdk").transport == "sdk"
     remote = OpenAILM("m", base_url="https://example.invalid/v1", api_key="k", cache=None)
@@ -147,6 +154,60 @@ def test_api_key_is_sent_but_never_described(fake_openai_server, make_lm, monkey
         }
 
 
+def test_url_credentials_are_sent_as_basic_auth_by_both_transports(fake_openai_server,
+                                                                    make_lm):
+    url = fake_openai_server.url.replace("http://", "http://al%40ice:p%3Aw@")
+    lm = make_lm(api_key="sk-test-very-secret-123", base_url=url)
+    assert lm.chat(MESSAGES).text == "ok"
+    sent = fake_openai_server.headers[-1]
+    assert sent["authorization"] == "Basic " + base64.b64encode(b"al@ice:p:w").decode()
+    assert sent["host"] == fake_openai_server.url.split("/")[2]  # no credentials in the Host
+
+
+class _AuthServer:
+    """Answers ``GET /v1/models`` with 200 to the one ``Authorization`` it expects, else 401."""
+
+    def __init__(self, authorization: str) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                ok = self.path == "/v1/models" and \
+                    self.headers.get("Authorization") == authorization
+                self.send_response(200 if ok else 401)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                         daemon=True).start()
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def test_the_health_probe_asks_as_the_requests_do(transport):
+    server = _AuthServer("Basic " + base64.b64encode(b"al:pw").decode())
+    try:
+        url = f"http://al:pw@127.0.0.1:{server.port}/v1"
+        assert OpenAILM("m", base_url=url, cache=None, transport=transport).is_up()
+        assert EndpointPool("m", [url], cache=None, transport=transport).probe(url)
+        wrong = f"http://127.0.0.1:{server.port}/v1"  # the key is sent, not the credentials
+        assert not OpenAILM("m", base_url=wrong, api_key="some-key-1234", cache=None,
+                            transport=transport).is_up()
+    finally:
+        server.close()
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    assert not OpenAILM("m", base_url=dead, cache=None, transport=transport).is_up(timeout=1)
+
+
 def test_local_server_needs_no_key(fake_openai_server, make_lm, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert make_lm().chat(MESSAGES).text == "ok"
@@ -228,7 +289,7 @@ def test_max_concurrency_limits_requests_in_flight(fake_openai_server, make_lm):
     assert fake_openai_server.max_in_flight == 2
 
 
-# -- the stdlib HTTP/1.1 transport against answers in every framing -----------------------------
+# -- the pooled HTTP transport (urllib3) against answers in every framing ----------------------
 
 
 def _completion(text: str) -> bytes:
@@ -311,6 +372,43 @@ def test_http_keeps_the_connection_alive(raw_server):
     lm = _raw_lm(server)
     assert [lm.chat(MESSAGES).text for _ in range(3)] == ["a", "a", "a"]
     assert (server.requests, server.connections) == (3, 1)
+
+
+def test_http_pools_as_many_connections_as_requests_may_be_in_flight(raw_server):
+    server = raw_server([_with_length(_completion("a"))])
+    lm = _raw_lm(server, max_concurrency=3)
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(lambda _: lm.chat(MESSAGES).text, range(64))) == {"a"}
+    assert server.requests == 64
+    assert 1 <= server.connections <= 3
+
+
+def test_http_sends_head_and_body_in_one_write(raw_server, monkeypatch):
+    import http.client
+
+    writes: list[bytes] = []
+    send = http.client.HTTPConnection.send
+    monkeypatch.setattr(http.client.HTTPConnection, "send",
+                        lambda self, data: (writes.append(bytes(data)), send(self, data))[1])
+    server = raw_server([_with_length(_completion("a"))])
+    lm = _raw_lm(server)
+    assert [lm.chat(MESSAGES).text for _ in range(2)] == ["a", "a"]
+    assert len(writes) == 2  # one per request: not the head, then the body
+    assert all(w.startswith(b"POST /v1/chat/completions ") and w.endswith(b"}") for w in writes)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_http_a_forked_child_opens_its_own_connection(raw_server):
+    server = raw_server([_with_length(_completion("a"))])
+    lm = _raw_lm(server)
+    assert lm.chat(MESSAGES).text == "a"  # the parent's pooled connection
+    pid = os.fork()
+    if pid == 0:  # the child: must not write on the parent's socket
+        os._exit(0 if lm.chat(MESSAGES).text == "a" else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert lm.chat(MESSAGES).text == "a"  # the parent's connection is still its own
+    assert (server.requests, server.connections) == (3, 2)
 
 
 def test_http_reads_chunked_answers(raw_server):

@@ -145,11 +145,20 @@ def test_no_planted_secret_reaches_a_file_or_the_terminal(tmp_path, monkeypatch,
     cotune("bench", *bench, *lm, "--out", "failing-bench", "--cache", "off")
     cotune("report", "failing-bench")
     cotune("show", "failing")
+    # without credentials in the URL the API key is sent (as a Bearer token) and echoed
+    plain = ["--base-url", f"http://127.0.0.1:{echo_server.port}/v1", "--model", "fake"]
+    cotune("evaluate", "--task", TASK_FILE, "--split", "test", "--limit", 3, "--no-cache",
+           "--out", "evaluation-plain.json", *plain)
 
-    assert any(API_KEY in a for a in echo_server.authorizations)  # the key was really sent
+    # the URL's credentials were really sent (as HTTP Basic auth, as the SDK sends them), and so
+    # was the key
+    basic = base64.b64encode(f"alice:{URL_PASSWORD}".encode()).decode()
+    assert f"Basic {basic}" in echo_server.authorizations
+    assert any(API_KEY in a for a in echo_server.authorizations)
     written = "\n".join(p.read_text(errors="replace") for p in tmp_path.rglob("*.json"))
     assert "you sent the headers" in written + "".join(outputs)  # the echo was recorded...
-    assert "Bearer ***" in written + "".join(outputs)  # ... with its secret masked
+    assert "Basic ***" in written + "".join(outputs)  # ... with its secrets masked
+    assert "Bearer ***" in written + "".join(outputs)
     assert _leaks(tmp_path) == []
     printed = "\n".join(outputs).encode()
     assert [s for s in _secrets() if s in printed] == []

@@ -19,3 +19,27 @@ def number_value(match: re.Match[str]) -> float:
     """The value of a :data:`NUMBER` match (possibly infinite: ``1e999``)."""
     number = float(match.group("body").replace(",", "") + (match.group("exp") or ""))
     return -number if match.group("sign") else number
+
+
+def first_number(text: str) -> str | None:
+    """The first :data:`NUMBER` in ``text`` as written, or None."""
+    match = NUMBER.search(text)
+    return match.group() if match else None
+
+
+def last_number(text: str) -> str | None:
+    """The last :data:`NUMBER` in ``text`` as written, or None."""
+    matches = [m.group() for m in NUMBER.finditer(text)]
+    return matches[-1] if matches else None
+
+
+def parse_number(token: str) -> int | float:
+    """A number as written (``"$1,204"`` -> 1204, ``"1e3"`` -> 1000.0): whole numbers stay exact
+    ints however large; a token that is not one :data:`NUMBER` is a ``ValueError``."""
+    match = NUMBER.fullmatch(token.strip())
+    if match is None:
+        raise ValueError(f"not a number: {token!r}")
+    body = match.group("body").replace(",", "")
+    if "." in body or match.group("exp"):
+        return number_value(match)
+    return -int(body) if match.group("sign") else int(body)

@@ -23,7 +23,7 @@ from cotune.lm.base import LM
 from cotune.lm.description import GGUFDescription, gguf_description, gguf_files
 from cotune.lm.llama_server import EngineStats, LlamaServer
 from cotune.lm.models import DEFAULT_MODEL, file_sha256, resolve_model_path
-from cotune.lm.openai_backend import OpenAILM
+from cotune.lm.openai_backend import OpenAILM, StructuredMode
 from cotune.lm.types import (
     ContextOverflow,
     LMRequest,
@@ -243,8 +243,8 @@ class _ServerClient(OpenAILM):
         self.has_adapters = bool(server.adapters)
         self._server = server
 
-    def _body(self, request: LMRequest) -> dict[str, Any]:
-        body = super()._body(request)
+    def _body(self, request: LMRequest, mode: StructuredMode = "none") -> dict[str, Any]:
+        body = super()._body(request, mode)
         if self.lora_id is not None:
             body["lora"] = [{"id": self.lora_id, "scale": 1.0}]
         elif self.has_adapters:

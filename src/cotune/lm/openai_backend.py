@@ -5,33 +5,37 @@ The SDK is imported on first construction, so ``import cotune`` stays fast.  Ret
 :class:`~cotune.lm.base.LM` (the SDK's own are switched off); failures are mapped onto
 :class:`LMTransientError` (worth retrying) and :class:`LMRequestError` (not).
 
-Two transports send the requests:
+Two transports send the requests, both through well-kept HTTP libraries:
 
-* ``"sdk"``: ``client.post`` of the SDK (its documented way to skip response parsing).  Used for
-  https endpoints and wherever a proxy applies: proxies, TLS and the SDK's auth flows just work.
-* ``"http"``: the URL and headers the SDK resolved (auth included), sent by a minimal HTTP/1.1
-  client over keep-alive sockets, one per thread.  Per call the SDK costs ~1.5 ms of CPU
-  (request options, header merging, URL parsing in httpx) and ``http.client`` ~0.2 ms (header
-  validation, ``email`` parsing of the answer): nothing next to a hosted model's latency, but
-  it caps a local server (vLLM, llama.cpp, a stub) at a few hundred calls/s per thread.  This
-  path costs ~0.05 ms.  ``"auto"`` (the default) picks it for plain-http endpoints that no
-  proxy applies to.
+* ``"sdk"``: ``client.post`` of the SDK (its documented way to skip response parsing), over the
+  SDK's httpx.  Used for https endpoints and wherever a proxy applies: proxies, TLS and the
+  SDK's auth flows just work.
+* ``"http"``: the URL and headers the SDK resolved (auth included), sent through a urllib3
+  connection pool of the LM's own (keep-alive, thread-safe, ``max_concurrency`` connections).
+  Per call the SDK costs ~1.5 ms of CPU (request options, header merging, its httpx) and urllib3
+  ~0.15 ms (httpx alone ~0.3 ms): nothing next to a hosted model's latency, but on a local
+  server (vLLM, llama.cpp, a stub) the SDK caps a thread at a few hundred calls/s.  ``"auto"``
+  (the default) picks it for plain-http endpoints that no proxy applies to.
+
+Both send a base URL's ``user:password`` as HTTP Basic auth in place of the API key (what the
+SDK's httpx does with a URL's credentials).
 """
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import functools
 import json
 import logging
 import os
 import re
-import socket
 import threading
 import time
 import urllib.request
 from collections.abc import Mapping
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from cotune.lm.base import LM
 from cotune.lm.description import OpenAIDescription
@@ -163,9 +167,9 @@ class OpenAILM(LM):
         elif transport == "http" and not plain:
             raise ValueError(f"transport='http' needs an http:// base URL, not {self.base_url}")
         self.transport: Transport = transport
-        self._http: _KeepAliveHTTP | None = None
+        self._http: _PooledHTTP | None = None
         if transport == "http":
-            self._http = _KeepAliveHTTP(self._client, self.base_url, timeout)
+            self._http = _PooledHTTP(self._client, self.base_url, timeout, max_concurrency)
 
     def identity(self) -> dict[str, Any]:
         return self.describe()
@@ -266,6 +270,18 @@ class OpenAILM(LM):
             LMRequest(messages=({"role": "user", "content": "Say OK."},), max_tokens=1),
             cache=False, max_retries=min(self.max_retries, CHECK_RETRIES),
         )
+
+    def is_up(self, timeout: float = 2.0) -> bool:
+        """Whether ``GET <base_url>/models`` answers 200 within ``timeout`` seconds, asked as
+        the chat requests are (same transport, same auth): a health probe, not a check of
+        the model (see :meth:`check`)."""
+        if self._http is not None:
+            return self._http.get_status("/models", timeout) == 200
+        try:
+            self._client.get("/models", cast_to=str, options={"timeout": timeout})
+        except self._openai.OpenAIError:
+            return False
+        return True
 
     def _post_with_sdk(self, body: dict[str, Any]) -> str:
         openai = self._openai
@@ -402,161 +418,123 @@ def _error_message(payload: bytes) -> str:
     return str(data)[:500]
 
 
-class _ProtocolError(Exception):
-    """The server's answer is not the HTTP/1.1 we can read."""
-
-
-class _ClosedBeforeAnswer(_ProtocolError):
-    """The server closed the connection before sending a byte: on a reused keep-alive
-    connection this means it had timed out the idle connection, and a resend is safe."""
-
-
-class _Connection:
-    """One keep-alive socket and its read buffer."""
-
-    def __init__(self) -> None:
-        self.sock: socket.socket | None = None
-        self.buffer = bytearray()
-        self.received = False
-        self.pid = os.getpid()
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-        self.sock = None
-        self.buffer.clear()
-
-    def _recv(self) -> None:
-        assert self.sock is not None
-        data = self.sock.recv(65536)
-        if not data:
-            if self.received:
-                raise _ProtocolError("connection closed in the middle of the answer")
-            raise _ClosedBeforeAnswer("connection closed before the answer")
-        self.received = True
-        self.buffer += data
-
-    def _read_line(self) -> bytes:
-        while (end := self.buffer.find(b"\r\n")) < 0:
-            if len(self.buffer) > _MAX_HEAD:
-                raise _ProtocolError("header line too long")
-            self._recv()
-        line = bytes(self.buffer[:end])
-        del self.buffer[: end + 2]
-        return line
-
-    def _read_exact(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            self._recv()
-        data = bytes(self.buffer[:size])
-        del self.buffer[:size]
-        return data
-
-    def _read_to_close(self) -> bytes:
-        try:
-            while True:
-                self._recv()
-        except _ProtocolError:
-            data = bytes(self.buffer)
-            self.close()
-            return data
-
-    def _read_chunked(self) -> bytes:
-        chunks = []
-        while True:
-            size = int(self._read_line().split(b";", 1)[0].strip(), 16)
-            if size == 0:
-                while self._read_line():  # trailers, up to the empty line
-                    pass
-                return b"".join(chunks)
-            chunks.append(self._read_exact(size))
-            if self._read_line():
-                raise _ProtocolError("chunk not followed by CRLF")
-
-    def exchange(self, request: bytes) -> tuple[int, bytes, dict[bytes, bytes]]:
-        """Send a request; read the answer's status, body (Content-Length, chunked, or up
-        to the close of the connection) and headers (names and values lowercased)."""
-        assert self.sock is not None
-        self.received = False
-        self.sock.sendall(request)
-        while True:
-            version, _, rest = self._read_line().partition(b" ")
-            if not version.startswith(b"HTTP/"):
-                raise _ProtocolError(f"not an HTTP answer: {version[:40]!r}")
-            status = int(rest[:3])
-            headers: dict[bytes, bytes] = {}
-            while line := self._read_line():
-                name, _, value = line.partition(b":")
-                headers[name.strip().lower()] = value.strip().lower()
-            if not 100 <= status < 200:
-                break  # 1xx answers are interim: the real one follows
-        if status in (204, 304):
-            body = b""
-        elif b"chunked" in headers.get(b"transfer-encoding", b""):
-            body = self._read_chunked()
-        elif b"content-length" in headers:
-            body = self._read_exact(int(headers[b"content-length"]))
-        else:
-            return status, self._read_to_close(), headers
-        connection = headers.get(b"connection", b"")
-        if b"close" in connection or (version == b"HTTP/1.0" and b"keep-alive" not in connection):
-            self.close()
-        return status, body, headers
-
-
-_MAX_HEAD = 1 << 16
-
-
-class _KeepAliveHTTP:
+class _PooledHTTP:
     """POSTs to ``<base_url>/chat/completions`` with the headers the SDK would send (auth
-    included), over one keep-alive connection per thread.
+    included), over urllib3's thread-safe pool of keep-alive connections: one pool per LM,
+    as many connections as the LM lets requests be in flight (``max_concurrency``).
 
-    A minimal HTTP/1.1 client: for plain-http endpoints only, where ``http.client`` alone
-    (header validation, ``email`` parsing of the answer) would cost more than the server.
+    urllib3 reads every framing (Content-Length, chunked, to the close), skips interim 1xx
+    answers, and replaces a pooled connection that the server closed while it was idle.
     """
 
-    def __init__(self, client: Any, base_url: str, timeout: float) -> None:
+    def __init__(self, client: Any, base_url: str, timeout: float, connections: int) -> None:
         parts = urlsplit(base_url)
         self.base_url = base_url
-        self.address = (parts.hostname or "127.0.0.1", parts.port or 80)
-        self.timeout = timeout
-        headers = {**client.default_headers, **client.auth_headers}
-        path = parts.path.rstrip("/") + "/chat/completions"
-        host = parts.netloc.rpartition("@")[2]  # a URL's credentials are no part of its host
-        lines = [f"POST {path} HTTP/1.1", f"Host: {host}"]
-        skip = {"host", "content-length", "connection", "transfer-encoding"}
-        lines += [
-            f"{name}: {value}"
-            for name, value in headers.items()
-            if isinstance(value, str) and name.lower() not in skip  # Omit marks absent ones
-        ]
-        self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
-        self._local = threading.local()
+        self.path = parts.path.rstrip("/") + "/chat/completions"
+        self.headers = _request_headers(client, base_url)
+        self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._timeout = timeout
+        self._connections = connections
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._pool: Any = None
 
-    def post(self, body: dict[str, Any]) -> tuple[int, bytes, dict[bytes, bytes]]:
+    def _current_pool(self) -> Any:
+        """The pool of this process: a forked child must not share the parent's sockets."""
+        if self._pid != os.getpid():
+            import urllib3  # lazy, as the SDK: ``import cotune`` stays fast
+
+            with self._lock:
+                if self._pid != os.getpid():
+                    timeout = urllib3.Timeout(connect=self._timeout, read=self._timeout)
+                    self._pool = urllib3.HTTPConnectionPool(
+                        *self._address, maxsize=self._connections, block=False,
+                        retries=False, timeout=timeout,
+                    )  # fmt: skip
+                    self._pool.ConnectionCls = _one_write_connection()
+                    self._pid = os.getpid()
+        return self._pool
+
+    def post(self, body: dict[str, Any]) -> tuple[int, bytes, Mapping[str, str]]:
+        """The answer's status, body and headers; :class:`LMTransientError` when there is no
+        complete answer (refused, timed out, reset, truncated, not HTTP)."""
+        import urllib3
+
         data = json.dumps(body).encode()
-        request = b"%b%d\r\n\r\n%b" % (self._head, len(data), data)
-        conn: _Connection | None = getattr(self._local, "conn", None)
-        if conn is None or conn.pid != os.getpid():  # a forked child must not share the socket
-            conn = self._local.conn = _Connection()
-        reused = conn.sock is not None
         try:
-            try:
-                if conn.sock is None:
-                    self._open(conn)
-                return conn.exchange(request)
-            except (_ClosedBeforeAnswer, BrokenPipeError, ConnectionResetError):
-                if not reused:
-                    raise
-                conn.close()  # the server dropped the idle connection: once more, on a new one
-                self._open(conn)
-                return conn.exchange(request)
-        except (OSError, _ProtocolError, ValueError) as e:
-            conn.close()  # a half-read answer must not stay on the connection
-            kind = "timeout" if isinstance(e, TimeoutError) else type(e).__name__
+            answer = self._current_pool().urlopen(
+                "POST", self.path, body=data, headers=self.headers, redirect=False,
+            )  # fmt: skip
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            timeout = isinstance(e, (urllib3.exceptions.TimeoutError, TimeoutError))
+            kind = "timeout" if timeout else type(e).__name__
             raise LMTransientError(f"{kind} talking to {self.base_url}: {e}") from e
+        return answer.status, answer.data, answer.headers
 
-    def _open(self, conn: _Connection) -> None:
-        conn.sock = socket.create_connection(self.address, timeout=self.timeout)
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.buffer.clear()
+    def get_status(self, path: str, timeout: float) -> int | None:
+        """The status of ``GET <base_url><path>``; None when there is no answer."""
+        import urllib3
+
+        base = urlsplit(self.base_url).path.rstrip("/")
+        try:
+            answer = self._current_pool().urlopen(
+                "GET", base + path, headers=self.headers, redirect=False,
+                timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            )  # fmt: skip
+        except (urllib3.exceptions.HTTPError, OSError, ValueError):
+            return None
+        return answer.status
+
+
+@functools.cache
+def _one_write_connection() -> type:
+    """urllib3's connection, sending a request's head and its body in one write.
+
+    ``http.client`` (under urllib3) writes them apart: two TCP segments, and a server woken
+    twice per request, which on a busy machine costs more than all of cotune's own work per
+    call.  This class holds the head back until the body comes, and sends the two together.
+    """
+    import urllib3
+
+    class OneWriteHTTPConnection(urllib3.connection.HTTPConnection):
+        _hold = False
+        _head: bytes | None = None
+
+        def request(self, method: str, url: str, body: Any = None, headers: Any = None,
+                    **kwargs: Any) -> None:
+            self._hold = isinstance(body, bytes) and len(body) > 0  # a body follows the head
+            try:
+                super().request(method, url, body=body, headers=headers, **kwargs)
+            finally:
+                self._hold, head, self._head = False, self._head, None
+            if head is not None:  # no body came after all
+                super().send(head)
+
+        def send(self, data: Any) -> None:
+            if self._hold:  # the head: wait for the body
+                self._hold, self._head = False, bytes(data)
+                return
+            if self._head is not None:
+                data, self._head = self._head + bytes(data), None
+            super().send(data)
+
+    return OneWriteHTTPConnection
+
+
+def _request_headers(client: Any, base_url: str) -> dict[str, str]:
+    """The headers the SDK sends (its defaults and auth), less the ones it omits and its own
+    telemetry (``X-Stainless-*``: the SDK's version, OS and retry count, which describe
+    requests the SDK sends, and cost a few percent of a call here); and, as the SDK's httpx
+    does, a URL's ``user:password`` as HTTP Basic auth in place of the key."""
+    headers = {
+        name: value
+        for name, value in {**client.default_headers, **client.auth_headers}.items()
+        if isinstance(value, str)  # the SDK's Omit marks a header it leaves out
+        and not name.lower().startswith("x-stainless-")
+    }
+    parts = urlsplit(base_url)
+    if parts.username is not None or parts.password is not None:
+        userinfo = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode()
+    return headers

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -242,14 +240,7 @@ class EndpointPool(LM):
     def probe(self, base_url: str) -> bool:
         """True when ``GET <base_url>/models`` answers 200 (the replica is up)."""
         endpoint = next(e for e in self._endpoints if e.lm.base_url == base_url)
-        headers = {k: v for k, v in endpoint.lm._client.auth_headers.items()
-                   if isinstance(v, str)}
-        req = urllib.request.Request(f"{base_url}/models", headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=min(HEALTH_TIMEOUT_S, self.timeout)) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
+        return endpoint.lm.is_up(min(HEALTH_TIMEOUT_S, self.timeout))
 
     def check(self) -> None:
         """Probe every replica and take out those that do not answer; then one tiny request
