@@ -461,15 +461,23 @@ class _PooledHTTP:
         import urllib3
 
         data = json.dumps(body).encode()
-        try:
-            answer = self._current_pool().urlopen(
-                "POST", self.path, body=data, headers=self.headers, redirect=False,
-            )  # fmt: skip
-        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
-            timeout = isinstance(e, (urllib3.exceptions.TimeoutError, TimeoutError))
-            kind = "timeout" if timeout else type(e).__name__
-            raise LMTransientError(f"{kind} talking to {self.base_url}: {e}") from e
-        return answer.status, answer.data, answer.headers
+        for resend in (False, True):
+            _last_send.reused = False
+            try:
+                answer = self._current_pool().urlopen(
+                    "POST", self.path, body=data, headers=self.headers, redirect=False,
+                )  # fmt: skip
+            except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+                if not resend and _last_send.reused and _closed_before_answering(e):
+                    # a kept-alive connection the server closed just before this request
+                    # (urllib3's check before reuse can lose that race): once more, on a
+                    # fresh connection, as browsers and the old client do
+                    continue
+                timeout = isinstance(e, (urllib3.exceptions.TimeoutError, TimeoutError))
+                kind = "timeout" if timeout else type(e).__name__
+                raise LMTransientError(f"{kind} talking to {self.base_url}: {e}") from e
+            return answer.status, answer.data, answer.headers
+        raise AssertionError("unreachable")
 
     def get_status(self, path: str, timeout: float) -> int | None:
         """The status of ``GET <base_url><path>``; None when there is no answer."""
@@ -486,6 +494,25 @@ class _PooledHTTP:
         return answer.status
 
 
+_last_send = threading.local()
+"""``reused``: whether this thread's last request went out on a kept-alive connection."""
+
+
+def _closed_before_answering(error: BaseException | None) -> bool:
+    """The server closed the connection without a byte of answer (no status line): what a
+    request sent on a kept-alive connection that the server had just closed meets."""
+    import http.client
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (http.client.RemoteDisconnected, BrokenPipeError)):
+            return True
+        seen.add(id(error))
+        inner = [a for a in error.args if isinstance(a, BaseException)]  # urllib3 wraps so
+        error = inner[0] if inner else (error.__cause__ or error.__context__)
+    return False
+
+
 @functools.cache
 def _one_write_connection() -> type:
     """urllib3's connection, sending a request's head and its body in one write.
@@ -499,9 +526,16 @@ def _one_write_connection() -> type:
     class OneWriteHTTPConnection(urllib3.connection.HTTPConnection):
         _hold = False
         _head: bytes | None = None
+        _requests = 0  # sent since this connection (re)connected
+
+        def connect(self) -> None:
+            self._requests = 0
+            super().connect()
 
         def request(self, method: str, url: str, body: Any = None, headers: Any = None,
                     **kwargs: Any) -> None:
+            _last_send.reused = self._requests > 0 and self.sock is not None
+            self._requests += 1
             self._hold = isinstance(body, bytes) and len(body) > 0  # a body follows the head
             try:
                 super().request(method, url, body=body, headers=headers, **kwargs)
