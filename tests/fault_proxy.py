@@ -41,9 +41,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
+
+from local_server import serve_locally, stop_serving
 
 KINDS = ("hang", "429", "429-bare", "500", "503", "reset", "garbage", "truncated",
          "empty-choices")
@@ -82,13 +84,8 @@ class FaultProxy:
         self.requests = 0
         self.forwarded = 0
         self.faults: Counter[str] = Counter()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
+        self._httpd = serve_locally(self._handler_class())
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self._thread.start()
 
     # -- control -------------------------------------------------------------------------------
 
@@ -108,8 +105,7 @@ class FaultProxy:
                     "faults": dict(self.faults)}
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        stop_serving(self._httpd)
 
     def __enter__(self) -> FaultProxy:
         return self

@@ -11,10 +11,11 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from conftest import free_port
+from local_server import serve_locally, stop_serving
 
 from cotune.lm import (
     EndpointPool,
@@ -182,15 +183,11 @@ class _AuthServer:
                 self.end_headers()
                 self.wfile.write(b"{}")
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = serve_locally(Handler)
         self.port = self._httpd.server_address[1]
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                         daemon=True).start()
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        stop_serving(self._httpd)
 
 
 def test_the_health_probe_asks_as_the_requests_do(transport):
