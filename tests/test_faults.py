@@ -143,6 +143,28 @@ def test_an_outage_stops_the_run_and_the_rerun_after_recovery_gives_the_clean_re
     assert journal(run) == clean_steps
 
 
+def test_a_bench_whose_lm_is_down_exits_as_an_lm_failure_and_resumes_after_recovery(
+    tmp_path, proxy
+):
+    outage = proxy()
+    outage.down()
+    args = ["bench", "--task", str(TASK_FILE), "--optimizer", "vanilla", "--model", "fake-model",
+            "--base-url", outage.url, "--timeout", str(TIMEOUT), "--threads", "2",
+            "--out", str(tmp_path / "bench")]
+    failed = CliRunner().invoke(app, args)
+    assert failed.exit_code == LM_FAILURE_EXIT, failed.output
+    assert "Traceback" not in failed.output and "their LM did" in failed.output
+    (record,) = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert record["status"] == "failed" and record["lm_unavailable"] is True
+    assert outage.url in record["error"]
+
+    outage.recover()
+    rerun = CliRunner().invoke(app, args)
+    assert rerun.exit_code == 0, rerun.output
+    (record,) = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert record["status"] == "finished" and record["lm_unavailable"] is False
+
+
 def test_a_dead_endpoint_fails_within_seconds(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     start = time.monotonic()

@@ -571,6 +571,10 @@ def bench(
     Console().print((out / RESULTS_MD).read_text(encoding="utf-8"), markup=False,
                     highlight=False, soft_wrap=True)
     Console().print(f"results: {out / RESULTS_MD}  (cotune report {out})", highlight=False)
+    if any(r.get("lm_unavailable") for r in records):
+        _fail("some cells failed because their LM did (see their error above); fix the LM or "
+              "wait for it, then run the same command again to resume them")
+        raise typer.Exit(LM_FAILURE_EXIT)
     if any(r["status"] != "finished" for r in records):
         raise _fail("some cells did not finish (see their error above)")
 

@@ -38,6 +38,7 @@ from cotune.core.validate import (
 from cotune.evaluate.stats import Interval
 from cotune.lm.models import DEFAULT_MODEL
 from cotune.lm.redact import is_redacted_url, redact
+from cotune.lm.types import LMError, is_infrastructure_error
 from cotune.optimize.better_together import ARROW
 from cotune.optimize.registry import get_optimizer, registered_optimizers
 from cotune.optimize.reporting import LogReporter, Reporter
@@ -411,7 +412,8 @@ def run_cell(spec: BenchSpec, cell: Cell, bench_dir: Path, reporter: Reporter) -
                            wall_s=time.monotonic() - started)
     except Exception as exc:  # one failing cell must not stop the bench
         return cell_record(cell, folder, bench_dir, error=error_text(exc), state="failed",
-                           wall_s=time.monotonic() - started)
+                           wall_s=time.monotonic() - started,
+                           lm_unavailable=isinstance(exc, LMError) and is_infrastructure_error(exc))
     return cell_record(cell, folder, bench_dir)
 
 
@@ -438,8 +440,10 @@ def cell_record(
     error: str | None = None,
     state: str | None = None,
     wall_s: float | None = None,
+    lm_unavailable: bool = False,
 ) -> dict[str, Any]:
-    """What the results table shows of a cell, read from its run folder."""
+    """What the results table shows of a cell, read from its run folder.  ``lm_unavailable``:
+    the cell failed because its LM did (a rerun once the LM is back resumes it)."""
     view = RunView.load(folder.path)
     result = view.result if error is None else None
     total = result.total if result is not None else Usage()
@@ -455,6 +459,7 @@ def cell_record(
         "seed": cell.seed,
         "status": state or status.get("state", "unknown"),
         "error": error or status.get("error"),
+        "lm_unavailable": lm_unavailable,
         "test_score": result.test_score if result else None,
         "test_interval": _json(result.test_interval) if result else None,
         "test_gain": _gain_json(result.test_gain) if result else None,
