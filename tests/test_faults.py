@@ -127,6 +127,7 @@ def test_an_outage_stops_the_run_and_the_rerun_after_recovery_gives_the_clean_re
     assert_lm_failure(failed, outage.url, "fake-model", "the same command again")
     status = RunFolder(run).status()
     assert status["state"] == "failed" and outage.url in status["error"]
+    assert "fake-model" in status["error"]  # the LM as the CLI names it
     assert not (run / "result.json").exists()
     kept = journal(run)
     assert kept and len(kept) < len(clean_steps)

@@ -37,7 +37,7 @@ from cotune.core.validate import (
 )
 from cotune.evaluate.stats import Interval
 from cotune.lm.models import DEFAULT_MODEL
-from cotune.lm.redact import is_redacted_url, redact
+from cotune.lm.redact import is_redacted_url
 from cotune.lm.types import LMError, is_infrastructure_error
 from cotune.optimize.better_together import ARROW
 from cotune.optimize.registry import get_optimizer, registered_optimizers
@@ -47,6 +47,7 @@ from cotune.runs.folder import (
     RunFolder,
     RunFolderError,
     config_differences,
+    error_text,
     write_atomic,
 )
 from cotune.runs.formatting import (
@@ -415,12 +416,6 @@ def run_cell(spec: BenchSpec, cell: Cell, bench_dir: Path, reporter: Reporter) -
                            wall_s=time.monotonic() - started,
                            lm_unavailable=isinstance(exc, LMError) and is_infrastructure_error(exc))
     return cell_record(cell, folder, bench_dir)
-
-
-def error_text(exc: BaseException) -> str:
-    """``Type: message`` (a KeyError's message without the quotes ``str`` adds), redacted."""
-    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-    return redact(f"{type(exc).__name__}: {message}")
 
 
 def _finished(folder: RunFolder) -> bool:

@@ -25,12 +25,11 @@ from cotune.runs.bench import (
     Cell,
     CellDone,
     cell_record,
-    error_text,
     run_cell,
     sort_records,
     write_results,
 )
-from cotune.runs.folder import RunFolder, write_atomic
+from cotune.runs.folder import RunFolder, error_text, write_atomic
 
 FINETUNING = ("finetune",)
 

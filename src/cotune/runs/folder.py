@@ -30,6 +30,7 @@ from typing import Any
 
 from cotune import _files
 from cotune.lm.redact import redact
+from cotune.lm.types import LMError
 
 CONFIG = "config.json"
 STATUS = "status.json"
@@ -144,7 +145,7 @@ class RunFolder:
                 self._end_badly(previous, "interrupted", "interrupted by the user")
                 raise
             except BaseException as exc:
-                self._end_badly(previous, "failed", f"{type(exc).__name__}: {exc}")
+                self._end_badly(previous, "failed", error_text(exc))
                 raise
 
     def _end_badly(self, previous: dict[str, Any], state: str, error: str) -> None:
@@ -278,3 +279,13 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for status files and bench records: an LM's failure as the CLI says it (which
+    LM, how, after how many attempts), else ``Type: message`` (a KeyError's message without
+    the quotes ``str`` adds); redacted."""
+    if isinstance(exc, LMError):
+        return redact(exc.describe())
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    return redact(f"{type(exc).__name__}: {message}")
