@@ -499,13 +499,14 @@ _last_send = threading.local()
 
 
 def _closed_before_answering(error: BaseException | None) -> bool:
-    """The server closed the connection without a byte of answer (no status line): what a
-    request sent on a kept-alive connection that the server had just closed meets."""
+    """The server closed (or reset) the connection without a byte of answer: what a request
+    sent on a kept-alive connection that the server had just closed meets."""
     import http.client
 
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, (http.client.RemoteDisconnected, BrokenPipeError)):
+        if isinstance(error, (http.client.RemoteDisconnected, BrokenPipeError,
+                              ConnectionResetError)):
             return True
         seen.add(id(error))
         inner = [a for a in error.args if isinstance(a, BaseException)]  # urllib3 wraps so
@@ -535,12 +536,12 @@ def _one_write_connection() -> type:
         def request(self, method: str, url: str, body: Any = None, headers: Any = None,
                     **kwargs: Any) -> None:
             _last_send.reused = self._requests > 0 and self.sock is not None
-            self._requests += 1
             self._hold = isinstance(body, bytes) and len(body) > 0  # a body follows the head
             try:
                 super().request(method, url, body=body, headers=headers, **kwargs)
             finally:
                 self._hold, head, self._head = False, self._head, None
+                self._requests += 1  # counted after: a connect inside request() resets it
             if head is not None:  # no body came after all
                 super().send(head)
 
