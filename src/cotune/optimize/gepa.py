@@ -150,8 +150,8 @@ class GEPA(Optimizer):
         self.perfect_score = perfect_score
 
     def config(self) -> dict[str, Any]:
-        keys = ("preset", "max_metric_calls", "minibatch_size", "val_subsample", "num_proposals", "evolve_demos",
-                "max_demos", "use_merge", "max_merges", "merge_minibatch_size",
+        keys = ("preset", "max_metric_calls", "minibatch_size", "val_subsample", "num_proposals",
+                "evolve_demos", "max_demos", "use_merge", "max_merges", "merge_minibatch_size",
                 "max_instruction_chars", "reflection_base_url", "reflection_temperature",
                 "skip_perfect", "perfect_score")
         return {**super().config(), **{k: getattr(self, k) for k in keys},
