@@ -185,8 +185,8 @@ class GEPA(Optimizer):
         """Metric calls times LM calls per program run, plus the reflections: between one per
         iteration that is rejected without demo children (the cheapest iteration) and one per
         iteration whose child is completed on the whole validation set (the dearest); the
-        midpoint is projected.  The loop spends the whole metric budget unless a candidate is perfect on
-        the validation set first."""
+        midpoint is projected.  The loop spends the whole metric budget unless a candidate is
+        perfect on the validation set first."""
         per_run = max(1, len(program.predictors()))
         num_val = len(valset or trainset)
         budget = self.metric_budget(num_val)
