@@ -3,12 +3,15 @@
 Only DSPy's public API and the standard library: no cotune here.
 
     python dspy_driver.py optimize --split split.json --api-base URL --model openai/NAME \\
-        --optimizer zero-shot|random-search|mipro-light --out result.json
+        --optimizer zero-shot|random-search|mipro-light|gepa-light --out result.json
     python dspy_driver.py overhead --api-base STUB_URL -n 2000 --threads 1 8 --out result.json
 
 ``optimize`` builds the Iris program (one ``dspy.Predict``, the same fields and instruction as
 cotune's), optimizes it on the split's train/val examples, scores it with ``dspy.Evaluate`` on
-val and test, and writes accuracies and wall time as JSON.  ``overhead`` times ``dspy.Evaluate``
+val and test, and writes accuracies and wall time as JSON.  ``gepa-light`` is
+``dspy.GEPA(auto="light")`` with the feedback metric "Correct." / "Expected X, got Y." and a
+reflection LM of the same model at temperature 1.0 (``--reflection-api-base`` lets the caller
+count its requests apart).  ``overhead`` times ``dspy.Evaluate``
 of ``Predict("question -> answer")`` against an instant stub server.  DSPy's cache is off.
 """
 
@@ -27,7 +30,7 @@ os.environ.setdefault("DSPY_CACHEDIR", tempfile.mkdtemp(prefix="dspy-cache-"))
 
 import dspy  # noqa: E402 - after the environment it reads
 
-OPTIMIZERS = ("zero-shot", "random-search", "mipro-light")
+OPTIMIZERS = ("zero-shot", "random-search", "mipro-light", "gepa-light")
 
 
 class ClassifyIris(dspy.Signature):
@@ -42,6 +45,15 @@ class ClassifyIris(dspy.Signature):
 
 def species_match(example: dspy.Example, prediction: Any, trace: Any = None) -> float:
     return float(getattr(prediction, "species", None) == example.species)
+
+
+def species_feedback(gold: dspy.Example, pred: Any, trace: Any = None, pred_name: Any = None,
+                     pred_trace: Any = None) -> dspy.Prediction:
+    """GEPA's metric: the score and a line of feedback on it."""
+    got = getattr(pred, "species", None)
+    score = float(got == gold.species)
+    feedback = "Correct." if score else f"Expected {gold.species}, got {got}."
+    return dspy.Prediction(score=score, feedback=feedback)
 
 
 def load_split(path: Path) -> dict[str, list[dspy.Example]]:
@@ -67,8 +79,11 @@ def accuracy(program: dspy.Module, examples: list[dspy.Example], threads: int) -
     return sum(float(score) for _, _, score in result.results) / len(examples)
 
 
-def compile_program(name: str, program: dspy.Module, split: dict, threads: int, seed: int):
-    """The optimizer's program (zero-shot: the program as it comes)."""
+def compile_program(name: str, program: dspy.Module, split: dict, threads: int, seed: int,
+                    reflection_lm: dspy.LM | None = None, info: dict | None = None):
+    """The optimizer's program (zero-shot: the program as it comes); what the optimizer
+    reports of its own run goes into ``info``."""
+    info = {} if info is None else info
     train, val = split["train"], split["val"] or None
     max_errors = len(split["train"]) + len(split["val"]) + 1  # never stop on parse failures
     if name == "zero-shot":
@@ -83,6 +98,17 @@ def compile_program(name: str, program: dspy.Module, split: dict, threads: int, 
         minibatch_size = min(35, len(val or train))  # DSPy's default, or the whole valset
         return optimizer.compile(program, trainset=train, valset=val,
                                  minibatch_size=minibatch_size)
+    if name == "gepa-light":
+        optimizer = dspy.GEPA(metric=species_feedback, auto="light", reflection_lm=reflection_lm,
+                              num_threads=threads, seed=seed, track_stats=True)
+        compiled = optimizer.compile(program, trainset=train, valset=val)
+        details = compiled.detailed_results
+        info.update(metric_budget=optimizer.max_metric_calls,
+                    metric_calls=details.total_metric_calls,
+                    full_val_evals=details.num_full_val_evals,
+                    candidates=len(details.candidates),
+                    candidate_val_scores=list(details.val_aggregate_scores))
+        return compiled
     raise ValueError(f"unknown optimizer {name!r}; use one of {OPTIMIZERS}")
 
 
@@ -92,9 +118,13 @@ def run_optimize(args: argparse.Namespace) -> dict[str, Any]:
     lm = dspy.LM(args.model, api_base=args.api_base, api_key="EMPTY", temperature=0.0,
                  max_tokens=args.max_tokens, cache=False)
     dspy.configure(lm=lm)
+    reflection_lm = dspy.LM(args.model, api_base=args.reflection_api_base or args.api_base,
+                            api_key="EMPTY", temperature=1.0, max_tokens=args.max_tokens,
+                            cache=False)
+    info: dict[str, Any] = {}
     started = time.perf_counter()
     program = compile_program(args.optimizer, dspy.Predict(ClassifyIris), split,
-                              args.threads, args.seed)
+                              args.threads, args.seed, reflection_lm, info)
     optimized_s = time.perf_counter() - started
     val = accuracy(program, split["val"], args.threads)
     test = accuracy(program, split["test"], args.threads)
@@ -108,6 +138,7 @@ def run_optimize(args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": round(time.perf_counter() - started, 3),
         "instruction": predictor.signature.instructions,
         "demos": len(predictor.demos),
+        **info,
     }
 
 
@@ -157,6 +188,8 @@ def main() -> None:
     opt.add_argument("--threads", type=int, default=2)
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--max-tokens", type=int, help="the LM's cap per answer (default: none)")
+    opt.add_argument("--reflection-api-base", help="GEPA's reflection LM's base URL "
+                     "(default: --api-base)")
     opt.add_argument("--out", type=Path, required=True)
     over = commands.add_parser("overhead", help="examples/s of dspy.Evaluate on a stub server")
     over.add_argument("--api-base", required=True)

@@ -1,22 +1,48 @@
 """Paired bootstrap interval of the score difference of two programs on the same examples.
 
 Reads two per-example result files written by ``cotune evaluate ... --out FILE`` (the same
-split and seed, so the same examples in the same order) and prints both scores, the difference
-(second minus first) and its 95% paired bootstrap interval:
+split and seed, so the same examples in the same order), or two run folders (the final
+program's test scores, from the journal), and prints both scores, the difference (second minus
+first) and its 95% paired bootstrap interval:
 
     .venv/bin/python benchmarks/paired_diff.py before.json after.json
+    .venv/bin/python benchmarks/paired_diff.py runs/mipro runs/gepa
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
+import sqlite3
 import sys
 from pathlib import Path
 
 
+def load_run_scores(folder: Path) -> tuple[list[dict], list[float]]:
+    """The final program's per-example test scores of a run folder; the examples are named by
+    the split's digest (the same digest: the same examples in the same order)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        state = json.loads((folder / "program.json").read_text(encoding="utf-8"))
+        # the key cotune's run journals the final program's test evaluation under
+        key = "test:" + hashlib.sha256(
+            json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        with sqlite3.connect(f"file:{folder / 'journal.sqlite'}?mode=ro", uri=True) as conn:
+            row = conn.execute("SELECT value FROM entries WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            sys.exit(f"error: {folder} has no test evaluation of its final program")
+        scores = [float(x) for x in json.loads(row[0])["scores"]]
+        split = {"task": config["task"]["name"], "seed": config["seed"], **config["splits"]}
+        return [split] * len(scores), scores
+    except (OSError, ValueError, KeyError, TypeError, sqlite3.Error) as exc:
+        sys.exit(f"error: {folder} is not a finished cotune run folder ({exc})")
+
+
 def load_scores(path: Path) -> tuple[list[dict], list[float]]:
+    if path.is_dir():
+        return load_run_scores(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         results = data["results"]

@@ -8,6 +8,11 @@ tokens per run and renames DSPy's ``max_completion_tokens`` to ``max_tokens``.  
 * ``zero-shot``: cotune ``vanilla`` / DSPy's program as it comes;
 * ``random-search``: cotune ``random-search`` / DSPy ``BootstrapFewShotWithRandomSearch``;
 * ``mipro-light``: cotune ``mipro`` preset light / DSPy ``MIPROv2(auto="light")``;
+* ``gepa-light``: cotune ``gepa`` preset light (or ``--gepa-metric-calls N``: that budget, e.g.
+  the one DSPy's ``auto="light"`` computes) / DSPy ``GEPA(auto="light")``, both with the same
+  model as reflection LM at temperature 1.0 and the feedback "Correct." / "Expected X, got Y."
+  (cotune's Iris feedback metric); each side's reflection requests are counted apart
+  (``reflection_requests``) and included in its LM calls;
 * ``bettertogether``: not applicable here (see ``NOT_APPLICABLE``).
 
 Each side uses its own defaults otherwise, except that DSPy's LM gets ``max_tokens=512``
@@ -75,7 +80,10 @@ COUNTERPARTS = {
     "random-search": Counterpart("random-search", None, "random-search",
                                  "BootstrapFewShotWithRandomSearch"),
     "mipro-light": Counterpart("mipro", "light", "mipro-light", 'MIPROv2(auto="light")'),
+    "gepa-light": Counterpart("gepa", "light", "gepa-light", 'GEPA(auto="light")'),
 }
+REFLECTING = {"gepa-light"}
+"""Counterparts with a reflection LM, whose requests go to their own proxy phase."""
 NOT_APPLICABLE = {
     "bettertogether": (
         "fine-tunes the model's weights (LoRA), which a llama.cpp server cannot do: cotune's "
@@ -153,11 +161,21 @@ def stop(process: subprocess.Popen) -> None:
 # -- the two sides ------------------------------------------------------------------------------
 
 
-def run_spec(optimizer: str, preset: str | None, args: argparse.Namespace) -> RunSpec:
+def run_spec(optimizer: str, preset: str | None, args: argparse.Namespace,
+             options: dict[str, Any] | None = None) -> RunSpec:
     limit = args.limit
     return RunSpec(task="iris", optimizer=optimizer, preset=preset, model=args.model,
                    seed=args.seed, train_size=limit, val_size=limit, test_size=limit,
-                   threads=args.threads, use_cache=False)
+                   threads=args.threads, use_cache=False, options=options or {})
+
+
+def with_reflection(row: dict[str, Any], proxy: CountingProxy, phase: str) -> dict[str, Any]:
+    """The task phase's counts plus the reflection phase's (also given apart)."""
+    reflection = proxy.stats(f"{phase}-reflection")
+    out = {**row, "reflection_requests": reflection["requests"]}
+    for key, value in reflection.items():
+        out[key] = out.get(key, 0) + value
+    return out
 
 
 def write_split(args: argparse.Namespace, path: Path) -> dict[str, int]:
@@ -177,11 +195,20 @@ def run_cotune(name: str, proxy: CountingProxy, args: argparse.Namespace) -> dic
     run_dir = args.workdir / "cotune" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: nothing replayed from a journal
     lm = OpenAILM(args.model, base_url=proxy.base_url(phase), cache=None, temperature=0.0)
-    spec = run_spec(part.cotune, part.cotune_preset, args)
+    options: dict[str, Any] = {}
+    if name in REFLECTING:
+        # the reflection LM: the same model and server, its requests in a phase of their own
+        os.environ["COTUNE_CACHE"] = "off"  # the LM GEPA builds from a name: no cache either
+        options = {"reflection_lm": args.model,
+                   "reflection_base_url": proxy.base_url(f"{phase}-reflection")}
+        if args.gepa_metric_calls:
+            options["max_metric_calls"] = args.gepa_metric_calls
+    spec = run_spec(part.cotune, part.cotune_preset, args, options)
     summary = run_optimization(spec, run_dir, lm=lm)
-    return {"val_accuracy": summary.val_score, "test_accuracy": summary.test_score,
-            "wall_s": summary.wall_s, "own_usage": summary.usage["total"],
-            "run_dir": str(run_dir), **proxy.stats(phase)}
+    row = {"val_accuracy": summary.val_score, "test_accuracy": summary.test_score,
+           "wall_s": summary.wall_s, "own_usage": summary.usage["total"],
+           "run_dir": str(run_dir), **proxy.stats(phase)}
+    return with_reflection(row, proxy, phase) if name in REFLECTING else row
 
 
 def run_dspy(
@@ -196,6 +223,8 @@ def run_dspy(
                "--threads", str(args.threads), "--seed", str(args.seed), "--out", out]
     if args.dspy_max_tokens:
         command += ["--max-tokens", str(args.dspy_max_tokens)]
+    if name in REFLECTING:
+        command += ["--reflection-api-base", proxy.base_url(f"{phase}-reflection")]
     started = time.perf_counter()
     with log_file.open("w") as log_out:
         done = subprocess.run(command, stdout=log_out, stderr=subprocess.STDOUT, env=dspy_env())
@@ -203,8 +232,9 @@ def run_dspy(
         raise RuntimeError(f"the DSPy driver failed; see {log_file}:\n"
                            f"{log_file.read_text()[-3000:]}")
     result = json.loads(out.read_text())
-    return {**result, "process_wall_s": round(time.perf_counter() - started, 3),
-            "log": str(log_file), **proxy.stats(phase)}
+    row = {**result, "process_wall_s": round(time.perf_counter() - started, 3),
+           "log": str(log_file), **proxy.stats(phase)}
+    return with_reflection(row, proxy, phase) if name in REFLECTING else row
 
 
 # -- framework overhead ------------------------------------------------------------------------
@@ -288,6 +318,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="client threads, both sides")
     parser.add_argument("--server-threads", type=int, default=2, help="llama.cpp threads")
+    parser.add_argument("--gepa-metric-calls", type=int,
+                        help="cotune GEPA's max_metric_calls (default: its light preset's)")
     parser.add_argument("--dspy-max-tokens", type=int, default=512,
                         help="DSPy LM's max_tokens (0: DSPy's default, no cap)")
     parser.add_argument("--no-overhead", dest="overhead", action="store_false",
@@ -326,6 +358,8 @@ def compare(args: argparse.Namespace, python: Path | None) -> list[dict[str, Any
                 row["method"] = (part.dspy_label if system == "dspy" else
                                  f"{part.cotune}" + (f" {part.cotune_preset}"
                                                      if part.cotune_preset else ""))
+                if system == "cotune" and name in REFLECTING and args.gepa_metric_calls:
+                    row["method"] = f"{part.cotune} (max_metric_calls {args.gepa_metric_calls})"
                 log.info("running %s %s", system, name)
                 try:
                     if system == "cotune":

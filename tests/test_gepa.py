@@ -117,6 +117,55 @@ def test_an_equal_child_is_not_accepted():
     assert len(result.candidates) == 1 and instruction(result) == QA().answer.instruction
 
 
+def split_lm(rule) -> ScriptedLM:
+    """Answers ``train i`` / ``val i`` right when ``rule(split, i, system prompt)`` holds."""
+
+    def reply(request):
+        split, i = re.search(r"Question: (\w+) (\d+)", request.messages[-1]["content"]).groups()
+        return f"Answer: {'a' if rule(split, int(i), request.messages[0]['content']) else 'b'}{i}"
+
+    return ScriptedLM(reply, name="task")
+
+
+def lucky(split, i, system):
+    """The seed is right on the validation questions but one; LUCKY on the training ones only."""
+    return split == "train" if "LUCKY" in system else (split == "val" and i > 0)
+
+
+def test_a_child_worse_on_the_validation_subsample_is_not_completed():
+    task = split_lm(lucky)
+    result = optimize(gepa(reflector("LUCKY guess."), val_subsample=5,
+                           max_metric_calls=20 + 6 + 5), task)
+    (trial,) = result.trials
+    assert trial["minibatch_score"] > trial["parent_minibatch_score"]  # it passed the batch
+    assert not trial["accepted"] and "validation subsample" in trial["outcome"]
+    assert len(trial["val_subsample"]) == 5 and trial["val_subsample_score"] == 0.0
+    assert trial["metric_calls"] == 20 + 6 + 5  # the subsample, not the whole set
+    assert len(result.candidates) == 1
+    val_questions = [r for r in task.requests if "Question: val" in r.messages[-1]["content"]]
+    assert len(val_questions) == 20 + 5
+
+
+def test_a_child_as_good_on_the_subsample_is_completed_on_the_whole_validation_set():
+    task = split_lm(lambda split, i, system: GOOD in system or (split == "val" and i % 2 == 0))
+    result = optimize(gepa(reflector(GOOD), val_subsample=5, max_metric_calls=200), task)
+    trial = result.trials[0]
+    assert trial["accepted"] and trial["val_subsample_score"] == 1.0
+    assert trial["metric_calls"] == 20 + 6 + 20  # subsample + rest: one pass in all
+    assert result.best_score == 1.0 and instruction(result) == GOOD
+    assert len(result.trials) == 1  # perfect on validation: nothing left to do
+
+
+def test_without_a_subsample_an_accepted_child_gets_one_whole_validation_pass():
+    task = split_lm(lucky)
+    result = optimize(gepa(reflector("LUCKY guess."), val_subsample=None,
+                           max_metric_calls=20 + 6 + 20), task)
+    (trial,) = result.trials
+    assert trial["accepted"] and trial["val_subsample_score"] == 0.0
+    assert len(trial["val_subsample"]) == 20 and trial["metric_calls"] == 46
+    assert len(result.candidates) == 2  # kept: worse, but scored on every example
+
+
 def test_predictors_take_turns_round_robin():
     refl = reflector("A new instruction.")  # never improves: the parent stays the seed
     lm = ScriptedLM(lambda r: "Plan: add" if "Plan: <plan>" in r.messages[0]["content"]
@@ -411,6 +460,8 @@ def test_bad_settings_are_clear():
         GEPA(exact, minibatch_size=0)
     with pytest.raises(ValueError, match="max_instruction_chars"):
         GEPA(exact, max_instruction_chars=3)
+    with pytest.raises(ValueError, match="val_subsample"):
+        GEPA(exact, val_subsample=0)
 
 
 # -- the shared optimizer suite ----------------------------------------------------------------

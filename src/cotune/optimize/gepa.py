@@ -13,7 +13,11 @@ Agrawal et al., "GEPA: Reflective Prompt Evolution Can Outperform Reinforcement 
 4. **Children**: each proposal is a child; with ``evolve_demos`` (beyond the paper) a child
    with one more (or one replaced) demo from a passing trace seen so far, alone and together
    with the first proposal.  The child with the best mini-batch score is accepted only if it
-   beats the parent there, then scored on the whole validation set and added to the pool.
+   beats the parent there.  It is then scored on a seeded subsample of ``val_subsample``
+   validation examples and completed on the rest (and added to the pool) only if it scores at
+   least as well as its parent there: a child the mini-batch let through by luck costs a
+   fifth of a validation pass instead of a whole one (beyond the paper, which scores every
+   accepted child on the whole validation set).
 5. **Merge**: after an accepted child, two frontier candidates that changed different
    predictors since a common ancestor are combined; the merge is kept when it scores at least
    as well as both on validation examples where they differ, then completed on the rest.
@@ -55,10 +59,12 @@ from cotune.optimize.reporting import CostEstimate
 from cotune.optimize.trials import Child
 
 PRESETS: dict[str, dict[str, int]] = {
-    # reflective iterations and accepted candidates the metric-call budget is sized for
-    "light": {"iterations": 12, "accepted": 4},
-    "medium": {"iterations": 30, "accepted": 8},
-    "heavy": {"iterations": 60, "accepted": 15},
+    # reflective iterations, children accepted on their mini-batch (each scored on the
+    # validation subsample) and children completed on the rest of the validation set that the
+    # metric-call budget is sized for
+    "light": {"iterations": 10, "accepted": 4, "completed": 2},
+    "medium": {"iterations": 30, "accepted": 8, "completed": 4},
+    "heavy": {"iterations": 60, "accepted": 15, "completed": 8},
 }
 
 
@@ -72,6 +78,8 @@ class GEPA(Optimizer):
             reflective iterations and accepted candidates on this run's data.
         max_metric_calls: the budget in metric calls (overrides the preset).
         minibatch_size: training examples per reflection (and per acceptance test).
+        val_subsample: validation examples an accepted child is scored on before it is
+            completed on the rest (None: the whole validation set at once).
         num_proposals: instructions the reflection LM writes per iteration (in parallel).
         evolve_demos: also try children with a demo from a passing trace.
         max_demos: the most demos a predictor gets from ``evolve_demos``.
@@ -93,6 +101,7 @@ class GEPA(Optimizer):
         preset: str = "light",
         max_metric_calls: int | None = None,
         minibatch_size: int = 3,
+        val_subsample: int | None = 10,
         num_proposals: int = 1,
         evolve_demos: bool = True,
         max_demos: int = 4,
@@ -111,7 +120,8 @@ class GEPA(Optimizer):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; use one of {sorted(PRESETS)}")
         for key, value in (("minibatch_size", minibatch_size), ("num_proposals", num_proposals),
-                           ("merge_minibatch_size", merge_minibatch_size)):
+                           ("merge_minibatch_size", merge_minibatch_size),
+                           ("val_subsample", 1 if val_subsample is None else val_subsample)):
             if value < 1:
                 raise ValueError(f"{key} must be >= 1")
         for key, value in (("max_metric_calls", max_metric_calls), ("max_demos", max_demos),
@@ -123,6 +133,7 @@ class GEPA(Optimizer):
         self.preset = preset
         self.max_metric_calls = max_metric_calls
         self.minibatch_size = minibatch_size
+        self.val_subsample = val_subsample
         self.num_proposals = num_proposals
         self.evolve_demos = evolve_demos and max_demos > 0
         self.max_demos = max_demos
@@ -144,8 +155,8 @@ class GEPA(Optimizer):
         self.perfect_score = perfect_score
 
     def config(self) -> dict[str, Any]:
-        keys = ("preset", "max_metric_calls", "minibatch_size", "num_proposals", "evolve_demos",
-                "max_demos", "use_merge", "max_merges", "merge_minibatch_size",
+        keys = ("preset", "max_metric_calls", "minibatch_size", "val_subsample", "num_proposals",
+                "evolve_demos", "max_demos", "use_merge", "max_merges", "merge_minibatch_size",
                 "max_instruction_chars", "reflection_base_url", "reflection_temperature",
                 "skip_perfect", "perfect_score")
         return {**super().config(), **{k: getattr(self, k) for k in keys},
@@ -157,24 +168,30 @@ class GEPA(Optimizer):
     def children_per_iteration(self) -> int:
         return self.num_proposals + (2 if self.evolve_demos else 0)
 
+    def subsample_size(self, num_val: int) -> int:
+        """Validation examples an accepted child is scored on first."""
+        return num_val if self.val_subsample is None else min(self.val_subsample, num_val)
+
     def metric_budget(self, num_val: int) -> int:
         """``max_metric_calls``, or the preset's: the seed's validation pass, the mini-batches
-        of its reflective iterations (parent and children) and its accepted candidates'
-        validation passes."""
+        of its reflective iterations (parent and children), its accepted children's
+        validation subsamples and its completed candidates' rest of the validation set."""
         if self.max_metric_calls is not None:
             return self.max_metric_calls
         preset = PRESETS[self.preset]
         iteration = self.minibatch_size * (1 + self.children_per_iteration)
-        return num_val + preset["iterations"] * iteration + preset["accepted"] * num_val
+        sub = self.subsample_size(num_val)
+        return (num_val + preset["iterations"] * iteration + preset["accepted"] * sub
+                + preset["completed"] * (num_val - sub))
 
     def estimate_cost(
         self, program: Module, trainset: Sequence[Example], valset: Sequence[Example] | None
     ) -> CostEstimate:
         """Metric calls times LM calls per program run, plus the reflections: between one per
         iteration that is rejected without demo children (the cheapest iteration) and one per
-        iteration that is accepted with all its children (the dearest); the midpoint is
-        projected.  The loop spends the whole metric budget unless a candidate is perfect on
-        the validation set first."""
+        iteration whose child is completed on the whole validation set (the dearest); the
+        midpoint is projected.  The loop spends the whole metric budget unless a candidate is
+        perfect on the validation set first."""
         per_run = max(1, len(program.predictors()))
         num_val = len(valset or trainset)
         budget = self.metric_budget(num_val)
@@ -373,13 +390,11 @@ class _Loop:
             self._trial(trial, infos, None, "rejected: no child beat the parent on the "
                         "mini-batch")
             return
-        if not self._fits(len(self.valset), 0):
-            self.stopped = "an accepted child's validation pass would overrun the budget"
-            self._trial(trial, infos, None, "accepted, but the budget cannot score it")
-            return
         kind, state, _ = children[best]
-        scores = self.run.evaluate(self.program(state), self.valset, f"gepa:{n}:val")["scores"]
-        self.metric_calls += len(self.valset)
+        scores = self._validate(n, parent, state, trial)
+        if scores is None:
+            self._trial(trial, infos, None, trial.pop("outcome"))
+            return
         origin = {**self.pool[parent].origin, name: len(self.pool)}
         index = self._add(state, [parent], origin, scores,
                           f"iteration {n}: {kind} of {name} (parent {parent})",
@@ -387,6 +402,41 @@ class _Loop:
         self.next_predictor[index] = self.next_predictor[parent]
         self.merge_due = True
         self._trial(trial, infos, (best, index), f"accepted child {best} as candidate {index}")
+
+    def _validate(self, n: int, parent: int, state: dict[str, Any], trial: dict[str, Any]
+                  ) -> list[float] | None:
+        """The accepted child's validation scores: a seeded subsample first, the rest only
+        when the child is at least as good as its parent on the subsample.  None (the reason
+        in ``trial["outcome"]``) when it is not, or when the budget cannot pay for it."""
+        size = self.opt.subsample_size(len(self.valset))
+        order = list(range(len(self.valset)))
+        self.run.rng("gepa-val-subsample", n).shuffle(order)
+        subset, rest = sorted(order[:size]), sorted(order[size:])
+        if not self._fits(len(subset), 0):
+            self.stopped = "an accepted child's validation pass would overrun the budget"
+            trial["outcome"] = "accepted, but the budget cannot score it"
+            return None
+        program = self.program(state)
+        label = f"gepa:{n}:val" if not rest else f"gepa:{n}:val-subsample"
+        sub = self.run.evaluate(program, [self.valset[x] for x in subset], label)["scores"]
+        self.metric_calls += len(subset)
+        scores = dict(zip(subset, sub, strict=True))
+        parent_sum = sum(self.pool[parent].val_scores[x] for x in subset)
+        trial.update(val_subsample=subset, val_subsample_score=sum(sub) / len(subset),
+                     parent_val_subsample_score=parent_sum / len(subset))
+        if rest:
+            if sum(sub) < parent_sum:
+                trial["outcome"] = "rejected: worse than the parent on the validation subsample"
+                return None
+            if not self._fits(len(rest), 0):
+                self.stopped = "an accepted child's validation pass would overrun the budget"
+                trial["outcome"] = "accepted, but the budget cannot complete its validation"
+                return None
+            done = self.run.evaluate(program, [self.valset[x] for x in rest],
+                                     f"gepa:{n}:val-rest")["scores"]
+            self.metric_calls += len(rest)
+            scores.update(zip(rest, done, strict=True))
+        return [scores[x] for x in range(len(self.valset))]
 
     def _next_minibatch(self) -> list[int]:
         """The next ``minibatch_size`` training indices of a seeded shuffle, epoch by epoch."""
