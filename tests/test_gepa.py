@@ -137,10 +137,10 @@ def test_a_child_worse_on_the_validation_subsample_is_not_completed():
     result = optimize(gepa(reflector("LUCKY guess."), val_subsample=5,
                            max_metric_calls=20 + 6 + 5), task)
     (trial,) = result.trials
-    assert trial["minibatch_score"] > trial["parent_minibatch_score"]  # it passed the batch
-    assert not trial["accepted"] and "validation subsample" in trial["outcome"]
-    assert len(trial["val_subsample"]) == 5 and trial["val_subsample_score"] == 0.0
-    assert trial["metric_calls"] == 20 + 6 + 5  # the subsample, not the whole set
+    assert trial.minibatch_score > trial.parent_minibatch_score  # it passed the batch
+    assert not trial.accepted and "validation subsample" in trial.outcome
+    assert len(trial.details["val_subsample"]) == 5 and trial.details["val_subsample_score"] == 0.0
+    assert trial.details["metric_calls"] == 20 + 6 + 5  # the subsample, not the whole set
     assert len(result.candidates) == 1
     val_questions = [r for r in task.requests if "Question: val" in r.messages[-1]["content"]]
     assert len(val_questions) == 20 + 5
@@ -150,8 +150,8 @@ def test_a_child_as_good_on_the_subsample_is_completed_on_the_whole_validation_s
     task = split_lm(lambda split, i, system: GOOD in system or (split == "val" and i % 2 == 0))
     result = optimize(gepa(reflector(GOOD), val_subsample=5, max_metric_calls=200), task)
     trial = result.trials[0]
-    assert trial["accepted"] and trial["val_subsample_score"] == 1.0
-    assert trial["metric_calls"] == 20 + 6 + 20  # subsample + rest: one pass in all
+    assert trial.accepted and trial.details["val_subsample_score"] == 1.0
+    assert trial.details["metric_calls"] == 20 + 6 + 20  # subsample + rest: one pass in all
     assert result.best_score == 1.0 and instruction(result) == GOOD
     assert len(result.trials) == 1  # perfect on validation: nothing left to do
 
@@ -161,8 +161,8 @@ def test_without_a_subsample_an_accepted_child_gets_one_whole_validation_pass():
     result = optimize(gepa(reflector("LUCKY guess."), val_subsample=None,
                            max_metric_calls=20 + 6 + 20), task)
     (trial,) = result.trials
-    assert trial["accepted"] and trial["val_subsample_score"] == 0.0
-    assert len(trial["val_subsample"]) == 20 and trial["metric_calls"] == 46
+    assert trial.accepted and trial.details["val_subsample_score"] == 0.0
+    assert len(trial.details["val_subsample"]) == 20 and trial.details["metric_calls"] == 46
     assert len(result.candidates) == 2  # kept: worse, but scored on every example
 
 
