@@ -38,7 +38,7 @@ journal and continues with the program an uninterrupted run reaches.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -455,7 +455,7 @@ class _Loop:
     def _records(self, key: str, state: dict[str, Any], examples: list[Example]
                  ) -> list[dict[str, Any]]:
         program = self.program(state)
-        records = _memo(self.run, key, lambda: run_with_feedback(
+        records = self.run.journal.memo(key, lambda: run_with_feedback(
             program, examples, self.run.metric, num_threads=self.run.num_threads))
         self.metric_calls += len(examples)
         return records
@@ -467,7 +467,7 @@ class _Loop:
         shown = reflective_examples(name, records)
 
         def one(k: int) -> dict[str, Any]:
-            return _memo(self.run, f"gepa:{n}:reflect:{k}", lambda: propose_instruction(
+            return self.run.journal.memo(f"gepa:{n}:reflect:{k}", lambda: propose_instruction(
                 self.reflector, predictor, shown, temperature=opt.reflection_temperature,
                 rollout_id=n * opt.num_proposals + k, max_chars=opt.max_instruction_chars))
 
@@ -668,8 +668,3 @@ class _Loop:
 
 def _key(instruction: str, demos: list[dict[str, Any]]) -> str:
     return json.dumps([instruction, demos], sort_keys=True)
-
-
-def _memo(run: OptimizationRun, key: str, compute: Callable[[], Any]) -> Any:
-    """``journal.memo`` that returns what a resumed run reads back (the JSON round trip)."""
-    return json.loads(json.dumps(run.journal.memo(key, compute)))

@@ -72,10 +72,3 @@ class MemoryJournal(Journal):
     def keys(self, prefix: str = "") -> list[str]:
         with self._lock:
             return sorted(k for k in self._entries if k.startswith(prefix))
-
-
-def memo_as_read_back(journal: Journal, key: str, compute: Callable[[], Any]) -> Any:
-    """``journal.memo(key, compute)``, its value always as a resumed run reads it back (the
-    JSON round trip: tuples become lists, keys strings), so that a first run and a resumed run
-    continue from identical values."""
-    return json.loads(json.dumps(journal.memo(key, compute)))

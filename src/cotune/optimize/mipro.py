@@ -43,7 +43,6 @@ from cotune.core.runtime import ChatModel, current_lm
 from cotune.core.validate import check_bool, check_choice, check_int
 from cotune.optimize.base import OptimizationRun, Optimizer
 from cotune.optimize.bootstrap import bootstrap_demo_sets
-from cotune.optimize.journal import memo_as_read_back
 from cotune.optimize.proposer import TIPS, GroundedProposer, Grounding, ProposerSettings
 from cotune.optimize.registry import register_optimizer
 from cotune.optimize.reporting import CostEstimate
@@ -289,7 +288,7 @@ class MIPRO(Optimizer):
         if lm is None:
             raise NoLMError("MIPRO needs a prompt LM: pass prompt_lm= or use cotune.context(lm=)")
         proposer = GroundedProposer(lm, self.proposer_settings, num_threads=self.num_threads)
-        grounding = _memo(run, "grounding", lambda: proposer.ground(
+        grounding = run.journal.memo("grounding", lambda: proposer.ground(
             student, trainset, run.rng("mipro-grounding")).to_json())
         proposer.grounding = Grounding.from_json(grounding)
         for note in proposer.grounding.notes:  # journaled with the grounding
@@ -323,7 +322,7 @@ class MIPRO(Optimizer):
                 proposals[_FITTING_NOTES] = list(proposer.notes)
             return proposals
 
-        proposals = _memo(run, "instructions", compute)
+        proposals = run.journal.memo("instructions", compute)
         for note in proposals.pop(_FITTING_NOTES, []):
             run.reporter.message(note)
         return proposals
@@ -424,7 +423,7 @@ class _ProgramBuilder:
                                        rollout_id=index)
             return text or original.instruction
 
-        return _memo(self.run, f"proposal:{name}:{config_text}:{index}", compute)
+        return self.run.journal.memo(f"proposal:{name}:{config_text}:{index}", compute)
 
 
 # -- the search loop --------------------------------------------------------------------------
@@ -447,7 +446,7 @@ class _Search:
         total = self.opt.num_trials
         self.run.reporter.start_phase("mipro: search", total)
         for n in range(total):
-            record = _memo(self.run, f"trial:{n}", lambda n=n: self._trial(n))
+            record = self.run.journal.memo(f"trial:{n}", lambda n=n: self._trial(n))
             self._record(n, record)
             if (n + 1) % self.opt.full_eval_every == 0 or n + 1 == total:
                 self._full_evaluation(after_trial=n)
@@ -518,8 +517,6 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-def _memo(run: OptimizationRun, key: str, compute: Callable[[], Any]) -> Any:
-    return memo_as_read_back(run.journal, key, compute)
 
 
 # -- paper baselines --------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from cotune.core.predict import NoLMError, Predict
 from cotune.core.runtime import ChatModel, current_lm
 from cotune.optimize.base import OptimizationRun, Optimizer
 from cotune.optimize.feedback import short
-from cotune.optimize.journal import memo_as_read_back
 from cotune.optimize.prompting import ask, clean_instruction, describe_signature, text_signature
 from cotune.optimize.reflection import cap_length, strip_echo
 from cotune.optimize.registry import register_optimizer
@@ -180,7 +179,7 @@ class _Search:
                 text = strip_echo(clean_instruction(text)) or predictor.instruction
                 return cap_length(text, self.opt.max_instruction_chars)[0]
 
-            return memo_as_read_back(self.run.journal, f"opro:{n}:propose:{k}", compute)
+            return self.run.journal.memo(f"opro:{n}:propose:{k}", compute)
 
         results: dict[int, str] = {}
         threads = max(1, min(self.run.num_threads, self.opt.num_proposals))
