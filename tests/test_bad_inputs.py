@@ -336,6 +336,9 @@ def test_report_names_a_corrupt_candidates_file(tmp_path):
     (run / "candidates.json").write_text("[]")
     assert_one_line_error(cotune("report", run), "candidates.json is corrupt (expected a JSON "
                                                  "object, found list)")
+    (run / "candidates.json").write_text('{"best_index": 0, "candidates": 5}')
+    for command in ("show", "report"):  # valid JSON, but no list of candidates in it
+        assert_one_line_error(cotune(command, run), "candidates.json is malformed")
 
 
 # -- bench cells and their fingerprint ---------------------------------------------------------

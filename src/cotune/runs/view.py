@@ -219,8 +219,13 @@ class RunView:
         return view
 
     def _records(self, name: str, entries: Any, read: Any) -> list[Any]:
+        if not isinstance(entries, list):
+            if entries is not None or (self.path / name).is_file():
+                self.problems.setdefault(
+                    name, f"{self.path / name} is malformed (its entries are not a JSON list)")
+            return []
         out = []
-        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        for i, entry in enumerate(entries):
             try:
                 out.append(read(entry))
             except ValueError as exc:
