@@ -473,8 +473,10 @@ class _PooledHTTP:
                     # (urllib3's check before reuse can lose that race): once more, on a
                     # fresh connection, as browsers and the old client do
                     continue
+                # urllib3's NewConnectionError is a ConnectTimeoutError: a refusal is no timeout
+                refused = isinstance(e, urllib3.exceptions.NewConnectionError)
                 timeout = isinstance(e, (urllib3.exceptions.TimeoutError, TimeoutError))
-                kind = "timeout" if timeout else type(e).__name__
+                kind = "no connection" if refused else "timeout" if timeout else type(e).__name__
                 raise LMTransientError(f"{kind} talking to {self.base_url}: {e}") from e
             return answer.status, answer.data, answer.headers
         raise AssertionError("unreachable")
