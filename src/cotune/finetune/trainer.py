@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cotune._files import write_atomic
 from cotune.finetune.base_model import hf_checkpoint_for
 from cotune.finetune.errors import NotFineTunableError, NoTrainingDataError
 from cotune.finetune.export import export_lora_to_gguf
@@ -80,6 +81,6 @@ class LoraTrainer:
         )  # fmt: skip
         gguf_path = export_lora_to_gguf(result.adapter_dir, checkpoint, out_dir / ADAPTER_GGUF)
         result.gguf_path = gguf_path
-        (out_dir / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        write_atomic(out_dir / RESULT_FILE, json.dumps(result.to_json(), indent=2) + "\n")
         self.history.append(result)
         return lm.with_lora(result.gguf_path)

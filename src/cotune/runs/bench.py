@@ -42,6 +42,7 @@ from cotune.lm.types import LMError, is_infrastructure_error
 from cotune.optimize.better_together import ARROW
 from cotune.optimize.registry import get_optimizer, registered_optimizers
 from cotune.optimize.reporting import LogReporter, Reporter
+from cotune.optimize.vanilla import Vanilla
 from cotune.runs.folder import (
     RESULT,
     RunFolder,
@@ -64,7 +65,7 @@ SPEC_FILE = "bench.json"
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 CELLS = "cells"
-VANILLA = "vanilla"
+VANILLA = Vanilla.name
 CACHE_MODES = ("cell", "shared", "off")
 
 

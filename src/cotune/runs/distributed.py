@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cotune.optimize.better_together import BetterTogether
+from cotune.optimize.finetune import BootstrapFinetune
 from cotune.optimize.reporting import LogReporter, Reporter
 from cotune.runs.bench import (
     CELLS,
@@ -31,7 +33,7 @@ from cotune.runs.bench import (
 )
 from cotune.runs.folder import RunFolder, error_text, write_atomic
 
-FINETUNING = ("finetune",)
+FINETUNING = (BootstrapFinetune.name,)
 
 
 def run_bench_on_ray(
@@ -96,7 +98,7 @@ def _fine_tunes(cell: Cell) -> bool:
     optimizer = cell.optimizer
     if optimizer.name in FINETUNING:
         return True
-    return optimizer.name == "bettertogether" and "w" in (optimizer.strategy or "p -> w")
+    return optimizer.name == BetterTogether.name and "w" in (optimizer.strategy or "p -> w")
 
 
 def _ray() -> Any:
