@@ -534,3 +534,31 @@ def test_the_batched_engine_comes_back_from_its_description(
         assert dict(embedded.describe()) == {k: v for k, v in described.items() if k != "engine"}
     finally:
         embedded.close()
+
+
+def test_the_default_context_is_the_embedded_one_shared_by_the_slots(
+    smollm2_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cotune.lm.models import default_n_ctx
+
+    monkeypatch.setattr(LlamaServer, "_start", lambda self: None)  # only the settings matter
+    whole = default_n_ctx(smollm2_path)  # 8192 for SmolLM2 here
+    assert LlamaServer(smollm2_path, parallel=2).n_ctx == max(2048, whole // 2)
+    assert LlamaServer(smollm2_path, parallel=64).n_ctx == 2048  # never below 2048 a slot
+    assert LlamaServer(smollm2_path, parallel=4, n_ctx=512).n_ctx == 512
+
+
+@pytest.mark.real_model
+def test_the_server_engine_answers_in_the_structured_format_by_default(
+    smol_server: LlamaServer,
+) -> None:
+    import cotune
+    from cotune.lm.llama_server_lm import LlamaServerLM
+
+    lm = LlamaServerLM(server=smol_server, cache=None, max_retries=0)
+    assert lm.default_adapter == "json"
+    with cotune.context(lm=lm):
+        prediction = cotune.Predict("question -> answer: int")(question="What is 2 + 3?")
+    assert isinstance(prediction.answer, int)  # read from the schema-constrained JSON
+    sent = lm.meter.snapshot().calls
+    assert sent == 1  # no repair request: the first answer parsed

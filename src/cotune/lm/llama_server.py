@@ -35,7 +35,7 @@ from pathlib import Path
 
 from cotune.lm.child_process import ChildProcess
 from cotune.lm.llamacpp import default_threads, whole_number_env
-from cotune.lm.models import MODELS, resolve_model_path
+from cotune.lm.models import MIN_DEFAULT_N_CTX, MODELS, default_n_ctx, resolve_model_path
 from cotune.lm.types import LMError
 
 SERVER_ENV = "COTUNE_LLAMA_SERVER"
@@ -135,6 +135,8 @@ class LlamaServer:
         model: a registered model name or a GGUF file path.
         n_ctx: context of each slot, in tokens (the server gets ``parallel * n_ctx``, split
             evenly, so a request sees the same context as in :class:`~cotune.lm.LlamaCppLM`).
+            Default: the embedded engine's default context shared by the slots
+            (:func:`~cotune.lm.models.default_n_ctx` / ``parallel``), at least 2048.
         parallel: slots decoded together (default: ``COTUNE_LLAMA_PARALLEL``, else 4).
         n_threads: CPU threads (default: ``COTUNE_LLAMA_THREADS``, else every usable core).
         loras: GGUF LoRA adapters to load at start (more can be added later).
@@ -150,7 +152,7 @@ class LlamaServer:
         self,
         model: str | os.PathLike[str],
         *,
-        n_ctx: int = 2048,
+        n_ctx: int | None = None,
         parallel: int | None = None,
         n_threads: int | None = None,
         loras: Sequence[str | os.PathLike[str]] = (),
@@ -163,9 +165,11 @@ class LlamaServer:
         parallel = parallel if parallel is not None else default_parallel()
         if parallel < 1:
             raise ValueError("parallel must be >= 1")
-        if n_ctx < 16:
+        if n_ctx is not None and n_ctx < 16:
             raise ValueError("n_ctx must be >= 16")
         self.model_path = resolve_model_path(model)
+        if n_ctx is None:  # the same memory as one embedded context, split among the slots
+            n_ctx = max(MIN_DEFAULT_N_CTX, default_n_ctx(self.model_path) // parallel)
         name = os.fspath(model)
         self.model_name = name if name in MODELS else self.model_path.name
         self.n_ctx = n_ctx

@@ -39,7 +39,9 @@ _OVERFLOW_MARKERS = ("exceeds the available context size", "larger than the max 
 
 
 class LlamaServerLM(LM):
-    """A GGUF model served by llama.cpp's server with ``parallel`` batched slots.
+    """A GGUF model served by llama.cpp's server with ``parallel`` batched slots.  Its answers
+    are structured by default (the JSON adapter: the server decodes under the schema's
+    grammar, as the embedded engine does).
 
     Args:
         model: a registered model name or a GGUF path (default: that of ``server``, else
@@ -53,13 +55,15 @@ class LlamaServerLM(LM):
         **kwargs: passed to :class:`LM` (cache, retries, budget, defaults).
     """
 
+    default_adapter = "json"
+
     def __init__(
         self,
         model: str | os.PathLike[str] | None = None,
         *,
         lora_path: str | os.PathLike[str] | None = None,
         server: LlamaServer | None = None,
-        n_ctx: int = 2048,
+        n_ctx: int | None = None,
         parallel: int | None = None,
         n_threads: int | None = None,
         cache_ram_mib: int = 1024,
