@@ -7,11 +7,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
-from local_server import serve_locally, stop_serving
 from typer.testing import CliRunner
 
 from cotune.cli import app
@@ -29,59 +28,16 @@ API_KEY = "PLANTED-api-key-9153"
 REGISTERED = "PLANTED-registered-4410"
 
 
-class EchoServer:
-    """An OpenAI-compatible server that answers "Parity: even", or, with ``echo`` set, a 400
-    whose message quotes every header of the request (the Authorization header included)."""
-
-    def __init__(self) -> None:
-        self.echo = False
-        self.authorizations: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                headers = {k: v for k, v in self.headers.items()}
-                server.authorizations.append(self.headers.get("Authorization", ""))
-                if server.echo:
-                    status, data = 400, {"error": {
-                        "message": f"rejected; you sent the headers {headers}",
-                        "type": "invalid_request_error"}}
-                else:
-                    n = int(body.get("n") or 1)
-                    status, data = 200, {
-                        "id": "x", "object": "chat.completion", "created": 0,
-                        "model": body.get("model", ""),
-                        "choices": [{"index": i, "finish_reason": "stop",
-                                     "message": {"role": "assistant",
-                                                 "content": "Parity: even"}}
-                                    for i in range(n)],
-                        "usage": {"prompt_tokens": 5, "completion_tokens": 2,
-                                  "total_tokens": 7}}
-                payload = json.dumps(data).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self._httpd = serve_locally(Handler)
-        self.port = self._httpd.server_address[1]
-
-    def close(self) -> None:
-        stop_serving(self._httpd)
-
-
 @pytest.fixture
-def echo_server():
-    server = EchoServer()
-    yield server
-    server.close()
+def echo_server(fake_openai_server):
+    """The fake endpoint answering "Parity: even"; ``echo_headers(server)`` makes it refuse
+    every request with a 400 whose message quotes the request's headers (Authorization too)."""
+    fake_openai_server.answer = "Parity: even"
+    return fake_openai_server
+
+
+def echo_headers(server):
+    return lambda body: (400, f"rejected; you sent the headers {server.headers[-1]}")
 
 
 def _secrets() -> list[bytes]:
@@ -103,7 +59,8 @@ def test_no_planted_secret_reaches_a_file_or_the_terminal(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     monkeypatch.setenv("COTUNE_CACHE_DIR", str(tmp_path / "shared-cache"))
-    url = f"http://alice:{URL_PASSWORD}@127.0.0.1:{echo_server.port}/v1"
+    port = urlsplit(echo_server.url).port
+    url = f"http://alice:{URL_PASSWORD}@127.0.0.1:{port}/v1"
     lm = ["--base-url", url, "--model", "fake"]
     outputs: list[str] = []
 
@@ -123,7 +80,7 @@ def test_no_planted_secret_reaches_a_file_or_the_terminal(tmp_path, monkeypatch,
     assert cotune("bench", *bench, *lm, "--out", "bench").exit_code == 0
     assert cotune("report", "bench").exit_code == 0
     assert json.loads(Path("run/config.json").read_text())["model"]["base_url"] == (
-        f"http://***@127.0.0.1:{echo_server.port}/v1")
+        f"http://***@127.0.0.1:{port}/v1")
 
     # the same bench resumed from its bench.json cannot use the redacted URL: it asks for it
     again = cotune("bench", "--out", "bench")
@@ -132,7 +89,7 @@ def test_no_planted_secret_reaches_a_file_or_the_terminal(tmp_path, monkeypatch,
     assert again.exit_code == 0 and "already finished" in again.output, again.output
 
     # the server now rejects every request, quoting the headers it got
-    echo_server.echo = True
+    echo_server.refuse = echo_headers(echo_server)
     cotune("optimize", "--task", TASK_FILE, "--optimizer", "vanilla", "--threads", 2,
            "--run-dir", "failing", "--no-cache", *lm)
     cotune("report", "failing")
@@ -142,15 +99,16 @@ def test_no_planted_secret_reaches_a_file_or_the_terminal(tmp_path, monkeypatch,
     cotune("report", "failing-bench")
     cotune("show", "failing")
     # without credentials in the URL the API key is sent (as a Bearer token) and echoed
-    plain = ["--base-url", f"http://127.0.0.1:{echo_server.port}/v1", "--model", "fake"]
+    plain = ["--base-url", echo_server.url, "--model", "fake"]
     cotune("evaluate", "--task", TASK_FILE, "--split", "test", "--limit", 3, "--no-cache",
            "--out", "evaluation-plain.json", *plain)
 
     # the URL's credentials were really sent (as HTTP Basic auth, as the SDK sends them), and so
     # was the key
     basic = base64.b64encode(f"alice:{URL_PASSWORD}".encode()).decode()
-    assert f"Basic {basic}" in echo_server.authorizations
-    assert any(API_KEY in a for a in echo_server.authorizations)
+    authorizations = [h.get("authorization", "") for h in echo_server.headers]
+    assert f"Basic {basic}" in authorizations
+    assert any(API_KEY in a for a in authorizations)
     written = "\n".join(p.read_text(errors="replace") for p in tmp_path.rglob("*.json"))
     assert "you sent the headers" in written + "".join(outputs)  # the echo was recorded...
     assert "Basic ***" in written + "".join(outputs)  # ... with its secrets masked
