@@ -16,7 +16,9 @@ from helpers import TASK_FILE, cotune, use_scripted_lms
 from cotune.cli import _fail
 from cotune.optimize.bootstrap import BootstrapFewShot, LabeledFewShot
 from cotune.optimize.finetune import BootstrapFinetune
+from cotune.optimize.gepa import GEPA
 from cotune.optimize.mipro import MIPRO
+from cotune.optimize.opro import OPRO
 from cotune.optimize.random_search import BootstrapRandomSearch
 from cotune.runs.bench import BenchSpec, resolve_spec
 from cotune.runs.folder import RunFolder
@@ -140,6 +142,10 @@ def test_optimizer_options_are_checked_before_anything_runs(tmp_path, setting, f
     (lambda: BootstrapFinetune(scripted.metric, lora={"rank": 0}), "lora: rank"),
     (lambda: BootstrapFinetune(scripted.metric, lora={"rnak": 8}), "known settings: rank"),
     (lambda: BootstrapFinetune(scripted.metric, per_predictor=1), "per_predictor"),
+    (lambda: GEPA(scripted.metric, minibatch_size="big"),
+     "minibatch_size must be an integer >= 1, got 'big'"),
+    (lambda: GEPA(scripted.metric, max_demos=2.5), "max_demos must be an integer >= 0"),
+    (lambda: OPRO(scripted.metric, max_history=0), "max_history must be an integer >= 1"),
 ])
 def test_optimizer_constructors_check_their_options(make, fragment):
     with pytest.raises(ValueError, match=None) as caught:

@@ -48,6 +48,7 @@ from cotune.core.jsonable import demo_to_json
 from cotune.core.parallel import imap_unordered
 from cotune.core.predict import NoLMError, demo_from_step
 from cotune.core.runtime import ChatModel, current_lm
+from cotune.core.validate import check_int
 from cotune.lm.budget import active_budgets
 from cotune.lm.types import BudgetExceeded
 from cotune.optimize.base import OptimizationRun, Optimizer
@@ -121,13 +122,11 @@ class GEPA(Optimizer):
             raise ValueError(f"unknown preset {preset!r}; use one of {sorted(PRESETS)}")
         for key, value in (("minibatch_size", minibatch_size), ("num_proposals", num_proposals),
                            ("merge_minibatch_size", merge_minibatch_size),
-                           ("val_subsample", 1 if val_subsample is None else val_subsample)):
-            if value < 1:
-                raise ValueError(f"{key} must be >= 1")
+                           ("val_subsample", val_subsample)):
+            check_int(key, value, minimum=1, allow_none=key == "val_subsample")
         for key, value in (("max_metric_calls", max_metric_calls), ("max_demos", max_demos),
                            ("max_merges", max_merges)):
-            if value is not None and value < 0:
-                raise ValueError(f"{key} must be >= 0")
+            check_int(key, value, minimum=0, allow_none=True)
         if max_instruction_chars is not None and max_instruction_chars < 20:
             raise ValueError("max_instruction_chars must be >= 20 (or None for no cap)")
         self.preset = preset

@@ -27,6 +27,7 @@ from cotune.core.example import Example
 from cotune.core.parallel import imap_unordered
 from cotune.core.predict import NoLMError, Predict
 from cotune.core.runtime import ChatModel, current_lm
+from cotune.core.validate import check_int
 from cotune.optimize.base import OptimizationRun, Optimizer
 from cotune.optimize.feedback import short
 from cotune.optimize.prompting import ask, clean_instruction, describe_signature, text_signature
@@ -71,8 +72,7 @@ class OPRO(Optimizer):
         for key, value in (("num_iterations", num_iterations), ("num_proposals", num_proposals),
                            ("minibatch_size", minibatch_size),
                            ("full_eval_every", full_eval_every), ("max_history", max_history)):
-            if value < 1:
-                raise ValueError(f"{key} must be >= 1")
+            check_int(key, value, minimum=1)
         self.num_iterations = num_iterations
         self.num_proposals = num_proposals
         self.minibatch_size = minibatch_size
