@@ -68,6 +68,15 @@ def run_parent(code: str) -> subprocess.Popen[str]:
 # -- supervision, with plain child processes ---------------------------------------------------
 
 
+def assert_gone_with_its_parent_killed(parent: subprocess.Popen[str], what: str) -> None:
+    """``parent`` printed a child's pid: after ``kill -9`` of the parent the child is gone."""
+    pid = int(parent.stdout.readline())
+    assert alive(pid)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    assert wait_gone(pid), f"{what} {pid} outlived its parent killed with SIGKILL"
+
+
 def test_a_child_dies_with_its_parent_on_sigkill() -> None:
     parent = run_parent("""
         import sys, tempfile, time
@@ -77,11 +86,7 @@ def test_a_child_dies_with_its_parent_on_sigkill() -> None:
         print(child.pid, flush=True)
         time.sleep(600)
     """)
-    pid = int(parent.stdout.readline())
-    assert alive(pid)
-    parent.send_signal(signal.SIGKILL)
-    parent.wait()
-    assert wait_gone(pid), f"child {pid} outlived its parent killed with SIGKILL"
+    assert_gone_with_its_parent_killed(parent, "child")
 
 
 def test_a_child_is_stopped_when_its_parent_exits_normally() -> None:
@@ -387,11 +392,7 @@ def test_a_server_is_gone_after_its_parent_is_killed(server_binary: Path) -> Non
         print(lm.server.pid, flush=True)
         time.sleep(600)
     """)
-    pid = int(parent.stdout.readline())
-    assert alive(pid)
-    parent.send_signal(signal.SIGKILL)
-    parent.wait()
-    assert wait_gone(pid), f"llama-server {pid} outlived its parent killed with SIGKILL"
+    assert_gone_with_its_parent_killed(parent, "llama-server")
 
 
 @pytest.mark.real_model
