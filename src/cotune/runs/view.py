@@ -204,18 +204,23 @@ class RunView:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> RunView:
         path = Path(path)
-        view = cls(path, problems=run_problems(path))
-        view.config = _read_dict(path / CONFIG)
-        view.status = _read_dict(path / STATUS)
-        found = _read_dict(path / CANDIDATES)
+        view = cls(path)
+        data: dict[str, Any] = {}
+        for name in (CONFIG, STATUS, CANDIDATES, TRIALS, RESULT):  # each file read once
+            data[name], problem = read_file(path / name)
+            if problem:
+                view.problems[name] = problem
+        view.config = _dict(data[CONFIG])
+        view.status = _dict(data[STATUS])
+        found = _dict(data[CANDIDATES])
         view.original = _dict(found.get("original"))
         view.candidates = view._records(CANDIDATES, found.get("candidates"), _candidate)
         best = found.get("best_index")
         if isinstance(best, int) and any(c.index == best for c in view.candidates):
             view.best_index = best
-        view.trials = view._records(TRIALS, _read_any(path / TRIALS), Trial.from_json)
-        result = _read_any(path / RESULT)
-        view.result = RunResult.from_json(result) if isinstance(result, dict) else None
+        view.trials = view._records(TRIALS, data[TRIALS], Trial.from_json)
+        result = data[RESULT]
+        view.result = RunResult.from_json(result) if result is not None else None
         return view
 
     def _records(self, name: str, entries: Any, read: Any) -> list[Any]:
@@ -310,10 +315,11 @@ class BenchView:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> BenchView:
         path = Path(path)
-        problems = [p for name in (BENCH_RESULTS, BENCH_SPEC)
-                    if (p := file_problem(path / name))]
-        records = [r for r in _read_list(path / BENCH_RESULTS) if isinstance(r, dict)]
-        return cls(path, _read_dict(path / BENCH_SPEC), records, problems)
+        (results, results_problem), (spec, spec_problem) = (
+            read_file(path / name) for name in (BENCH_RESULTS, BENCH_SPEC))
+        problems = [p for p in (results_problem, spec_problem) if p]
+        records = [r for r in results or [] if isinstance(r, dict)]
+        return cls(path, _dict(spec), records, problems)
 
     @staticmethod
     def is_bench(path: str | os.PathLike[str]) -> bool:
@@ -341,31 +347,25 @@ class BenchView:
 # -- reading files -----------------------------------------------------------------------------
 
 
-def file_problem(path: Path) -> str | None:
-    """Why the run or bench file ``path`` cannot be used: unreadable, not UTF-8, not JSON, or
-    JSON of the wrong shape; None when it is fine or missing."""
+def read_file(path: Path) -> tuple[Any, str | None]:
+    """A run or bench file's JSON and why it cannot be used (unreadable, not UTF-8, not JSON,
+    JSON of the wrong shape): ``(data, None)`` when it is fine, ``(None, problem)`` when not,
+    ``(None, None)`` when it is missing."""
     if not path.exists():
-        return None
+        return None, None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
-        return f"{path} is corrupt (not UTF-8 text: {exc.reason} at byte {exc.start})"
+        return None, f"{path} is corrupt (not UTF-8 text: {exc.reason} at byte {exc.start})"
     except ValueError as exc:
-        return f"{path} is corrupt (not valid JSON: {exc})"
+        return None, f"{path} is corrupt (not valid JSON: {exc})"
     except OSError as exc:
-        return f"{path} cannot be read ({exc.strerror or exc})"
+        return None, f"{path} cannot be read ({exc.strerror or exc})"
     shape = _SHAPES.get(path.name)
     if shape is not None and not isinstance(data, shape):
         kind = "object" if shape is dict else "list"
-        return f"{path} is corrupt (expected a JSON {kind}, found {type(data).__name__})"
-    return None
-
-
-def run_problems(folder: Path) -> dict[str, str]:
-    """File name -> problem, for each file of the run folder that cannot be used."""
-    found = {name: file_problem(folder / name)
-             for name in (CONFIG, STATUS, CANDIDATES, TRIALS, RESULT)}
-    return {name: problem for name, problem in found.items() if problem}
+        return None, f"{path} is corrupt (expected a JSON {kind}, found {type(data).__name__})"
+    return data, None
 
 
 def training_seconds(folder: Path) -> float | None:
@@ -387,11 +387,6 @@ def _read_any(path: Path) -> Any:
 
 def _read_dict(path: Path) -> dict[str, Any]:
     return _dict(_read_any(path))
-
-
-def _read_list(path: Path) -> list[Any]:
-    data = _read_any(path)
-    return data if isinstance(data, list) else []
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
