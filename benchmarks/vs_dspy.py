@@ -1,9 +1,11 @@
 """cotune and DSPy side by side: the same task, split, model and server, LM calls counted alike.
 
 Both frameworks optimize the one-predictor Iris program (seeded 50/50/50 split, seed 0,
-temperature 0) against one llama.cpp server on 127.0.0.1 (``python -m llama_cpp.server``,
-started here), through ``benchmarks/counting_proxy.py``, which counts every request and its
-tokens per run and renames DSPy's ``max_completion_tokens`` to ``max_tokens``.  Counterparts:
+temperature 0; or with ``--task gsm8k`` the chain-of-thought GSM8K program, the same seeded
+split as cotune's for the sizes given) against one llama.cpp server on 127.0.0.1 (``python -m
+llama_cpp.server``, started here), through ``benchmarks/counting_proxy.py``, which counts every
+request and its tokens per run and renames DSPy's ``max_completion_tokens`` to
+``max_tokens``.  Counterparts:
 
 * ``zero-shot``: cotune ``vanilla`` / DSPy's program as it comes;
 * ``random-search``: cotune ``random-search`` / DSPy ``BootstrapFewShotWithRandomSearch``;
@@ -11,8 +13,10 @@ tokens per run and renames DSPy's ``max_completion_tokens`` to ``max_tokens``.  
 * ``gepa-light``: cotune ``gepa`` preset light (or ``--gepa-metric-calls N``: that budget, e.g.
   the one DSPy's ``auto="light"`` computes) / DSPy ``GEPA(auto="light")``, both with the same
   model as reflection LM at temperature 1.0 and the feedback "Correct." / "Expected X, got Y."
-  (cotune's Iris feedback metric); each side's reflection requests are counted apart
-  (``reflection_requests``) and included in its LM calls;
+  (cotune's Iris feedback metric; on GSM8K "Expected the number X; the answer gave Y.", also
+  cotune's); each side's reflection requests are counted apart (``reflection_requests``) and
+  included in its LM calls; ``--dspy-gepa-metric-calls N`` gives ``dspy.GEPA`` that budget
+  instead of ``auto="light"``;
 * ``bettertogether``: not applicable here (see ``NOT_APPLICABLE``).
 
 Each side uses its own defaults otherwise, except that DSPy's LM gets ``max_tokens=512``
@@ -31,6 +35,8 @@ framework-overhead part times ``Evaluate`` of a one-predictor program against
     python benchmarks/vs_dspy.py                          # everything (~2 h with Qwen on 2 cores)
     python benchmarks/vs_dspy.py --limit 5 --optimizers zero-shot --model smollm2-135m
     python benchmarks/vs_dspy.py --only dspy --no-overhead --out vs.json
+    python benchmarks/vs_dspy.py --task gsm8k --train-size 40 --val-size 25 --test-size 50 \
+        --only dspy --optimizers gepa-light --dspy-gepa-metric-calls 215 --no-overhead
 """
 
 from __future__ import annotations
@@ -82,6 +88,8 @@ COUNTERPARTS = {
     "mipro-light": Counterpart("mipro", "light", "mipro-light", 'MIPROv2(auto="light")'),
     "gepa-light": Counterpart("gepa", "light", "gepa-light", 'GEPA(auto="light")'),
 }
+TASKS = ("iris", "gsm8k")
+"""Tasks with a DSPy counterpart program in ``dspy_driver.py``."""
 REFLECTING = {"gepa-light"}
 """Counterparts with a reflection LM, whose requests go to their own proxy phase."""
 NOT_APPLICABLE = {
@@ -164,8 +172,9 @@ def stop(process: subprocess.Popen) -> None:
 def run_spec(optimizer: str, preset: str | None, args: argparse.Namespace,
              options: dict[str, Any] | None = None) -> RunSpec:
     limit = args.limit
-    return RunSpec(task="iris", optimizer=optimizer, preset=preset, model=args.model,
-                   seed=args.seed, train_size=limit, val_size=limit, test_size=limit,
+    return RunSpec(task=args.task, optimizer=optimizer, preset=preset, model=args.model,
+                   seed=args.seed, train_size=args.train_size or limit,
+                   val_size=args.val_size or limit, test_size=args.test_size or limit,
                    threads=args.threads, use_cache=False, options=options or {})
 
 
@@ -180,7 +189,7 @@ def with_reflection(row: dict[str, Any], proxy: CountingProxy, phase: str) -> di
 
 def write_split(args: argparse.Namespace, path: Path) -> dict[str, int]:
     """The exact examples cotune uses (``load_data`` of its run), as JSON for the driver."""
-    splits = load_data(get_task("iris"), run_spec("vanilla", None, args))
+    splits = load_data(get_task(args.task), run_spec("vanilla", None, args))
     first = splits.train[0]
     data = {"input_keys": sorted(first.input_keys),
             **{name: [ex.to_dict() for ex in splits.get(name)]
@@ -218,13 +227,16 @@ def run_dspy(
     out = args.workdir / "dspy" / f"{name}.json"
     log_file = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = [python, DRIVER, "optimize", "--split", split, "--api-base", proxy.base_url(phase),
+    command = [python, DRIVER, "optimize", "--task", args.task, "--split", split,
+               "--api-base", proxy.base_url(phase),
                "--model", f"openai/{args.model}", "--optimizer", COUNTERPARTS[name].dspy,
                "--threads", str(args.threads), "--seed", str(args.seed), "--out", out]
     if args.dspy_max_tokens:
         command += ["--max-tokens", str(args.dspy_max_tokens)]
     if name in REFLECTING:
         command += ["--reflection-api-base", proxy.base_url(f"{phase}-reflection")]
+        if args.dspy_gepa_metric_calls:
+            command += ["--gepa-metric-calls", str(args.dspy_gepa_metric_calls)]
     started = time.perf_counter()
     with log_file.open("w") as log_out:
         done = subprocess.run(command, stdout=log_out, stderr=subprocess.STDOUT, env=dspy_env())
@@ -310,6 +322,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="qwen2.5-0.5b",
                         help="a packaged model name (cotune models) or a GGUF path")
+    parser.add_argument("--task", choices=TASKS, default="iris",
+                        help="the task both sides optimize (default: iris)")
+    for split_name in ("train", "val", "test"):
+        parser.add_argument(f"--{split_name}-size", type=int,
+                            help=f"{split_name} examples (default: the task's, or --limit)")
     parser.add_argument("--only", choices=SYSTEMS, help="run one side only")
     parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZER_CHOICES,
                         default=list(OPTIMIZER_CHOICES))
@@ -320,6 +337,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-threads", type=int, default=2, help="llama.cpp threads")
     parser.add_argument("--gepa-metric-calls", type=int,
                         help="cotune GEPA's max_metric_calls (default: its light preset's)")
+    parser.add_argument("--dspy-gepa-metric-calls", type=int,
+                        help="dspy.GEPA's max_metric_calls instead of auto='light' (e.g. the "
+                        "budget cotune's run printed, for a run at the same budget)")
     parser.add_argument("--dspy-max-tokens", type=int, default=512,
                         help="DSPy LM's max_tokens (0: DSPy's default, no cap)")
     parser.add_argument("--no-overhead", dest="overhead", action="store_false",
@@ -360,6 +380,8 @@ def compare(args: argparse.Namespace, python: Path | None) -> list[dict[str, Any
                                                      if part.cotune_preset else ""))
                 if system == "cotune" and name in REFLECTING and args.gepa_metric_calls:
                     row["method"] = f"{part.cotune} (max_metric_calls {args.gepa_metric_calls})"
+                if system == "dspy" and name in REFLECTING and args.dspy_gepa_metric_calls:
+                    row["method"] = f"GEPA(max_metric_calls={args.dspy_gepa_metric_calls})"
                 log.info("running %s %s", system, name)
                 try:
                     if system == "cotune":
@@ -391,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
         if python is not None:
             results["overhead"] += [{"system": "dspy", **r} for r in overhead_dspy(python, args)]
     if results["rows"]:
-        print(f"\n## Iris, {results['rows'][0]['model']}, split {results['rows'][0]['split']}, "
+        first = results["rows"][0]
+        print(f"\n## {args.task}, {first['model']}, split {first['split']}, "
               f"seed {args.seed}, temperature 0; LM calls and tokens counted by the proxy\n")
         print(results_table(results["rows"]))
     if results["overhead"]:
