@@ -28,6 +28,7 @@ import json
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,52 @@ def prompt_tokens_evaluated(lm: Any) -> int:
     import llama_cpp
 
     return int(llama_cpp.llama_perf_context(lm._llama.ctx).n_p_eval)
+
+
+def record_prompts(lm: Any) -> list[list[dict[str, Any]]]:
+    """From now on, every request's messages in the order they reach the engine."""
+    recorded: list[list[dict[str, Any]]] = []
+    lock = threading.Lock()
+    complete = lm._complete
+
+    def recording(request: Any) -> Any:
+        with lock:
+            recorded.append([dict(m) for m in request.messages])
+        return complete(request)
+
+    lm._complete = recording
+    return recorded
+
+
+def unavoidable_prompt_tokens(model: str, prompts: list[list[dict[str, Any]]]) -> int:
+    """Prompt tokens that even an unlimited prefix cache must run through the model.
+
+    Each prompt is rendered with the GGUF's own chat template and tokenized; a token counts when
+    it lies beyond the longest prefix the prompt shares with *any* earlier prompt of the run (a
+    trie of all of them).  The embedded engine keeps one prefix and llama-server one per slot plus
+    its RAM cache, so both evaluate at least this many: the bound on what prefix reuse can save.
+    """
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    vocab = llama_cpp.Llama(str(resolve_model_path(model)), vocab_only=True, verbose=False)
+    token = vocab._model.token_get_text
+    formatter = Jinja2ChatFormatter(
+        template=vocab.metadata["tokenizer.chat_template"],
+        eos_token=token(vocab.token_eos()), bos_token=token(vocab.token_bos()))
+    trie: dict[int, Any] = {}
+    total = 0
+    for messages in prompts:
+        text = formatter(messages=messages).prompt
+        node, shared = trie, True
+        for tok in vocab.tokenize(text.encode(), add_bos=False, special=True):
+            if shared and tok in node:
+                node = node[tok]
+                continue
+            shared = False
+            total += 1
+            node = node.setdefault(tok, {})
+    return total
 
 
 def program_for(task_name: str, lm: Any, out_dir: Path, threads: int) -> Any:
@@ -101,6 +148,7 @@ def run_one(task_name: str, n: int, engine: str, args: argparse.Namespace) -> di
         program = program_for(task_name, lm, args.out.parent, args.threads)
         demos = {name: len(p.demos) for name, p in program.named_predictors()}
         evaluated_before = prompt_tokens_evaluated(lm)
+        prompts = record_prompts(lm)
         evaluator = Evaluate(devset, task.metric, num_threads=args.threads,
                              display_progress=False)
         with cotune.context(lm=lm), cache_disabled():
@@ -122,6 +170,7 @@ def run_one(task_name: str, n: int, engine: str, args: argparse.Namespace) -> di
         "calls": u.calls, "completion_tokens": u.completion_tokens,
         "generated_tok_per_s": round(u.completion_tokens / wall, 2),
         "prompt_tokens_sent": u.prompt_tokens, "prompt_tokens_evaluated": evaluated,
+        "prompt_tokens_unavoidable": unavoidable_prompt_tokens(args.model, prompts),
         "score": round(result.score, 4), "errors": result.num_errors, "answers": answers,
         "date": time.strftime("%Y-%m-%d %H:%M"), "load": _load(),
     }  # fmt: skip
