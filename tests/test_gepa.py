@@ -524,3 +524,21 @@ def test_token_and_time_budgets_stop_the_run_with_the_best_so_far(budget):
     if budget.max_tokens is not None:
         assert budget.tokens >= 2500 and instruction(result) == GOOD
         assert result.best_score == max(c.score for c in result.candidates)
+
+
+def test_a_one_example_validation_gain_does_not_replace_the_seed_unless_asked():
+    # the child is right on every question, the seed on all but validation question 0: the
+    # child wins its mini-batch (train) and gains one of 20 validation examples, within noise
+    def rule(split, i, system):
+        return GOOD in system or (split == "val" and i > 0)
+
+    careful = optimize(gepa(reflector(GOOD), val_subsample=None, max_metric_calls=60),
+                       split_lm(rule))
+    assert len(careful.candidates) == 2 and careful.candidates[1].score == 1.0
+    verdict = careful.candidates[1].vs_baseline
+    assert verdict["interval"] is not None and verdict["interval"]["low"] <= 0 < verdict["gain"]
+    assert careful.best_index == 0 and instruction(careful) == QA().answer.instruction
+    assert "the baseline stays" in careful.selection["reason"]
+    eager = optimize(gepa(reflector(GOOD), val_subsample=None, max_metric_calls=60, min_gain=0),
+                     split_lm(rule))
+    assert eager.best_index == 1 and instruction(eager) == GOOD

@@ -35,6 +35,25 @@ def test_the_planted_instruction_is_found_and_the_history_is_shown_worst_first()
     assert len(result.trials) == 8 and {t.params["predictor"] for t in result.trials} == {"answer"}
 
 
+def test_a_one_example_validation_gain_does_not_replace_the_baseline_unless_asked():
+    # the planted instruction gains one of 20 validation questions over the given one (right on
+    # question 0 too): within noise, so the baseline stays; with min_gain=0 the gain is taken
+    def rule(i, system, has_demos):
+        return GOOD in system or (i > 0 and "BAD" not in system)
+
+    def opro(**settings):
+        return OPRO(exact, prompt_lm=history_lm(), num_iterations=4, num_proposals=2,
+                    minibatch_size=8, num_threads=2, **settings)
+
+    careful = optimize(opro(), task_lm(rule))
+    planted = [c for c in careful.candidates if c.score == 1.0]
+    assert planted and planted[0].vs_baseline["interval"] is not None
+    assert careful.best_index == 0 and careful.program.answer.instruction != GOOD
+    assert "the baseline stays" in careful.selection["reason"]
+    eager = optimize(opro(min_gain=0), task_lm(rule))
+    assert eager.program.answer.instruction == GOOD
+
+
 def test_the_estimate_is_an_upper_bound():
     lm, task = history_lm(), task_lm(planted_rule)
     optimizer = OPRO(exact, prompt_lm=lm, num_iterations=4, num_proposals=2, minibatch_size=8)

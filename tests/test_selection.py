@@ -126,3 +126,15 @@ def test_bad_selection_settings_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="rescore_top must be a whole number"):
         Planted(exact, rescore_top=-1)
     assert Planted(exact, min_gain=0.05).config()["min_gain"] == 0.05
+
+
+def test_a_choice_made_on_means_alone_says_so() -> None:
+    from cotune.optimize.selection import NOISE, Scored, Selection
+
+    selection = Selection(NOISE, seed=0)
+    selection.add(Scored(0, 0.50, None, None))  # no per-example scores: nothing to pair
+    verdict = selection.add(Scored(1, 0.55, None, None))
+    assert verdict is not None and verdict.interval is None and verdict.allowed
+    reason = selection.reason()
+    assert selection.chosen == 1 and "judged on means" in reason
+    assert "paired 95% interval" not in reason

@@ -51,7 +51,7 @@ from cotune.core.runtime import ChatModel, current_lm
 from cotune.core.validate import check_int
 from cotune.lm.budget import active_budgets
 from cotune.lm.types import BudgetExceeded
-from cotune.optimize.base import OptimizationRun, Optimizer
+from cotune.optimize.base import OptimizationRun, Optimizer, examples_digest
 from cotune.optimize.feedback import run_with_feedback
 from cotune.optimize.pareto import pareto_frontier
 from cotune.optimize.reflection import propose_instruction, reflective_examples
@@ -343,8 +343,11 @@ class _Loop:
         index = len(self.pool)
         self.pool.append(_Candidate(state, parents, origin, list(val_scores)))
         entries = state["predictors"]
+        # the per-example scores let the run tell a real validation gain from noise (min_gain)
+        scored = {"score": self.pool[-1].mean, "scores": list(val_scores),
+                  "examples": examples_digest(self.valset)}
         self.run.offer(
-            self.program(state), self.pool[-1].mean, description, parents=parents,
+            self.program(state), scored, description, parents=parents,
             instruction_chars={n: len(entries[n]["instruction"]) for n in self.names},
             demos={n: len(entries[n]["demos"]) for n in self.names}, **params,
         )

@@ -124,9 +124,9 @@ class _Search:
 
     def search(self) -> None:
         run = self.run
-        baseline = run.evaluate(self.student, self.evalset, "opro:baseline")["score"]
+        baseline = run.evaluate(self.student, self.evalset, "opro:baseline")
         for name in self.names:
-            self.scores[name][self._current()[name]].append(baseline)
+            self.scores[name][self._current()[name]].append(baseline["score"])
         run.offer(self.student, baseline, "baseline: the program as given")
         self.evaluated.add(_combo_key(self._current()))
         run.reporter.start_phase("opro: search", self.opt.num_iterations)
@@ -194,8 +194,10 @@ class _Search:
             return
         self.evaluated.add(key)
         program = self._program(combo)
-        score = self.run.evaluate(program, self.evalset, f"opro:full:{key}")["score"]
-        self.run.offer(program, score, f"after iteration {n}: the best instruction per predictor",
+        # the whole record, per-example scores included: the run judges the gain against noise
+        evaluation = self.run.evaluate(program, self.evalset, f"opro:full:{key}")
+        self.run.offer(program, evaluation,
+                       f"after iteration {n}: the best instruction per predictor",
                        instruction_chars={k: len(v) for k, v in combo.items()})
 
 

@@ -148,6 +148,9 @@ class Selection:
                     f"(needed: {rule}; closest: #{closest}, "
                     f"{self._verdict_now(closest).text()}): the baseline stays")
         allowed = [i for i, v in self.verdicts.items() if v.allowed]
+        if self.min_gain == NOISE and self._verdict_now(self.best.index).interval is None:
+            rule = ("a mean gain above 0 (judged on means: its scores could not be paired with "
+                    "the baseline's)")
         return (f"{where}#{self.best.index} has the best validation score "
                 f"({self.best.score:.3f}) of the {len(allowed)} candidate(s) with {rule} over "
                 f"the baseline #{self.baseline.index}; its gain: "
