@@ -3,14 +3,17 @@
 at most ``hops x passages_per_hop`` distinct passages; compare them with this at the same count.
 
     python benchmarks/bm25_alone.py            # HoVer test split (seed 0) and HotPotQA's dev pool
+    python benchmarks/bm25_alone.py --run RUN  # a HoVer run folder's test split against it, paired
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from cotune.core.example import Example, Prediction
-from cotune.evaluate.stats import bootstrap_ci
+from cotune.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
 from cotune.tasks import hotpotqa, hover
 from cotune.tasks.data import data_path
 from cotune.tasks.retrieval import BM25Retriever, shared_retriever
@@ -28,11 +31,41 @@ def hotpotqa_alone(retriever: BM25Retriever, examples: list[Example], k: int
     return both, recall
 
 
+def against_run(run_dir: Path, retriever: BM25Retriever, k: int) -> None:
+    """A HoVer run's test scores (all supporting found; retrieval recall) against BM25 on the
+    claim alone at ``k`` passages, on the same test claims: both, and the paired difference."""
+    config = json.loads((run_dir / "config.json").read_text())
+    test = json.loads((run_dir / "result.json").read_text())["test"]
+    if config["task"]["name"] != "hover":
+        raise SystemExit(f"{run_dir}: a hover run is needed, not {config['task']['name']!r}")
+    splits = config["splits"]
+    examples = hover.load_splits(config["seed"], (splits["train"], splits["val"],
+                                                  splits["test"])).test
+    found, recall = hover.claim_only_recall(retriever, examples, k)
+    program = {"all supporting found": test["scores"],
+               "retrieval_recall": (test.get("metric_scores") or {}).get("retrieval_recall")}
+    print(f"| {run_dir} ({len(examples)} test claims) | program [95% CI] | BM25 on the claim, "
+          f"top {k} | program - BM25 [paired 95% CI] |")
+    print("|---|---:|---:|---:|")
+    for name, ours, theirs in (("all supporting found", program["all supporting found"], found),
+                               ("retrieval_recall", program["retrieval_recall"], recall)):
+        if not ours:
+            continue
+        print(f"| {name} | {bootstrap_ci(ours)} | {bootstrap_ci(theirs)} "
+              f"| {paired_bootstrap_ci(ours, theirs).format(signed=True)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 15])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run", type=Path, help="a HoVer run folder to compare, paired "
+                        "(at the largest --k: 15 by default, the three-hop program's count)")
     args = parser.parse_args()
+    if args.run:
+        against_run(args.run, shared_retriever(data_path("hotpotqa", "corpus.jsonl")),
+                    max(args.k))
+        return
     retriever = shared_retriever(data_path("hotpotqa", "corpus.jsonl"))
     rows = []
     hover_test = hover.load_splits(seed=args.seed).test
