@@ -22,7 +22,8 @@ Agrawal et al., "GEPA: Reflective Prompt Evolution Can Outperform Reinforcement 
    predictors since a common ancestor are combined; the merge is kept when it scores at least
    as well as both on validation examples where they differ, then completed on the rest.
 
-The best candidate on the validation set is the result.
+The result is the best candidate on the validation set among those whose paired gain over the
+seed ``min_gain`` accepts (by default beyond noise); when none is, the program as given.
 
 Budget: the loop spends ``max_metric_calls`` metric calls (one per example a program is scored
 on; a preset sets it from the sizes of the run) and never starts a step that would overrun it
