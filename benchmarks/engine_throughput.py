@@ -1,7 +1,8 @@
 """Today's embedded engine (``LlamaCppLM``: one sequence at a time) against the batched one
 (``LlamaServerLM``: llama-server with parallel slots and per-slot prefix reuse), on the same
-evaluation: examples/s, generated tokens/s, prompt tokens actually evaluated, accuracy, and how
-often the two give different answers.
+evaluation: examples/s, generated tokens/s, prompt tokens actually evaluated (and the floor an
+unlimited prefix cache would still evaluate), accuracy, and how often the two give different
+answers.
 
 Workloads (first N test examples, LM cache off, ``Evaluate`` with ``--threads`` workers):
 
