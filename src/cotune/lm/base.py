@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cotune.lm.budget import Budget, active_budgets
+from cotune.lm.budget import Budget, active_budgets, reserve_call_on_all
 from cotune.lm.cache import LMCache, cache_globally_enabled, shared_cache
 from cotune.lm.description import LMDescription
 from cotune.lm.types import (
@@ -167,15 +167,7 @@ class LM(ABC):
         """Answer ``request`` through the choke point (see the module docstring);
         ``max_retries`` overrides the LM's own for this request."""
         budgets = self._budgets()
-        reserved: list[Budget] = []
-        try:
-            for b in budgets:
-                b.reserve_call()
-                reserved.append(b)
-        except Exception:
-            for b in reserved:
-                b.release_call()
-            raise
+        reserve_call_on_all(budgets)
 
         try:
             store = self._active_cache() if cache else None
@@ -187,7 +179,7 @@ class LM(ABC):
                 if store is not None:
                     store.put(key, response.to_json())
         except BaseException as exc:
-            for b in reserved:
+            for b in budgets:
                 b.release_call()
             if isinstance(exc, LMError) and is_infrastructure_error(exc):
                 if exc.lm is None:
@@ -196,7 +188,7 @@ class LM(ABC):
                 record_failure_in_active_meters()
             raise
 
-        for b in reserved:
+        for b in budgets:
             b.record(response)
         cost = self.cost_of(response)
         self.meter.record(response, cost, repair=request.repair)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -117,3 +117,18 @@ def use_budget(b: Budget) -> Iterator[Budget]:
 
 def active_budgets() -> tuple[Budget, ...]:
     return _active_budgets.get()
+
+
+def reserve_call_on_all(budgets: Sequence[Budget]) -> None:
+    """Claim one call on every budget, or on none: when one refuses (:class:`BudgetExceeded`),
+    the calls already claimed on the others are given back before the error goes on, so a call
+    one budget refuses is counted by none."""
+    reserved: list[Budget] = []
+    try:
+        for b in budgets:
+            b.reserve_call()
+            reserved.append(b)
+    except BaseException:
+        for b in reserved:
+            b.release_call()
+        raise

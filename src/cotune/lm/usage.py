@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from cotune.lm.budget import Budget, active_budgets
-from cotune.lm.types import BudgetExceeded, LMResponse, TokenUsage
+from cotune.lm.budget import active_budgets, reserve_call_on_all
+from cotune.lm.types import LMResponse, TokenUsage
 
 
 @dataclass
@@ -131,15 +131,7 @@ def charge_replayed(calls: int, usage: TokenUsage) -> None:
     budgets = active_budgets()
     meters = _active_meters.get()
     for i in range(calls):
-        reserved: list[Budget] = []
-        try:
-            for b in budgets:
-                b.reserve_call()
-                reserved.append(b)
-        except BudgetExceeded:
-            for b in reserved:  # as at the LM choke point: a call one budget refuses is none's
-                b.release_call()
-            raise
+        reserve_call_on_all(budgets)  # as at the LM choke point
         spent = usage if i == calls - 1 else TokenUsage()
         for b in budgets:
             b.record_tokens(spent.total_tokens)
