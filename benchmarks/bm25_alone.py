@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cotune.core.example import Example, Prediction
 from cotune.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
+from cotune.runs.optimize import RunSpec, load_data
 from cotune.tasks import hotpotqa, hover
 from cotune.tasks.data import data_path
 from cotune.tasks.retrieval import BM25Retriever, shared_retriever
@@ -38,21 +39,22 @@ def against_run(run_dir: Path, retriever: BM25Retriever, k: int) -> None:
     test = json.loads((run_dir / "result.json").read_text())["test"]
     if config["task"]["name"] != "hover":
         raise SystemExit(f"{run_dir}: a hover run is needed, not {config['task']['name']!r}")
-    splits = config["splits"]
-    examples = hover.load_splits(config["seed"], (splits["train"], splits["val"],
-                                                  splits["test"])).test
+    sizes = config["splits"]
+    # the run's own examples, drawn and cut as the run drew them
+    examples = load_data(hover.TASK, RunSpec(
+        task="hover", seed=config["seed"], train_size=sizes["train"], val_size=sizes["val"],
+        test_size=sizes["test"])).test
     found, recall = hover.claim_only_recall(retriever, examples, k)
-    program = {"all supporting found": test["scores"],
-               "retrieval_recall": (test.get("metric_scores") or {}).get("retrieval_recall")}
     print(f"| {run_dir} ({len(examples)} test claims) | program [95% CI] | BM25 on the claim, "
           f"top {k} | program - BM25 [paired 95% CI] |")
     print("|---|---:|---:|---:|")
-    for name, ours, theirs in (("all supporting found", program["all supporting found"], found),
-                               ("retrieval_recall", program["retrieval_recall"], recall)):
-        if not ours:
-            continue
-        print(f"| {name} | {bootstrap_ci(ours)} | {bootstrap_ci(theirs)} "
-              f"| {paired_bootstrap_ci(ours, theirs).format(signed=True)} |")
+    rows = [("all supporting found", test["scores"], found),
+            ("retrieval_recall", (test.get("metric_scores") or {}).get("retrieval_recall"),
+             recall)]
+    for name, ours, theirs in rows:
+        if ours:
+            print(f"| {name} | {bootstrap_ci(ours)} | {bootstrap_ci(theirs)} "
+                  f"| {paired_bootstrap_ci(ours, theirs).format(signed=True)} |")
 
 
 def main() -> None:
@@ -62,11 +64,10 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a HoVer run folder to compare, paired "
                         "(at the largest --k: 15 by default, the three-hop program's count)")
     args = parser.parse_args()
-    if args.run:
-        against_run(args.run, shared_retriever(data_path("hotpotqa", "corpus.jsonl")),
-                    max(args.k))
-        return
     retriever = shared_retriever(data_path("hotpotqa", "corpus.jsonl"))
+    if args.run:
+        against_run(args.run, retriever, max(args.k))
+        return
     rows = []
     hover_test = hover.load_splits(seed=args.seed).test
     dev = [hotpotqa.to_example(r) for r in hotpotqa.load_rows("dev")]
