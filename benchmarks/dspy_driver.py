@@ -68,7 +68,8 @@ class SolveMath(dspy.Signature):
 
 
 def read_number(value: Any) -> float | None:
-    """The last number in an answer (``"$1,080."`` -> 1080.0), as cotune's GSM8K metric reads it."""
+    """The last number in an answer (``"$1,080."`` -> 1080.0): cotune's GSM8K reading, without
+    its ``####`` marker handling (this driver may not import cotune)."""
     if isinstance(value, int | float):
         return float(value)
     found = re.findall(r"-?\d[\d,]*(?:\.\d+)?", str(value or ""))
