@@ -614,30 +614,33 @@ def test_hover_program_runs_three_hops_and_records_what_it_retrieved(retriever) 
 
     example = next(ex for ex in get_task("hover").load_splits(seed=0).test
                    if ex["supporting_titles"] == ["Kasper Schmeichel", "Peter Schmeichel"])
-    queries = iter(["Kasper Schmeichel footballer", "Peter Schmeichel goalkeeper 1992",
-                    "IFFHS World's Best Goalkeeper"])
-    seen_notes = []
+    queries = iter(["Peter Schmeichel goalkeeper 1992", "IFFHS World's Best Goalkeeper"])
+    calls = []  # (which signature, the notes it was shown)
 
     def answer(request) -> str:
         system, query = request.messages[0]["content"], request.messages[-1]["content"]
+        shown = query.split("Notes:", 1)[1].split("Passages:", 1)[0]
         if "Search Query:" in system:
-            seen_notes.append(query.split("Notes:", 1)[1])
+            calls.append(("query", shown))
             return f"Reasoning: find the next document.\nSearch Query: {next(queries)}"
         assert "«" in query  # the passages this hop retrieved
-        return f"Reasoning: condense.\nNew Notes: note {len(seen_notes)}"
+        calls.append(("condense", shown))
+        return f"Reasoning: condense.\nNew Notes: note {len(calls) // 2 + 1}"
 
     program = HoverMultiHop(retriever)
     assert [name for name, _ in program.named_predictors()] == [
-        "generate_query[0]", "generate_query[1]", "generate_query[2]",
-        "condense[0]", "condense[1]", "condense[2]",
+        "generate_query[0]", "generate_query[1]", "condense[0]", "condense[1]",
     ]  # fmt: skip
     with context(lm=ScriptedLM(answer)):
         prediction = program(**example.inputs())
-    assert prediction["search_queries"][0] == "Kasper Schmeichel footballer"
-    assert prediction["notes"] == ["note 1", "note 2", "note 3"]
-    assert NO_NOTES in seen_notes[0]  # each hop reads the notes of the hops before it
-    assert "hop 1: note 1" in seen_notes[1] and "hop 2" not in seen_notes[1]
-    assert "hop 1: note 1\nhop 2: note 2" in seen_notes[2]
+    # hop 1 searches with the claim; hops 2 and 3 with the written queries; no notes after hop 3
+    assert prediction["search_queries"] == [
+        example["claim"], "Peter Schmeichel goalkeeper 1992", "IFFHS World's Best Goalkeeper"]
+    assert [kind for kind, _ in calls] == ["condense", "query", "condense", "query"]
+    assert prediction["notes"] == ["note 1", "note 2"]
+    assert NO_NOTES in calls[0][1]  # each call reads the notes of the hops before it
+    assert "hop 1: note 1" in calls[1][1] and "hop 2" not in calls[1][1]
+    assert "hop 1: note 1\nhop 2: note 2" in calls[3][1]
     titles = prediction["retrieved_titles"]
     assert len(titles) == len(set(titles)) <= 15
     assert all_supporting_retrieved(example, prediction) == 1.0

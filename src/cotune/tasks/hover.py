@@ -1,11 +1,13 @@
 """HoVer: multi-hop claim retrieval, the MIPRO paper's three-hop program.
 
 A HoVer claim needs two to four Wikipedia documents to be proven or refuted; the task is to
-*find* them.  The program runs three hops, each: write the next search query from the claim and
-the notes so far -> retrieve the top-k passages with BM25 -> condense what was found into notes
-that the next hop reads.  The metric is 1 when every supporting document's title is among the
-retrieved ones (all hops together), else 0; :func:`supporting_titles_recall` (the fraction of
-them found) is reported beside it.
+*find* them.  The program is the one the MIPRO and GEPA papers optimize (DSPy's
+``HoverMultiHop``): the first hop searches with the claim itself; each later hop writes a search
+query from the claim and the notes so far; every hop but the last condenses what it retrieved
+into notes that the next hop reads (the last hop's notes would have no reader).  Four LM calls a
+claim.  The metric is 1 when every supporting document's title is among the retrieved ones (all
+hops together), else 0; :func:`supporting_titles_recall` (the fraction of them found) is
+reported beside it.
 
 Data: ``hover/claims.jsonl`` (89 claims of the HoVer dev release whose supporting documents are
 all in ``hotpotqa/corpus.jsonl``, which is the retrieval corpus).  Splits are drawn with the seed
@@ -51,11 +53,13 @@ class CondensePassages(Signature):
 
 
 class HoverMultiHop(RetrievalHops):
-    """``hops`` rounds of (query -> BM25 top ``passages_per_hop`` -> condensed notes).
+    """``hops`` rounds of (query -> BM25 top ``passages_per_hop`` -> condensed notes), the first
+    query being the claim and the last round writing no notes.
 
     The retrieved documents are kept, deduplicated by title, across hops: they are what the
     metric scores.  Passages are cut to ``max_passage_chars`` in the prompt.  The retriever is
-    shared, never copied, by ``deepcopy``.
+    shared, never copied, by ``deepcopy``.  Predictors: ``generate_query[i]`` writes hop
+    ``i + 2``'s query, ``condense[i]`` condenses hop ``i + 1``'s passages.
     """
 
     def __init__(
@@ -72,25 +76,30 @@ class HoverMultiHop(RetrievalHops):
         super().__init__(retriever, passages_per_hop=passages_per_hop,
                          max_passage_chars=max_passage_chars)
         self.generate_query = [
-            ChainOfThought(GenerateClaimQuery, max_tokens=max_tokens) for _ in range(hops)
+            ChainOfThought(GenerateClaimQuery, max_tokens=max_tokens) for _ in range(hops - 1)
         ]
         self.condense = [
-            ChainOfThought(CondensePassages, max_tokens=max_tokens) for _ in range(hops)
+            ChainOfThought(CondensePassages, max_tokens=max_tokens) for _ in range(hops - 1)
         ]
 
     def forward(self, claim: str) -> Prediction:
         notes: list[str] = []
         queries: list[str] = []
         found: list[Passage] = []
-        for generate_query, condense in zip(self.generate_query, self.condense, strict=True):
+        hops = len(self.condense) + 1
+        for hop in range(hops):
             so_far = self.format_notes(notes)
-            written = generate_query(claim=claim, notes=so_far).search_query
+            if hop == 0:
+                written = claim
+            else:
+                written = self.generate_query[hop - 1](claim=claim, notes=so_far).search_query
             query, passages = self.search(written, fallback=claim)
             queries.append(query)
             add_unseen(found, passages)
-            condensed = condense(claim=claim, notes=so_far,
-                                 passages=self.format_passages(passages))
-            notes.append(str(condensed.new_notes).strip())
+            if hop < hops - 1:
+                condensed = self.condense[hop](claim=claim, notes=so_far,
+                                               passages=self.format_passages(passages))
+                notes.append(str(condensed.new_notes).strip())
         return Prediction(
             search_queries=queries,
             notes=notes,
@@ -163,8 +172,8 @@ def claim_only_recall(
 
 TASK = Task(
     name="hover",
-    description="HoVer claim retrieval: 3 hops of query + BM25 + condensed notes; all "
-    "supporting documents found",
+    description="HoVer claim retrieval: 3 hops of BM25 (the claim, then written queries) + "
+    "condensed notes; all supporting documents found",
     load_splits=load_splits,
     make_program=HoverMultiHop,
     metric=all_supporting_retrieved,

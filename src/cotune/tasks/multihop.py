@@ -1,5 +1,5 @@
-"""The building block of the multi-hop retrieval programs (HotPotQA, HoVer): each hop writes a
-search query, retrieves passages with BM25 and keeps the documents it has not seen yet."""
+"""The building block of the multi-hop retrieval programs (HotPotQA, HoVer): each hop
+searches with a query, retrieves passages with BM25 and keeps the documents it has not seen yet."""
 
 from __future__ import annotations
 
