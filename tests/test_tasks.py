@@ -592,6 +592,29 @@ def test_hover_metric_needs_every_supporting_title() -> None:
     assert supporting_titles_recall(example, Prediction(notes=["n"])) == 0.0
 
 
+def test_hover_metric_tells_each_predictor_what_its_hop_found() -> None:
+    from cotune.tasks.hover import all_supporting_retrieved
+
+    example = Example(claim="c", supporting_titles=["A", "B", "C"]).with_inputs("claim")
+    prediction = Prediction(search_queries=["c", "q2", "q3"], retrieved_titles=["A", "X", "B"],
+                            hop_titles=[["A", "X"], ["A"], ["B"]])
+    score = all_supporting_retrieved(example, prediction)
+    assert score == 0.0 and "missed the supporting documents titled «C»" in score.feedback
+    per = score.predictor_feedback
+    assert set(per) == {"generate_query[0]", "generate_query[1]", "condense[0]", "condense[1]"}
+    assert "Hop 2 searched 'q2' and found no new supporting document" in per["generate_query[0]"]
+    assert "Hop 3 searched 'q3' and found «B»; still missing «C»" in per["generate_query[1]"]
+    assert per["condense[0]"].startswith("Hop 1 searched 'c' and found «A»; still missing «B»")
+    assert "should name what leads to the missing documents" in per["condense[1]"]
+
+    everything = Prediction(search_queries=["c", "q2", "q3"], retrieved_titles=["A", "B", "C"],
+                            hop_titles=[["A", "B"], ["C"], []])
+    score = all_supporting_retrieved(example, everything)
+    assert score == 1.0 and score.feedback == "Every supporting document was retrieved."
+    assert "nothing is missing now" in score.predictor_feedback["generate_query[0]"]
+    assert "should name" not in score.predictor_feedback["condense[1]"]
+
+
 @needs_data
 def test_hover_claims_are_validated_and_their_documents_are_in_the_corpus(retriever) -> None:
     from cotune.tasks.hover import load_examples
@@ -645,6 +668,7 @@ def test_hover_program_runs_three_hops_and_records_what_it_retrieved(retriever) 
     assert len(titles) == len(set(titles)) <= 15
     assert all_supporting_retrieved(example, prediction) == 1.0
     assert supporting_titles_recall(example, prediction) == 1.0
+    assert [len(t) for t in prediction["hop_titles"]] == [5, 5, 5]
     assert program.deepcopy().retriever is retriever
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from cotune.core.example import Example, Prediction
 from cotune.core.predict import ChainOfThought
 from cotune.core.signature import InputField, OutputField, Signature
-from cotune.evaluate.metrics import get_field
+from cotune.evaluate.metrics import Score, get_field
 from cotune.tasks.base import Splits, Task, seeded_split
 from cotune.tasks.data import DataError, data_path, iter_jsonl
 from cotune.tasks.multihop import RetrievalHops, add_unseen
@@ -85,6 +85,7 @@ class HoverMultiHop(RetrievalHops):
     def forward(self, claim: str) -> Prediction:
         notes: list[str] = []
         queries: list[str] = []
+        hop_titles: list[list[str]] = []
         found: list[Passage] = []
         hops = len(self.condense) + 1
         for hop in range(hops):
@@ -95,6 +96,7 @@ class HoverMultiHop(RetrievalHops):
                 written = self.generate_query[hop - 1](claim=claim, notes=so_far).search_query
             query, passages = self.search(written, fallback=claim)
             queries.append(query)
+            hop_titles.append([p.title for p in passages])
             add_unseen(found, passages)
             if hop < hops - 1:
                 condensed = self.condense[hop](claim=claim, notes=so_far,
@@ -104,6 +106,7 @@ class HoverMultiHop(RetrievalHops):
             search_queries=queries,
             notes=notes,
             retrieved_titles=[p.title for p in found],
+            hop_titles=hop_titles,
         )
 
     def format_notes(self, notes: list[str]) -> str:
@@ -151,9 +154,42 @@ def supporting_titles_recall(
 
 def all_supporting_retrieved(
     example: Example, prediction: Prediction | None, trace: object = None
-) -> float:
-    """1.0 when every supporting title was retrieved (the MIPRO paper's HoVer metric)."""
-    return float(supporting_titles_recall(example, prediction) == 1.0)
+) -> Score:
+    """1.0 when every supporting title was retrieved (the MIPRO paper's HoVer metric), with
+    feedback for the reflective optimizer: which supporting documents were found and missed,
+    and per predictor what its hop found (``generate_query[i]`` wrote hop ``i + 2``'s query,
+    ``condense[i]`` read hop ``i + 1``'s passages)."""
+    value = float(supporting_titles_recall(example, prediction) == 1.0)
+    gold = list(get_field(example, "supporting_titles") or [])
+    retrieved = set(get_field(prediction, "retrieved_titles") or [])
+    missed = [t for t in gold if t not in retrieved]
+    text = ("Every supporting document was retrieved." if not missed else
+            f"The retrieval missed the supporting documents titled {_titles(missed)}"
+            f" (found: {_titles([t for t in gold if t in retrieved]) or 'none'}).")
+    per_predictor: dict[str, str] = {}
+    queries = get_field(prediction, "search_queries") or []
+    found: set[str] = set()
+    hop_titles = get_field(prediction, "hop_titles") or []
+    for hop, titles in enumerate(hop_titles):
+        hits = [t for t in titles if t in gold]
+        before = [t for t in gold if t not in found]
+        found |= set(hits)
+        still = [t for t in gold if t not in found]
+        query = queries[hop] if hop < len(queries) else ""
+        news = [t for t in hits if t in before]
+        said = (f"Hop {hop + 1} searched {query!r} and found "
+                f"{_titles(news) or 'no new supporting document'}"
+                + (f"; still missing {_titles(still)}." if still else "; nothing is missing now."))
+        if hop > 0:
+            per_predictor[f"generate_query[{hop - 1}]"] = f"{said} ({text})"
+        if hop < len(hop_titles) - 1:  # the last hop's passages are condensed by nobody
+            advice = " The notes should name what leads to the missing documents." if still else ""
+            per_predictor[f"condense[{hop}]"] = f"{said}{advice} ({text})"
+    return Score(value, text, per_predictor)
+
+
+def _titles(titles: list[str]) -> str:
+    return ", ".join(f"«{t}»" for t in titles)
 
 
 def claim_only_recall(
@@ -166,7 +202,7 @@ def claim_only_recall(
         titles = [p.title for p in retriever.search(example["claim"], k=k)]
         prediction = Prediction(retrieved_titles=titles)
         recall.append(supporting_titles_recall(example, prediction))
-        found.append(all_supporting_retrieved(example, prediction))
+        found.append(float(all_supporting_retrieved(example, prediction)))
     return found, recall
 
 
