@@ -3,7 +3,7 @@
 at most ``hops x passages_per_hop`` distinct passages; compare them with this at the same count.
 
     python benchmarks/bm25_alone.py            # HoVer test split (seed 0) and HotPotQA's dev pool
-    python benchmarks/bm25_alone.py --run RUN  # a HoVer run folder's test split against it, paired
+    python benchmarks/bm25_alone.py --run RUN  # a HoVer or HotPotQA run's test split, paired
 """
 
 from __future__ import annotations
@@ -32,42 +32,59 @@ def hotpotqa_alone(retriever: BM25Retriever, examples: list[Example], k: int
     return both, recall
 
 
-def against_run(run_dir: Path, retriever: BM25Retriever, k: int) -> None:
-    """A HoVer run's test scores (all supporting found; retrieval recall) against BM25 on the
-    claim alone at ``k`` passages, on the same test claims: both, and the paired difference."""
+# per task a run can be compared on: its loader module, BM25 on the input alone, the input's
+# name, and the passages the task's program retrieves at most (hops x passages_per_hop)
+RUN_TASKS = {
+    "hover": (hover.TASK, hover.claim_only_recall, "claim", 3 * 5),
+    "hotpotqa": (hotpotqa.TASK, hotpotqa_alone, "question", 2 * 3),
+}
+
+
+def against_run(run_dir: Path, retriever: BM25Retriever, k: int | None) -> None:
+    """A HoVer or HotPotQA run's test retrieval (every gold document found; retrieval recall)
+    against BM25 on the claim or question alone at ``k`` passages (default: as many as the
+    program retrieves), on the same test examples: both, and the paired difference."""
     config = json.loads((run_dir / "config.json").read_text())
     test = json.loads((run_dir / "result.json").read_text())["test"]
-    if config["task"]["name"] != "hover":
-        raise SystemExit(f"{run_dir}: a hover run is needed, not {config['task']['name']!r}")
+    name = config["task"]["name"]
+    if name not in RUN_TASKS:
+        raise SystemExit(f"{run_dir}: a {' or '.join(RUN_TASKS)} run is needed, not {name!r}")
+    task, alone, what, passages = RUN_TASKS[name]
+    k = k or passages
     sizes = config["splits"]
     # the run's own examples, drawn and cut as the run drew them
-    examples = load_data(hover.TASK, RunSpec(
-        task="hover", seed=config["seed"], train_size=sizes["train"], val_size=sizes["val"],
+    examples = load_data(task, RunSpec(
+        task=name, seed=config["seed"], train_size=sizes["train"], val_size=sizes["val"],
         test_size=sizes["test"])).test
-    found, recall = hover.claim_only_recall(retriever, examples, k)
-    print(f"| {run_dir} ({len(examples)} test claims) | program [95% CI] | BM25 on the claim, "
+    found, recall = alone(retriever, examples, k)
+    ours_recall = (test.get("metric_scores") or {}).get("retrieval_recall")
+    # HoVer's score is "all found"; HotPotQA's is the answer, so "all found" is recall == 1
+    ours_found = test["scores"] if name == "hover" else (
+        [float(r == 1.0) for r in ours_recall] if ours_recall else None)
+    print(f"| {run_dir} ({len(examples)} test examples) | program [95% CI] | BM25 on the {what}, "
           f"top {k} | program - BM25 [paired 95% CI] |")
     print("|---|---:|---:|---:|")
-    rows = [("all supporting found", test["scores"], found),
-            ("retrieval_recall", (test.get("metric_scores") or {}).get("retrieval_recall"),
-             recall)]
-    for name, ours, theirs in rows:
+    rows = [("all gold found", ours_found, found), ("retrieval_recall", ours_recall, recall)]
+    for label, ours, theirs in rows:
         if ours:
-            print(f"| {name} | {bootstrap_ci(ours)} | {bootstrap_ci(theirs)} "
+            print(f"| {label} | {bootstrap_ci(ours)} | {bootstrap_ci(theirs)} "
                   f"| {paired_bootstrap_ci(ours, theirs).format(signed=True)} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 15])
+    parser.add_argument("--k", type=int, nargs="+", default=None,
+                        help="passage counts (default 5 10 15; with --run, as many as the "
+                        "run's program retrieves: 15 for HoVer, 6 for HotPotQA)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--run", type=Path, help="a HoVer run folder to compare, paired "
-                        "(at the largest --k: 15 by default, the three-hop program's count)")
+    parser.add_argument("--run", type=Path, help="a HoVer or HotPotQA run folder to compare, "
+                        "paired (at the largest --k)")
     args = parser.parse_args()
     retriever = shared_retriever(data_path("hotpotqa", "corpus.jsonl"))
     if args.run:
-        against_run(args.run, retriever, max(args.k))
+        against_run(args.run, retriever, max(args.k) if args.k else None)
         return
+    args.k = args.k or [5, 10, 15]
     rows = []
     hover_test = hover.load_splits(seed=args.seed).test
     dev = [hotpotqa.to_example(r) for r in hotpotqa.load_rows("dev")]
