@@ -448,6 +448,26 @@ def test_retriever_index_is_cached_on_disk(retriever, tmp_path: Path) -> None:
     assert again.search(query) == first.search(query) == retriever.search(query)
 
 
+def test_building_an_index_prints_no_bm25s_debug_lines(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("bm25s")
+    import logging
+
+    from cotune.tasks.retrieval import BM25Retriever
+
+    corpus = write_lines(tmp_path / "corpus.jsonl",
+                         [json.dumps({"title": "Goat", "text": "A goat is an animal."})])
+    root = logging.getLogger()
+    handler = logging.StreamHandler()  # what the CLI's logging.basicConfig installs
+    root.addHandler(handler)
+    try:
+        assert BM25Retriever(corpus, cache_dir=tmp_path / "cache").built_index
+    finally:
+        root.removeHandler(handler)
+    # bm25s sets its logger to DEBUG on import; the retriever hands it back to the root's level
+    assert logging.getLogger("bm25s").getEffectiveLevel() == root.getEffectiveLevel()
+    assert "Building index" not in capsys.readouterr().err
+
+
 def test_retriever_cache_is_keyed_by_content(tmp_path: Path) -> None:
     pytest.importorskip("bm25s")
     from cotune.tasks.retrieval import BM25Retriever

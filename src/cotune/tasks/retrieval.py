@@ -59,6 +59,9 @@ class BM25Retriever:
             import bm25s
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("BM25 retrieval needs bm25s: pip install 'cotune[tasks]'") from exc
+        # bm25s sets its own logger to DEBUG on import, which prints "DEBUG:bm25s:Building index
+        # from tokens" under cotune's CLI: let it follow the root logger's level again
+        logging.getLogger("bm25s").setLevel(logging.NOTSET)
         self._bm25s = bm25s
         self.corpus_path = Path(corpus_path)
         rows = read_jsonl(self.corpus_path, {"title": str, "text": str})
