@@ -68,6 +68,22 @@ def test_class_signature_rejects_plain_annotations():
             question: str
 
 
+def test_a_multiline_docstring_loses_the_class_bodys_indentation():
+    class Query(Signature):
+        """Write a search query that finds a document, one
+        that the notes do not cover yet.
+
+            An indented line keeps its extra indentation.
+        """
+
+        claim: str = InputField()
+        query: str = OutputField()
+
+    assert Query().instruction == (
+        "Write a search query that finds a document, one\nthat the notes do not cover yet.\n\n"
+        "    An indented line keeps its extra indentation.")  # the same on every Python version
+
+
 def test_prepend_output_and_with_instruction_do_not_mutate():
     sig = Signature.parse("q -> a", "Do it.")
     cot = sig.prepend_output("reasoning")

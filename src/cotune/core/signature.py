@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import inspect
 import re
 import typing
 from dataclasses import dataclass, replace
@@ -91,7 +92,10 @@ class Signature:
             fields.append(Field(name, marker.is_input, hints.get(name, str), marker.description))
             delattr(cls, name)
         cls._declared = tuple(fields)
-        cls._declared_instruction = (cls.__doc__ or "").strip()
+        # cleandoc: the lines after the first lose the class body's indentation, as Python 3.13
+        # strips it at compile time; without it the prompt (and its cache key) would differ by
+        # the Python version and carry "one\n    that" into the instruction
+        cls._declared_instruction = inspect.cleandoc(cls.__doc__ or "")
 
     def __init__(
         self, fields: typing.Iterable[Field] | None = None, instruction: str | None = None
