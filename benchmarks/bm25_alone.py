@@ -32,11 +32,10 @@ def hotpotqa_alone(retriever: BM25Retriever, examples: list[Example], k: int
     return both, recall
 
 
-# per task a run can be compared on: its loader module, BM25 on the input alone, the input's
-# name, and the passages the task's program retrieves at most (hops x passages_per_hop)
+# per task a run can be compared on: the task, BM25 on its input alone, and the input's name
 RUN_TASKS = {
-    "hover": (hover.TASK, hover.claim_only_recall, "claim", 3 * 5),
-    "hotpotqa": (hotpotqa.TASK, hotpotqa_alone, "question", 2 * 3),
+    "hover": (hover.TASK, hover.claim_only_recall, "claim"),
+    "hotpotqa": (hotpotqa.TASK, hotpotqa_alone, "question"),
 }
 
 
@@ -49,8 +48,8 @@ def against_run(run_dir: Path, retriever: BM25Retriever, k: int | None) -> None:
     name = config["task"]["name"]
     if name not in RUN_TASKS:
         raise SystemExit(f"{run_dir}: a {' or '.join(RUN_TASKS)} run is needed, not {name!r}")
-    task, alone, what, passages = RUN_TASKS[name]
-    k = k or passages
+    task, alone, what = RUN_TASKS[name]
+    k = k or task.make_program(retriever).max_passages
     sizes = config["splits"]
     # the run's own examples, drawn and cut as the run drew them
     examples = load_data(task, RunSpec(

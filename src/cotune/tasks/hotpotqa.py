@@ -59,7 +59,7 @@ class MultiHopQA(RetrievalHops):
         max_tokens: int = 256,
         max_passage_chars: int = 1000,
     ) -> None:
-        super().__init__(retriever, passages_per_hop=passages_per_hop,
+        super().__init__(retriever, hops=hops, passages_per_hop=passages_per_hop,
                          max_passage_chars=max_passage_chars)
         self.generate_query = [
             ChainOfThought(GenerateSearchQuery, max_tokens=max_tokens) for _ in range(hops)

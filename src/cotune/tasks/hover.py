@@ -73,7 +73,7 @@ class HoverMultiHop(RetrievalHops):
     ) -> None:
         if hops < 1 or passages_per_hop < 1:
             raise ValueError("hops and passages_per_hop must be >= 1")
-        super().__init__(retriever, passages_per_hop=passages_per_hop,
+        super().__init__(retriever, hops=hops, passages_per_hop=passages_per_hop,
                          max_passage_chars=max_passage_chars)
         self.generate_query = [
             ChainOfThought(GenerateClaimQuery, max_tokens=max_tokens) for _ in range(hops - 1)
@@ -87,8 +87,7 @@ class HoverMultiHop(RetrievalHops):
         queries: list[str] = []
         hop_titles: list[list[str]] = []
         found: list[Passage] = []
-        hops = len(self.condense) + 1
-        for hop in range(hops):
+        for hop in range(self.hops):
             so_far = self.format_notes(notes)
             if hop == 0:
                 written = claim
@@ -98,7 +97,7 @@ class HoverMultiHop(RetrievalHops):
             queries.append(query)
             hop_titles.append([p.title for p in passages])
             add_unseen(found, passages)
-            if hop < hops - 1:
+            if hop < self.hops - 1:  # the last hop's notes would have no reader
                 condensed = self.condense[hop](claim=claim, notes=so_far,
                                                passages=self.format_passages(passages))
                 notes.append(str(condensed.new_notes).strip())
@@ -171,12 +170,10 @@ def all_supporting_retrieved(
     found: set[str] = set()
     hop_titles = get_field(prediction, "hop_titles") or []
     for hop, titles in enumerate(hop_titles):
-        hits = [t for t in titles if t in gold]
-        before = [t for t in gold if t not in found]
-        found |= set(hits)
+        news = [t for t in titles if t in gold and t not in found]
+        found |= set(news)
         still = [t for t in gold if t not in found]
         query = queries[hop] if hop < len(queries) else ""
-        news = [t for t in hits if t in before]
         said = (f"Hop {hop + 1} searched {query!r} and found "
                 f"{_titles(news) or 'no new supporting document'}"
                 + (f"; still missing {_titles(still)}." if still else "; nothing is missing now."))

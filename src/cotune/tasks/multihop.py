@@ -13,15 +13,27 @@ from cotune.tasks.retrieval import BM25Retriever, Passage, shared_retriever
 
 class RetrievalHops(Module):
     """What a multi-hop program's hops share: the retriever (by default the HotPotQA corpus;
-    shared, never copied, by ``deepcopy``), ``passages_per_hop`` passages a search, and passages
-    cut to ``max_passage_chars`` in prompts.  Subclasses add the predictors and the hop logic."""
+    shared, never copied, by ``deepcopy``), ``hops`` searches of ``passages_per_hop`` passages,
+    and passages cut to ``max_passage_chars`` in prompts.  Subclasses add the predictors and the
+    hop logic."""
 
     def __init__(
-        self, retriever: BM25Retriever | None, *, passages_per_hop: int, max_passage_chars: int
+        self,
+        retriever: BM25Retriever | None,
+        *,
+        hops: int,
+        passages_per_hop: int,
+        max_passage_chars: int,
     ) -> None:
         self.retriever = retriever or shared_retriever(data_path("hotpotqa", "corpus.jsonl"))
+        self.hops = hops
         self.passages_per_hop = passages_per_hop
         self.max_passage_chars = max_passage_chars
+
+    @property
+    def max_passages(self) -> int:
+        """The most distinct passages the program retrieves (fewer when hops repeat one)."""
+        return self.hops * self.passages_per_hop
 
     def search(self, query: Any, fallback: str) -> tuple[str, list[Passage]]:
         """The query as written (``fallback`` when empty: an empty query would retrieve
