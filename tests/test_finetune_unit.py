@@ -240,6 +240,46 @@ def test_training_writes_the_adapter_and_logs_and_is_seeded(
     assert again.losses == pytest.approx(result.losses, rel=1e-5)
 
 
+def test_the_step_loss_is_the_padded_batchs_loss_without_its_logits(
+    tiny_checkpoint: Path,
+) -> None:
+    """One record at a time and the output head only at answer positions (the memory fix for
+    long multi-hop prompts) gives the loss and gradients of the padded batch."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cotune.finetune.records import IGNORE_INDEX, encode_records
+    from cotune.finetune.train import backward_batch_loss
+
+    long_prompt = record("Label: omega", "Code: " + " ".join(["canoe"] * 30))
+    batch, _ = encode_records(tiny_tokenizer(), [RECORDS[0], long_prompt, RECORDS[4]], 256)
+    assert len({len(ids) for ids, _ in batch}) > 1  # the reference pads
+
+    def model() -> Any:
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+
+    reference, ours = model(), model()
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.tensor([seq + [0] * (width - len(seq)) for seq, _ in batch])
+    labels = torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in batch])
+    mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq, _ in batch])
+    expected = reference(input_ids=ids, attention_mask=mask, labels=labels).loss
+    expected.backward()
+
+    head_rows: list[int] = []
+    ours.get_output_embeddings().register_forward_hook(
+        lambda _module, inputs, _output: head_rows.append(inputs[0].shape[1]))
+    loss = backward_batch_loss(ours, batch, torch.device("cpu"))
+    assert loss == pytest.approx(float(expected.detach()), rel=1e-5)
+    answer_tokens = int((labels != IGNORE_INDEX).sum())
+    assert head_rows == [sum(lab != IGNORE_INDEX for lab in labs) for _, labs in batch]
+    assert sum(head_rows) == answer_tokens < sum(len(seq) for seq, _ in batch) // 3
+    grads = dict(reference.named_parameters())
+    for name, param in ours.named_parameters():
+        assert torch.allclose(param.grad, grads[name].grad, rtol=1e-4, atol=1e-6), name
+
+
 def test_out_of_memory_becomes_advice(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -299,6 +299,38 @@ def test_a_failed_run_records_its_error(tmp_path):
     assert status["error"] == "ZeroDivisionError: division by zero"
 
 
+def test_a_running_attempt_keeps_its_seconds_in_the_status_file(tmp_path, monkeypatch):
+    """What a kill -9 leaves behind: the seconds the attempt had run, to within a heartbeat."""
+    from cotune.runs import folder as folder_module
+
+    monkeypatch.setattr(folder_module, "HEARTBEAT_S", 0.05)
+    folder = RunFolder(tmp_path / "run")
+    with folder.session({"x": 1}):
+        time.sleep(0.5)
+        on_disk = json.loads((tmp_path / "run" / "status.json").read_text())
+        assert on_disk["state"] == "running"
+        assert 0.25 <= on_disk["attempt_s"] <= 0.6
+    folder.set_status("finished")
+    assert folder.status()["state"] == "finished"  # a late beat never turns it back to running
+
+
+def test_a_resumed_run_counts_the_seconds_of_the_attempts_before_it(tmp_path):
+    run = tmp_path / "run"
+    first = run_optimization(_spec(), run, lm=_lm())
+    assert first.wall_s == pytest.approx(first.attempt_wall_s, abs=0.5)
+    killed = {**RunFolder(run).status(), "state": "running", "attempt": 2, "pid": 1,
+              "attempt_s": 500.0, "earlier_s": 100.0}
+    (run / "status.json").write_text(json.dumps(killed))
+
+    resumed = run_optimization(_spec(), run, lm=_lm())
+    assert resumed.attempt == 3
+    assert resumed.attempt_wall_s < 60
+    assert 600 <= resumed.wall_s <= 600 + resumed.attempt_wall_s + 1
+    result = json.loads((run / "result.json").read_text())
+    assert result["wall_s"] == resumed.wall_s
+    assert RunFolder(run).status()["earlier_s"] == 600.0
+
+
 def test_corrupt_files_are_reported(tmp_path):
     run = tmp_path / "run"
     run_optimization(_spec(), run, lm=_lm())

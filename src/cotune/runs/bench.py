@@ -411,12 +411,23 @@ def run_cell(spec: BenchSpec, cell: Cell, bench_dir: Path, reporter: Reporter) -
         run_optimization(run_spec, folder.path, reporter=reporter)
     except KeyboardInterrupt:
         return cell_record(cell, folder, bench_dir, error="interrupted", state="interrupted",
-                           wall_s=time.monotonic() - started)
+                           wall_s=_seconds_so_far(folder, started))
     except Exception as exc:  # one failing cell must not stop the bench
         return cell_record(cell, folder, bench_dir, error=error_text(exc), state="failed",
-                           wall_s=time.monotonic() - started,
+                           wall_s=_seconds_so_far(folder, started),
                            lm_unavailable=isinstance(exc, LMError) and is_infrastructure_error(exc))
     return cell_record(cell, folder, bench_dir)
+
+
+def _seconds_so_far(folder: RunFolder, started: float) -> float:
+    """A cell that did not finish: its attempts' seconds as its folder recorded them, or the
+    seconds since ``started`` where the run never got as far as its folder's status."""
+    try:
+        if folder.exists():
+            return folder.total_seconds()
+    except RunFolderError:  # a corrupt status.json: the error this record carries says so
+        pass
+    return time.monotonic() - started
 
 
 def _finished(folder: RunFolder) -> bool:

@@ -4,7 +4,8 @@
 
     RUN/
       config.json       what was run: task, optimizer settings, model, seed, splits, budget
-      status.json       running | finished | failed | interrupted, the error, the attempt number
+      status.json       running | finished | failed | interrupted, the error, the attempt number,
+                        the seconds this attempt and the earlier ones ran
       journal.sqlite    finished steps (bootstraps, evaluations, trials): the resume point
       lm_cache.sqlite   the LM answer cache, when the run keeps its own (--cache-dir RUN)
       candidates.json   every candidate: description, validation score, LM calls so far, state
@@ -22,9 +23,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,11 @@ RESUME_FREE = frozenset({"cotune_version", "created", "budget", "threads", "cach
 """Config keys that may change between attempts: they cannot change a finished step's result
 (a resumed run may get a bigger budget or more threads)."""
 
+HEARTBEAT_S = 30.0
+"""How often a running attempt writes its elapsed time into ``status.json``: a run killed by
+``kill -9`` or a session's end still leaves its running time, to within this, for the
+``earlier_s`` of the attempt that resumes it."""
+
 
 class RunFolderError(Exception):
     """A run folder that is corrupt, in use, not a run folder, or made with another config."""
@@ -60,6 +67,8 @@ class RunFolderError(Exception):
 
 class RunFolder:
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._status_lock = threading.Lock()
+        self._attempt_started: float | None = None
         self.path = Path(path)
 
     def file(self, name: str) -> Path:
@@ -114,10 +123,32 @@ class RunFolder:
         return status if isinstance(status, dict) else {"state": "unknown", "attempt": 0}
 
     def set_status(self, state: str, **info: Any) -> None:
-        status = {**self.status(), "state": state, "updated": _now(), "error": None,
-                  "rerun_error": None, **info}
-        if status["rerun_error"] is None:
-            del status["rerun_error"]  # only a finished run's failed rerun has one
+        with self._status_lock:
+            status = {**self.status(), "state": state, "updated": _now(), "error": None,
+                      "rerun_error": None, **self._elapsed(), **info}
+            if status["rerun_error"] is None:
+                del status["rerun_error"]  # only a finished run's failed rerun has one
+            self._write_status(status)
+
+    def total_seconds(self) -> float:
+        """Seconds the run has been running, over every attempt (this one so far included)."""
+        status = self.status()
+        return _seconds(status.get("earlier_s")) + self._elapsed().get(
+            "attempt_s", _seconds(status.get("attempt_s")))
+
+    def _elapsed(self) -> dict[str, float]:
+        if self._attempt_started is None:
+            return {}
+        return {"attempt_s": round(time.monotonic() - self._attempt_started, 1)}
+
+    def _beat(self) -> None:
+        """Refresh a running attempt's elapsed time (never a status that has moved on)."""
+        with self._status_lock:
+            status = self.status()
+            if status.get("state") == "running" and status.get("pid") == os.getpid():
+                self._write_status({**status, "updated": _now(), **self._elapsed()})
+
+    def _write_status(self, status: dict[str, Any]) -> None:
         try:
             self.write_json(STATUS, status)
         except OSError:
@@ -139,6 +170,10 @@ class RunFolder:
         with _locked(self.file(LOCK)):
             previous = self.status() if self.exists() and not force else {}
             attempt = self._start(config, force=force)
+            stop = threading.Event()
+            heartbeat = threading.Thread(target=self._heartbeat, args=(stop,), daemon=True,
+                                         name="cotune-run-heartbeat")
+            heartbeat.start()
             try:
                 yield attempt
             except KeyboardInterrupt:
@@ -147,6 +182,16 @@ class RunFolder:
             except BaseException as exc:
                 self._end_badly(previous, "failed", error_text(exc))
                 raise
+            finally:
+                stop.set()
+                heartbeat.join()
+                self._attempt_started = None
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_S):
+            # a missed beat only makes the next attempt's earlier_s a little short
+            with suppress(OSError, RunFolderError):
+                self._beat()
 
     def _end_badly(self, previous: dict[str, Any], state: str, error: str) -> None:
         """Record how the attempt ended; never hide the error that ended it."""
@@ -173,9 +218,12 @@ class RunFolder:
                     )
         previous = self.status() if self.exists() else {"attempt": 0}
         attempt = _attempt_number(previous) + 1
+        earlier = _seconds(previous.get("earlier_s")) + _seconds(previous.get("attempt_s"))
         self.write_json(CONFIG, config)
+        self._attempt_started = time.monotonic()
         self.write_json(STATUS, {"state": "running", "attempt": attempt, "pid": os.getpid(),
-                                 "started": _now(), "updated": _now(), "error": None})
+                                 "started": _now(), "updated": _now(), "error": None,
+                                 "attempt_s": 0.0, "earlier_s": round(earlier, 1)})
         return attempt
 
     def in_use(self) -> bool:
@@ -254,6 +302,12 @@ def _resume_free(key: str) -> bool:
 def _attempt_number(status: dict[str, Any]) -> int:
     attempt = status.get("attempt", 0)
     return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 0
+
+
+def _seconds(value: Any) -> float:
+    """A duration read back from ``status.json`` (0 where it is missing or not a number)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    return float(value) if ok else 0.0
 
 
 def _now() -> str:

@@ -103,10 +103,13 @@ class RunSummary:
     """``optimization``, ``test``, ``preflight`` and ``total`` LM usage (calls, cache hits,
     tokens, ...); ``total`` is what the budget counted."""
     wall_s: float
+    """Seconds over every attempt: a run resumed after a crash counts the time lost to it."""
     stopped_by_budget: bool
     attempt: int
     num_candidates: int
     best_index: int | None
+    attempt_wall_s: float = 0.0
+    """Seconds of this attempt alone (a resume that replays its journal is quick)."""
     test_metrics: dict[str, float] = field(default_factory=dict)
     """The task's extra metrics on the test split (e.g. hotpotqa's ``retrieval_recall``)."""
     val_interval: dict[str, Any] | None = None
@@ -178,7 +181,8 @@ def run_optimization(
                 test_metrics=dict((test or {}).get("metrics") or {}),
                 usage=_usage_report(result.usage, _added(test_usage, baseline_usage),
                                     preflight),
-                wall_s=round(time.monotonic() - started, 3),
+                wall_s=round(folder.total_seconds(), 1),
+                attempt_wall_s=round(time.monotonic() - started, 3),
                 stopped_by_budget=result.stopped_by_budget,
                 attempt=attempt,
                 num_candidates=len(result.candidates),
