@@ -176,12 +176,13 @@ def test_malformed_records_are_refused(bad: dict[str, Any]) -> None:
 
 
 def test_records_too_long_are_dropped_and_all_too_long_is_an_error() -> None:
-    from cotune.finetune.records import encode_records
+    from cotune.finetune.records import encode_record, encode_records
 
     tokenizer = tiny_tokenizer()
     short, long = record("Label: zeta"), record("Label: " + "zeta " * 50)
     kept, dropped = encode_records(tokenizer, [short, long], max_seq_len=150)
-    assert (len(kept), dropped) == (1, 1)
+    assert kept == [encode_record(tokenizer, short)]
+    assert dropped == [len(encode_record(tokenizer, long)[0])] and dropped[0] > 150
     with pytest.raises(SequenceTooLongError, match="max_seq_len=20"):
         encode_records(tokenizer, [short, long], max_seq_len=20)
 
@@ -238,6 +239,22 @@ def test_training_writes_the_adapter_and_logs_and_is_seeded(
 
     again = train_lora(tiny_checkpoint, RECORDS, small_settings(), tmp_path / "b", progress=False)
     assert again.losses == pytest.approx(result.losses, rel=1e-5)
+
+
+def test_left_out_records_are_named_with_the_setting_that_keeps_them(
+    tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from cotune.finetune import train_lora
+    from cotune.finetune.records import encode_record
+
+    long = record("Label: omega", "Code: " + " ".join(["canoe"] * 80))
+    length = len(encode_record(tiny_tokenizer(), long)[0])
+    with caplog.at_level("WARNING", logger="cotune.finetune.train"):
+        result = train_lora(tiny_checkpoint, [*RECORDS, long], small_settings(epochs=1),
+                            tmp_path, progress=False)
+    assert (result.records_used, result.records_dropped) == (6, 1)
+    assert f"left out 1 of 7 training records longer than max_seq_len=256 tokens (the longest " \
+           f"has {length}): set the LoRA setting max_seq_len to {length}" in caplog.text
 
 
 def test_the_step_loss_is_the_padded_batchs_loss_without_its_logits(

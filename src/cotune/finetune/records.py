@@ -87,8 +87,9 @@ def _through_end_of_turn(ids: list[int], special: set[int]) -> list[int]:
 
 def encode_records(
     tokenizer: Any, records: Sequence[Mapping[str, Any]], max_seq_len: int
-) -> tuple[list[Encoded], int]:
-    """Encoded records that fit in ``max_seq_len`` tokens, and how many did not."""
+) -> tuple[list[Encoded], list[int]]:
+    """Encoded records that fit in ``max_seq_len`` tokens, and the lengths of those that did
+    not."""
     if not records:
         raise NoTrainingDataError("no training records: nothing to fine-tune on")
     encoded = [encode_record(tokenizer, r) for r in records]
@@ -100,4 +101,4 @@ def encode_records(
             f"all {len(encoded)} training records are longer than max_seq_len={max_seq_len} "
             f"tokens ({shortest} to {longest}); raise max_seq_len or shorten the prompts"
         )
-    return kept, len(encoded) - len(kept)
+    return kept, [len(e[0]) for e in encoded if len(e[0]) > max_seq_len]

@@ -91,8 +91,9 @@ def train_lora(
     encoded, dropped = encode_records(tokenizer, records, settings.max_seq_len)
     if dropped:
         logger.warning(
-            "left out %d of %d training records longer than max_seq_len=%d tokens",
-            dropped, len(records), settings.max_seq_len,
+            "left out %d of %d training records longer than max_seq_len=%d tokens (the "
+            "longest has %d): set the LoRA setting max_seq_len to %d to train on all of them",
+            len(dropped), len(records), settings.max_seq_len, max(dropped), max(dropped),
         )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     write_records(out_dir / RECORDS_FILE, records)
@@ -123,7 +124,7 @@ def train_lora(
         seconds=time.perf_counter() - start,
         step_seconds=step_seconds,
         records_used=len(encoded),
-        records_dropped=dropped,
+        records_dropped=len(dropped),
         device=str(device),
         settings=settings,
     )
