@@ -41,7 +41,7 @@ def read(run: Path, name: str) -> Any:
 
 def trainings(run: Path) -> list[list[float]]:
     """The losses of every LoRA training of the run, in the order of its work folders."""
-    files = sorted((run / "work").glob("*/lora.json"))
+    files = sorted((run / "work").rglob("lora.json"))
     return [json.loads(f.read_text(encoding="utf-8")).get("losses", []) for f in files]
 
 
