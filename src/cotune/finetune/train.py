@@ -211,10 +211,10 @@ def backward_batch_loss(model: Any, batch: Sequence[Encoded], device: Any) -> fl
     import torch
     import torch.nn.functional as F
 
-    rows = [(ids, _answer_positions(labels)) for ids, labels in batch]
-    counted = max(1, sum(len(positions) for _, positions in rows))
+    answers = [_answer_positions(labels) for _, labels in batch]
+    counted = max(1, sum(len(positions) for positions in answers))
     total = 0.0
-    for (ids, positions), (_, labels) in zip(rows, batch, strict=True):
+    for (ids, labels), positions in zip(batch, answers, strict=True):
         if not positions:
             continue
         targets = torch.tensor([labels[p + 1] for p in positions], device=device)
