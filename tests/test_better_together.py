@@ -38,8 +38,9 @@ def always_right(request) -> str:
 class TunedLM(ScriptedLM):
     """What the stub trainer returns: a scripted LM that stands for a base LM plus an adapter."""
 
-    def __init__(self, base_name: str, adapter: Path | None, *, saveable: bool = True) -> None:
-        super().__init__(always_right, name=f"{base_name}+lora")
+    def __init__(self, base_name: str, adapter: Path | None, *, saveable: bool = True,
+                 script=always_right) -> None:
+        super().__init__(script, name=f"{base_name}+lora")
         self.adapter = adapter
         self.saveable = saveable
 
@@ -53,11 +54,13 @@ class TunedLM(ScriptedLM):
 class StubTrainer:
     """Logs every fine-tuning call, writes a fake adapter and returns a :class:`TunedLM`."""
 
-    def __init__(self, log: list | None = None, *, saveable: bool = True) -> None:
+    def __init__(self, log: list | None = None, *, saveable: bool = True,
+                 script=always_right) -> None:
         self.calls: list[tuple[object, list, Path]] = []
         self.loads = 0
         self.log = log if log is not None else []
         self.saveable = saveable
+        self.script = script
 
     def fine_tune(self, lm, records, out_dir):
         self.calls.append((lm, records, out_dir))
@@ -65,7 +68,7 @@ class StubTrainer:
         adapter = Path(out_dir) / "adapter.gguf"
         adapter.write_text(json.dumps(records))
         return TunedLM(getattr(lm, "name", "lm"), adapter if self.saveable else None,
-                       saveable=self.saveable)
+                       saveable=self.saveable, script=self.script)
 
     def load_tuned(self, lm, description):
         path = Path(description["lora_path"])
@@ -234,14 +237,62 @@ def test_predictors_with_different_lms_get_their_own_adapters(tmp_path):
     assert [c[0] for c in trainer.calls] == [planner, solver]
 
 
-def test_finetune_is_evaluated_and_offered(tmp_path):
+def always_off_by_one(request) -> str:
+    """A fine-tuning that went wrong: plans, and always adds one too many."""
+    if "Plan: <plan>" in request.messages[0]["content"]:
+        return "Plan: add the two numbers"
+    query = request.messages[-1]["content"]
+    a, b = map(int, re.search(r"Question: (\d+) \+ (\d+)", query).groups())
+    return f"Answer: {a + b + 1}"
+
+
+def test_the_tuned_program_replaces_the_baseline_with_a_gain_beyond_noise(tmp_path):
+    """The untuned program is right on the even half of the 12 validation questions, the tuned
+    one on all: a paired gain whose interval excludes 0."""
     with context(lm=scripted_solver()):
         result = BootstrapFinetune(exact_answer, trainer=StubTrainer()).optimize(
-            AddTwo(), arithmetic_data(6), arithmetic_data(4, offset=50), workdir=tmp_path)
+            AddTwo(), arithmetic_data(6), arithmetic_data(12, offset=50), workdir=tmp_path)
+    baseline, tuned = result.candidates
+    assert baseline.description.startswith("baseline") and baseline.score == 0.5
+    assert baseline.state["predictors"]["solve"]["lm"] is None  # the untuned program, kept apart
+    assert tuned.score == 1.0 and tuned.vs_baseline["allowed"]
+    assert tuned.params["adapters"][0]["records"] == 6
+    assert result.best_index == 1
+    assert result.program.solve.lm.name.endswith("+lora")
+    assert tuned.state["predictors"]["solve"]["lm"]["backend"] == "stub"
+
+
+def test_a_tuned_program_worse_on_validation_is_refused(tmp_path):
+    reporter = RecordingReporter()
+    with context(lm=scripted_solver()):
+        result = BootstrapFinetune(
+            exact_answer, trainer=StubTrainer(script=always_off_by_one)
+        ).optimize(AddTwo(), arithmetic_data(6), arithmetic_data(12, offset=50),
+                   workdir=tmp_path, reporter=reporter)
+    baseline, tuned = result.candidates
+    assert (baseline.score, tuned.score) == (0.5, 0.0)
+    assert result.best_index == 0 and not tuned.vs_baseline["allowed"]
+    assert result.program.solve.lm is None  # the program as given, answered by the context LM
+    assert "baseline stays" in result.selection["reason"]
+
+
+def test_without_baseline_scoring_the_tuned_program_is_the_only_candidate(tmp_path):
+    with context(lm=scripted_solver()):
+        finetune = BootstrapFinetune(exact_answer, trainer=StubTrainer(script=always_off_by_one),
+                                     evaluate_baseline=False)
+        result = finetune.optimize(AddTwo(), arithmetic_data(6), arithmetic_data(4, offset=50),
+                                   workdir=tmp_path)
     [candidate] = result.candidates
-    assert candidate.score == 1.0
-    assert candidate.params["adapters"][0]["records"] == 6
-    assert candidate.state["predictors"]["solve"]["lm"]["backend"] == "stub"
+    assert candidate.score == 0.0 and result.best_index == 0
+    estimate = finetune.estimate_cost(AddTwo(), arithmetic_data(6), arithmetic_data(4))
+    assert "baseline" not in estimate.breakdown
+
+
+def test_the_cost_estimate_counts_the_baseline_pass():
+    estimate = BootstrapFinetune(exact_answer, trainer=StubTrainer()).estimate_cost(
+        AddTwo(), arithmetic_data(6), arithmetic_data(4))
+    assert estimate.breakdown == {"bootstrap": 12, "evaluation": 8, "baseline": 8}
+    assert estimate.lm_calls == 28
 
 
 def test_no_passing_trace_is_a_clear_error(tmp_path):
@@ -385,10 +436,14 @@ def test_a_real_p_step_then_w(tmp_path):
     trainer = StubTrainer()
     p = BootstrapRandomSearch(exact_answer, num_candidates=2, max_bootstrapped_demos=2)
     bt = BetterTogether(exact_answer, strategy="p -> w", prompt_optimizer=p, trainer=trainer)
+    journal = MemoryJournal()
     with context(lm=scripted_solver()):  # 8 validation examples: demos' gain is beyond noise
         result = bt.optimize(AddTwo(), arithmetic_data(8), arithmetic_data(8, offset=50),
-                             workdir=tmp_path)
+                             workdir=tmp_path, journal=journal)
     assert [c.params["strategy_prefix"] for c in result.candidates] == ["p", "p -> w"]
+    # the w step does not score its input again: BetterTogether compares the steps itself
+    assert journal.keys("step1:w:finetune:records")
+    assert not journal.keys("step1:w:eval:baseline")
     assert result.candidates[0].state["predictors"]["solve"]["demos"]
     assert len(trainer.calls) == 1
     assert result.best_score == 1.0
@@ -498,6 +553,7 @@ def test_config_names_the_strategy_and_steps():
     assert config["strategy"] == "p -> w -> p"
     assert set(config["steps"]) == {"p", "w"}
     assert config["steps"]["w"]["trainer"] == {"class": "StubTrainer"}
+    assert config["steps"]["w"]["evaluate_baseline"] is False
 
 
 

@@ -115,7 +115,8 @@ class BetterTogether(Optimizer):
             "p": prompt_optimizer
             or BootstrapRandomSearch(metric, **{**shared, **(prompt_options or {})}),
             "w": weight_optimizer
-            or BootstrapFinetune(metric, trainer=trainer, lora=lora, **shared),
+            or BootstrapFinetune(metric, trainer=trainer, lora=lora, evaluate_baseline=False,
+                                 **shared),
             **(steps or {}),
         }
         self.steps.setdefault("g", GEPA(metric, **{**shared, **(gepa_options or {})}))

@@ -7,6 +7,10 @@ with the traced output as the target; LoRA-tune each predictor's LM on those rec
 the predictors at the tuned LM.  Predictors that share an LM share one adapter (multi-task),
 unless ``per_predictor``.
 
+With a validation set the program as given is scored on it first: it is the baseline, and the
+tuned program replaces it only with a gain beyond noise (``min_gain``), so a LoRA that learned
+to do worse is reported and refused instead of returned.
+
 Resume: the records and, once trained, each adapter's description (path and sha256) are
 journaled, so a rerun rebuilds the tuned LM from the adapter file instead of training again.
 """
@@ -68,6 +72,10 @@ class BootstrapFinetune(Optimizer):
         per_predictor: one adapter per predictor instead of one per distinct LM.
         train_without_demos: render training prompts without the predictors' demos (the tuned
             LM should then be used zero-shot).
+        evaluate_baseline: score the program as given on the validation set before tuning (one
+            extra pass over it), so that the tuned program replaces it only with a gain the
+            ``min_gain`` rule accepts; BetterTogether turns this off for its "w" step, whose
+            input it has scored already.
     """
 
     name = "finetune"
@@ -80,6 +88,7 @@ class BootstrapFinetune(Optimizer):
         lora: Any = None,
         per_predictor: bool = False,
         train_without_demos: bool = False,
+        evaluate_baseline: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(metric, **kwargs)
@@ -93,6 +102,7 @@ class BootstrapFinetune(Optimizer):
             raise ValueError(f"lora must be a table of LoRA settings, got {self.lora!r}")
         self.per_predictor = check_bool("per_predictor", per_predictor)
         self.train_without_demos = check_bool("train_without_demos", train_without_demos)
+        self.evaluate_baseline = check_bool("evaluate_baseline", evaluate_baseline)
 
     @property
     def trainer(self) -> FineTuner:
@@ -106,17 +116,24 @@ class BootstrapFinetune(Optimizer):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "per_predictor": self.per_predictor,
                 "train_without_demos": self.train_without_demos,
+                "evaluate_baseline": self.evaluate_baseline,
                 "trainer": describe_trainer(self.trainer)}
 
     def estimate_cost(self, program, trainset, valset) -> CostEstimate:
         per_run = len(program.predictors())
         bootstrap = len(trainset) * per_run
         evaluation = len(valset or []) * per_run
-        return CostEstimate(bootstrap + evaluation,
-                            {"bootstrap": bootstrap, "evaluation": evaluation})
+        parts = {"bootstrap": bootstrap, "evaluation": evaluation}
+        if self.evaluate_baseline and valset:
+            parts["baseline"] = evaluation
+        return CostEstimate(sum(parts.values()), parts)
 
     def _optimize(self, run, student, trainset, valset) -> None:
         groups = training_groups(student, per_predictor=self.per_predictor)
+        if self.evaluate_baseline and valset:
+            # a copy: the student's predictors are pointed at the tuned LM below
+            run.offer(student.deepcopy(), run.evaluate(student, valset, "baseline"),
+                      "baseline: the program as given, before fine-tuning")
         data = run.journal.memo(
             "finetune:records", lambda: self._collect_records(run, student, trainset, groups)
         )
