@@ -71,3 +71,15 @@ def test_hotpotqa_feedback_says_which_gold_titles_each_hop_missed():
     assert "'capital of France' found France; still missing the passages titled Seine" in hop0
     assert "'river' found no gold passage" in hop1
     assert score.predictor_feedback["generate_answer"] == score.feedback
+
+
+def test_hop_reports_tell_a_refound_gold_document_from_a_new_one():
+    from cotune.tasks.multihop import HopReport, hop_reports
+
+    prediction = Prediction(search_queries=["claim", "second"],  # the third hop's query is lost
+                            hop_titles=[["B", "x"], ["y", "B", "A"], ["C"]])
+    first, second, third = hop_reports(["A", "B", "C"], prediction)
+    assert first == HopReport(0, "claim", hits=["B"], new=["B"], missing=["A", "C"])
+    assert second == HopReport(1, "second", hits=["B", "A"], new=["A"], missing=["C"])
+    assert third == HopReport(2, "", hits=["C"], new=["C"], missing=[])
+    assert hop_reports(["A"], None) == []

@@ -18,7 +18,7 @@ from cotune.core.signature import InputField, OutputField, Signature
 from cotune.evaluate.metrics import Score, exact_match, get_field
 from cotune.tasks.base import Splits, Task, seeded_split
 from cotune.tasks.data import data_path, read_jsonl
-from cotune.tasks.multihop import RetrievalHops, add_unseen
+from cotune.tasks.multihop import RetrievalHops, add_unseen, hop_reports
 from cotune.tasks.retrieval import BM25Retriever, Passage
 
 DEFAULT_SIZES = (200, 100, 200)
@@ -137,20 +137,15 @@ def answer_exact_match(
     text = f"Correct: {gold}." if value else f"Expected the answer {gold!r}, got {answer!r}."
     gold_titles = list(get_field(example, "gold_titles") or [])
     per_hop: dict[str, str] = {}
-    found: set[str] = set()
-    queries = get_field(prediction, "search_queries") or []
-    for i, titles in enumerate(get_field(prediction, "hop_titles") or []):
-        found |= set(titles) & set(gold_titles)
-        missing = [t for t in gold_titles if t not in found]
-        query = queries[i] if i < len(queries) else ""
-        hits = [t for t in titles if t in gold_titles]
-        per_hop[f"generate_query[{i}]"] = (
-            f"The query {query!r} found {', '.join(hits) or 'no gold passage'}"
-            + (f"; still missing the passages titled {', '.join(missing)}." if missing
+    reports = hop_reports(gold_titles, prediction)
+    for r in reports:
+        per_hop[f"generate_query[{r.hop}]"] = (
+            f"The query {r.query!r} found {', '.join(r.hits) or 'no gold passage'}"
+            + (f"; still missing the passages titled {', '.join(r.missing)}." if r.missing
                else "; all gold passages are found.")
             + f" ({text})")
-    if per_hop:
-        missed = [t for t in gold_titles if t not in found]
+    if reports:
+        missed = reports[-1].missing
         text += (f" The retrieval missed the passages titled {', '.join(missed)}." if missed
                  else " The retrieval found every gold passage.")
     per_hop["generate_answer"] = text

@@ -22,7 +22,7 @@ from cotune.core.signature import InputField, OutputField, Signature
 from cotune.evaluate.metrics import Score, get_field
 from cotune.tasks.base import Splits, Task, seeded_split
 from cotune.tasks.data import DataError, data_path, iter_jsonl
-from cotune.tasks.multihop import RetrievalHops, add_unseen
+from cotune.tasks.multihop import RetrievalHops, add_unseen, hop_reports
 from cotune.tasks.retrieval import BM25Retriever, Passage
 
 DEFAULT_SIZES = (20, 19, 50)
@@ -166,22 +166,18 @@ def all_supporting_retrieved(
             f"The retrieval missed the supporting documents titled {_titles(missed)}"
             f" (found: {_titles([t for t in gold if t in retrieved]) or 'none'}).")
     per_predictor: dict[str, str] = {}
-    queries = get_field(prediction, "search_queries") or []
-    found: set[str] = set()
-    hop_titles = get_field(prediction, "hop_titles") or []
-    for hop, titles in enumerate(hop_titles):
-        news = [t for t in titles if t in gold and t not in found]
-        found |= set(news)
-        still = [t for t in gold if t not in found]
-        query = queries[hop] if hop < len(queries) else ""
-        said = (f"Hop {hop + 1} searched {query!r} and found "
-                f"{_titles(news) or 'no new supporting document'}"
-                + (f"; still missing {_titles(still)}." if still else "; nothing is missing now."))
-        if hop > 0:
-            per_predictor[f"generate_query[{hop - 1}]"] = f"{said} ({text})"
-        if hop < len(hop_titles) - 1:  # the last hop's passages are condensed by nobody
-            advice = " The notes should name what leads to the missing documents." if still else ""
-            per_predictor[f"condense[{hop}]"] = f"{said}{advice} ({text})"
+    reports = hop_reports(gold, prediction)
+    for r in reports:
+        said = (f"Hop {r.hop + 1} searched {r.query!r} and found "
+                f"{_titles(r.new) or 'no new supporting document'}"
+                + (f"; still missing {_titles(r.missing)}." if r.missing
+                   else "; nothing is missing now."))
+        if r.hop > 0:
+            per_predictor[f"generate_query[{r.hop - 1}]"] = f"{said} ({text})"
+        if r.hop < len(reports) - 1:  # the last hop's passages are condensed by nobody
+            advice = (" The notes should name what leads to the missing documents."
+                      if r.missing else "")
+            per_predictor[f"condense[{r.hop}]"] = f"{said}{advice} ({text})"
     return Score(value, text, per_predictor)
 
 

@@ -3,10 +3,12 @@ searches with a query, retrieves passages with BM25 and keeps the documents it h
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cotune.core import Module
+from cotune.evaluate.metrics import get_field
 from cotune.tasks.data import data_path
 from cotune.tasks.retrieval import BM25Retriever, Passage, shared_retriever
 
@@ -62,3 +64,33 @@ def add_unseen(found: list[Passage], passages: Iterable[Passage]) -> None:
         if passage.title not in seen:
             found.append(passage)
             seen.add(passage.title)
+
+
+@dataclass(frozen=True)
+class HopReport:
+    """What one hop's search found of the gold documents (for a metric's feedback)."""
+
+    hop: int
+    """0 for the first hop."""
+    query: str
+    hits: list[str]
+    """The gold titles among this hop's passages, in retrieval order."""
+    new: list[str]
+    """Those of ``hits`` no earlier hop had found."""
+    missing: list[str]
+    """The gold titles no hop up to this one has found, in the example's order."""
+
+
+def hop_reports(gold: Sequence[str], prediction: Any) -> list[HopReport]:
+    """One :class:`HopReport` per hop of ``prediction`` (its ``hop_titles`` and
+    ``search_queries``), against the ``gold`` titles."""
+    queries = get_field(prediction, "search_queries") or []
+    found: set[str] = set()
+    reports = []
+    for hop, titles in enumerate(get_field(prediction, "hop_titles") or []):
+        hits = [t for t in titles if t in gold]
+        new = [t for t in hits if t not in found]
+        found |= set(hits)
+        reports.append(HopReport(hop, queries[hop] if hop < len(queries) else "", hits, new,
+                                 [t for t in gold if t not in found]))
+    return reports
