@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cotune.evaluate.progress import progress_bar
-from cotune.finetune.device import cpu_threads, resolve_device
+from cotune.finetune.device import cpu_threads, release_freed_memory, resolve_device
 from cotune.finetune.errors import OUT_OF_MEMORY_ADVICE, FineTuneError, NoTrainingDataError
 from cotune.finetune.records import (
     IGNORE_INDEX,
@@ -110,12 +110,14 @@ def train_lora(
             )
             step_seconds = (time.perf_counter() - loop_start) / max(1, len(losses))
         model.save_pretrained(out_dir / "adapter")
+        del model
     except (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)) as e:
         raise _out_of_memory(e, settings) from e
     except RuntimeError as e:
         if "out of memory" in str(e).lower():  # MPS and some CUDA paths raise plain RuntimeError
             raise _out_of_memory(e, settings) from e
         raise
+    release_freed_memory(device)
     return TrainedLora(
         adapter_dir=out_dir / "adapter",
         checkpoint=checkpoint,
