@@ -26,13 +26,23 @@ from cotune.runs.journal import SQLiteJournal
 # -- stubs ---------------------------------------------------------------------------------------
 
 
-def always_right(request) -> str:
-    """A perfectly "fine-tuned" solver: plans, and always adds correctly."""
-    if "Plan: <plan>" in request.messages[0]["content"]:
-        return "Plan: add the two numbers"
-    query = request.messages[-1]["content"]
-    a, b = map(int, re.search(r"Question: (\d+) \+ (\d+)", query).groups())
-    return f"Answer: {a + b}"
+def solver_off_by(error: int):
+    """A "fine-tuned" solver's script: plans, and always answers the sum plus ``error``."""
+
+    def answer(request) -> str:
+        if "Plan: <plan>" in request.messages[0]["content"]:
+            return "Plan: add the two numbers"
+        query = request.messages[-1]["content"]
+        a, b = map(int, re.search(r"Question: (\d+) \+ (\d+)", query).groups())
+        return f"Answer: {a + b + error}"
+
+    return answer
+
+
+always_right = solver_off_by(0)
+"""A perfectly fine-tuned solver."""
+always_off_by_one = solver_off_by(1)
+"""A fine-tuning that went wrong."""
 
 
 class TunedLM(ScriptedLM):
@@ -235,15 +245,6 @@ def test_predictors_with_different_lms_get_their_own_adapters(tmp_path):
     BootstrapFinetune(exact_answer, trainer=trainer).optimize(
         program, arithmetic_data(4), workdir=tmp_path)
     assert [c[0] for c in trainer.calls] == [planner, solver]
-
-
-def always_off_by_one(request) -> str:
-    """A fine-tuning that went wrong: plans, and always adds one too many."""
-    if "Plan: <plan>" in request.messages[0]["content"]:
-        return "Plan: add the two numbers"
-    query = request.messages[-1]["content"]
-    a, b = map(int, re.search(r"Question: (\d+) \+ (\d+)", query).groups())
-    return f"Answer: {a + b + 1}"
 
 
 def test_the_tuned_program_replaces_the_baseline_with_a_gain_beyond_noise(tmp_path):
