@@ -257,6 +257,30 @@ def test_left_out_records_are_named_with_the_setting_that_keeps_them(
            f"has {length}): set the LoRA setting max_seq_len to {length}" in caplog.text
 
 
+def test_by_default_every_record_the_context_window_holds_is_trained_on(
+    tiny_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No default length cuts a program with long prompts down to a few records: without
+    max_seq_len the limit is the model's context window (512 for the tiny model)."""
+    from cotune.finetune import train_lora
+    from cotune.finetune.records import encode_record
+
+    long = record("Label: omega", "Code: " + " ".join(["canoe"] * 50))
+    too_long = record("Label: omega", "Code: " + " ".join(["canoe"] * 80))
+    lengths = [len(encode_record(tiny_tokenizer(), r)[0]) for r in (long, too_long)]
+    assert 256 < lengths[0] <= 512 < lengths[1]
+    with caplog.at_level("WARNING", logger="cotune.finetune.train"):
+        result = train_lora(tiny_checkpoint, [*RECORDS, long, too_long],
+                            small_settings(epochs=1, max_seq_len=None), tmp_path, progress=False)
+    assert (result.records_used, result.records_dropped) == (7, 1)
+    assert f"longer than the model's context window (512) tokens (the longest has " \
+           f"{lengths[1]})" in caplog.text
+    assert "set the LoRA setting" not in caplog.text
+    with pytest.raises(SequenceTooLongError, match="context window"):
+        train_lora(tiny_checkpoint, [too_long], small_settings(max_seq_len=None),
+                   tmp_path / "b", progress=False)
+
+
 def test_the_step_loss_is_the_padded_batchs_loss_without_its_logits(
     tiny_checkpoint: Path,
 ) -> None:
@@ -303,14 +327,18 @@ def test_out_of_memory_becomes_advice(
     import torch
 
     from cotune.finetune import train, train_lora
+    from cotune.finetune.records import encode_record
 
     def boom(*args: Any, **kwargs: Any) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(train, "_train_loop", boom)
-    with pytest.raises(FineTuneError, match="smaller batch_size") as info:
+    with pytest.raises(FineTuneError, match="out of memory") as info:
         train_lora(tiny_checkpoint, RECORDS, small_settings(), tmp_path, progress=False)
-    assert "max_seq_len" in str(info.value)
+    longest = max(len(encode_record(tiny_tokenizer(), r)[0]) for r in RECORDS)
+    assert f"the longest (now {longest} tokens): set the LoRA setting max_seq_len" in str(
+        info.value
+    )
 
 
 def test_export_writes_a_llama_cpp_lora_adapter(tiny_checkpoint: Path, tmp_path: Path) -> None:

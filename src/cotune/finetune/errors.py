@@ -21,6 +21,7 @@ class SequenceTooLongError(FineTuneError, ValueError):
 
 
 OUT_OF_MEMORY_ADVICE = (
-    "out of memory while training the LoRA adapter ({detail}); try a smaller batch_size "
-    "(now {batch_size}) or max_seq_len (now {max_seq_len}), or a smaller model"
+    "out of memory while training the LoRA adapter ({detail}); a step holds one record at a "
+    "time, so memory grows with the longest (now {longest} tokens): set the LoRA setting "
+    "max_seq_len below that to leave the longest records out, or use a smaller model"
 )

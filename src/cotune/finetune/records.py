@@ -86,10 +86,14 @@ def _through_end_of_turn(ids: list[int], special: set[int]) -> list[int]:
 
 
 def encode_records(
-    tokenizer: Any, records: Sequence[Mapping[str, Any]], max_seq_len: int
+    tokenizer: Any,
+    records: Sequence[Mapping[str, Any]],
+    max_seq_len: int,
+    *,
+    limit_name: str | None = None,
 ) -> tuple[list[Encoded], list[int]]:
     """Encoded records that fit in ``max_seq_len`` tokens, and the lengths of those that did
-    not."""
+    not.  ``limit_name`` says where the limit comes from in the error (default: the setting)."""
     if not records:
         raise NoTrainingDataError("no training records: nothing to fine-tune on")
     encoded = [encode_record(tokenizer, r) for r in records]
@@ -97,8 +101,9 @@ def encode_records(
     if not kept:
         longest = max(len(e[0]) for e in encoded)
         shortest = min(len(e[0]) for e in encoded)
+        limit = limit_name or f"max_seq_len={max_seq_len}"
         raise SequenceTooLongError(
-            f"all {len(encoded)} training records are longer than max_seq_len={max_seq_len} "
+            f"all {len(encoded)} training records are longer than {limit} "
             f"tokens ({shortest} to {longest}); raise max_seq_len or shorten the prompts"
         )
     return kept, [len(e[0]) for e in encoded if len(e[0]) > max_seq_len]

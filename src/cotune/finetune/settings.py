@@ -22,7 +22,11 @@ class LoraSettings:
         epochs: passes over the training records.
         learning_rate: peak AdamW learning rate (linear warm-up, then linear decay to zero).
         batch_size: records per optimizer step.
-        max_seq_len: records with more tokens are left out (an error if all are).
+        max_seq_len: records with more tokens are left out (an error if all are); ``None``
+            (the default) keeps every record the model's context window holds, so a program
+            whose prompts grow (demos, retrieved passages) is never cut to a few records by a
+            default.  Training runs one record at a time, so memory grows with the longest
+            record, not with the batch.
         seed: seeds the LoRA initialization, dropout and the record order.
         device: ``"auto"`` (CUDA, then Apple MPS, then CPU), or a torch device string.
         num_threads: CPU threads for training; ``None`` picks the cores that other work leaves
@@ -39,7 +43,7 @@ class LoraSettings:
     epochs: int = 2
     learning_rate: float = 1e-3
     batch_size: int = 4
-    max_seq_len: int = 512
+    max_seq_len: int | None = None
     seed: int = 0
     device: str = "auto"
     num_threads: int | None = None
@@ -50,7 +54,8 @@ class LoraSettings:
         _positive_int("rank", self.rank)
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
-        _positive_int("max_seq_len", self.max_seq_len)
+        if self.max_seq_len is not None:
+            _positive_int("max_seq_len", self.max_seq_len)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if not self.alpha > 0:

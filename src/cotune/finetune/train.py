@@ -88,12 +88,14 @@ def train_lora(
     if not records:
         raise NoTrainingDataError("no training records: nothing to fine-tune on")
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    encoded, dropped = encode_records(tokenizer, records, settings.max_seq_len)
+    limit, limit_name = _sequence_limit(checkpoint, settings)
+    encoded, dropped = encode_records(tokenizer, records, limit, limit_name=limit_name)
     if dropped:
         logger.warning(
-            "left out %d of %d training records longer than max_seq_len=%d tokens (the "
-            "longest has %d): set the LoRA setting max_seq_len to %d to train on all of them",
-            len(dropped), len(records), settings.max_seq_len, max(dropped), max(dropped),
+            "left out %d of %d training records longer than %s tokens (the longest has %d)%s",
+            len(dropped), len(records), limit_name, max(dropped),
+            f": set the LoRA setting max_seq_len to {max(dropped)} to train on all of them"
+            if settings.max_seq_len is not None else "",
         )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     write_records(out_dir / RECORDS_FILE, records)
@@ -112,10 +114,10 @@ def train_lora(
         model.save_pretrained(out_dir / "adapter")
         del model
     except (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError)) as e:
-        raise _out_of_memory(e, settings) from e
+        raise _out_of_memory(e, settings, encoded) from e
     except RuntimeError as e:
         if "out of memory" in str(e).lower():  # MPS and some CUDA paths raise plain RuntimeError
-            raise _out_of_memory(e, settings) from e
+            raise _out_of_memory(e, settings, encoded) from e
         raise
     release_freed_memory(device)
     return TrainedLora(
@@ -130,6 +132,23 @@ def train_lora(
         device=str(device),
         settings=settings,
     )
+
+
+def _sequence_limit(checkpoint: Path, settings: LoraSettings) -> tuple[int, str]:
+    """The longest record to train on, and how to name that limit in messages: the setting,
+    or (``max_seq_len=None``) the model's context window."""
+    if settings.max_seq_len is not None:
+        return settings.max_seq_len, f"max_seq_len={settings.max_seq_len}"
+    from transformers import AutoConfig
+
+    window = getattr(AutoConfig.from_pretrained(checkpoint), "max_position_embeddings", None)
+    if not isinstance(window, int) or window < 1:
+        return UNBOUNDED, "the model's context window"
+    return window, f"the model's context window ({window})"
+
+
+UNBOUNDED = 2**62
+"""The limit when neither the setting nor the model's config gives one."""
 
 
 def _lora_model(checkpoint: Path, settings: LoraSettings, device: Any) -> Any:
@@ -250,11 +269,10 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int, float], 
         yield None if update is None else (lambda step, loss: update(step, loss=f"{loss:.4f}"))
 
 
-def _out_of_memory(error: BaseException, settings: LoraSettings) -> FineTuneError:
+def _out_of_memory(
+    error: BaseException, settings: LoraSettings, encoded: Sequence[Encoded]
+) -> FineTuneError:
     detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-    return FineTuneError(
-        OUT_OF_MEMORY_ADVICE.format(
-            detail=detail, batch_size=settings.batch_size, max_seq_len=settings.max_seq_len
-        )
-    )
+    longest = max(len(ids) for ids, _ in encoded)
+    return FineTuneError(OUT_OF_MEMORY_ADVICE.format(detail=detail, longest=longest))
 
