@@ -96,3 +96,38 @@ def test_rerunning_the_finished_run_does_not_train_again(finished_run):
     done = _optimize(finished_run)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert [p.stat().st_mtime_ns for p in sorted(finished_run.rglob("*.gguf"))] == mtimes
+
+
+def test_bootstrap_finetune_scores_the_untuned_program_before_choosing(
+    smollm2_path, tmp_path: Path
+) -> None:
+    """Standalone BootstrapFinetune on the real engine: the program as given is scored on the
+    validation split first, and the saved program is the candidate the paired rule chose, with
+    the adapter exactly when the tuned one was chosen."""
+    _requirements()
+    run_dir = tmp_path / "finetune"
+    command = [
+        sys.executable, "-m", "cotune.cli", "optimize", "--task", "iris",
+        "--optimizer", "finetune", "--model", "smollm2-135m", "--train-size", "12",
+        "--val-size", "8", "--test-size", "4", "--threads", "2",
+        "--run-dir", str(run_dir), "--cache-dir", str(run_dir),
+        "--set", f"lora={json.dumps(LORA)}",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    search = json.loads((run_dir / "candidates.json").read_text())
+    baseline, tuned = search["candidates"]
+    assert baseline["description"].startswith("baseline")
+    assert baseline["state"]["predictors"]["classify"]["lm"] is None
+    assert tuned["state"]["predictors"]["classify"]["lm"]["lora_path"]
+    assert len(baseline["scores"]) == len(tuned["scores"]) == 8
+    assert baseline["examples"] == tuned["examples"]  # paired on the same validation examples
+    allowed = tuned["vs_baseline"]["allowed"]
+    assert tuned["vs_baseline"]["allowed"] == (tuned["vs_baseline"]["interval"]["low"] > 0)
+    assert search["best_index"] == search["selection"]["chosen_index"] == (1 if allowed else 0)
+
+    saved_lm = json.loads((run_dir / "program.json").read_text())["predictors"]["classify"]["lm"]
+    assert (saved_lm is not None and bool(saved_lm.get("lora_path"))) == allowed
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["selection"]["reason"]
