@@ -190,17 +190,23 @@ class GEPA(Optimizer):
         """Metric calls times LM calls per program run, plus the reflections: between one per
         iteration that is rejected without demo children (the cheapest iteration) and one per
         iteration whose child is completed on the whole validation set (the dearest); the
-        midpoint is projected.  The loop spends the whole metric budget unless a candidate is
+        midpoint is projected.  The loop stops once the budget left cannot pay for another
+        iteration and its child's validation pass, which leaves about a validation pass and
+        half an iteration unspent (less when children are accepted), unless a candidate is
         perfect on the validation set first."""
         per_run = max(1, len(program.predictors()))
         num_val = len(valset or trainset)
         budget = self.metric_budget(num_val)
+        iteration = self.minibatch_size * (1 + self.children_per_iteration)
         loop = max(0, budget - num_val)
+        unspent = loop if loop < iteration + num_val else num_val + iteration / 2
+        loop -= unspent
         cheapest = self.minibatch_size * (1 + self.num_proposals)
-        dearest = self.minibatch_size * (1 + self.children_per_iteration) + num_val
+        dearest = iteration + num_val
         reflections = round((loop / cheapest + loop / dearest) / 2) * self.num_proposals
-        return CostEstimate(budget * per_run + reflections,
-                            {"program runs": budget * per_run, "reflections": reflections},
+        runs = round(budget - unspent) * per_run
+        return CostEstimate(runs + reflections,
+                            {"program runs": runs, "reflections": reflections},
                             approximate=True)
 
     # -- the run -----------------------------------------------------------------------------
@@ -311,9 +317,12 @@ class _Loop:
                     self.iterations = n
                     run.reporter.advance(run.best_score)
                     continue
-            if not self._fits(opt.minibatch_size * (1 + opt.children_per_iteration),
-                              opt.num_proposals):
-                self.stopped = "the next reflective iteration would overrun the budget"
+            # an iteration only yields a candidate if its accepted child's whole validation
+            # pass is paid for too; one the budget could not finish would be pure waste
+            if not self._fits(opt.minibatch_size * (1 + opt.children_per_iteration)
+                              + len(self.valset), opt.num_proposals):
+                self.stopped = ("the budget left cannot pay for another reflective iteration "
+                                "and its child's validation")
                 break
             self._reflect(n)
             n += 1
