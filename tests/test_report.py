@@ -194,7 +194,7 @@ def test_a_bench_report_compares_cells_and_links_their_reports(tmp_path):
         assert (bench / link).is_file() and "<h2>Score vs LM calls</h2>" in (
             bench / link).read_text()
     assert page.count("no test score") == 2  # the failing cells, drawn without a bar
-    assert "test 95% CI" in page and "within noise" in page  # vanilla vs itself
+    assert "test 95% CI" in page and "no example differs" in page  # vanilla vs itself
     assert "unknown task &#x27;no-such-task&#x27;" in page
 
 

@@ -37,10 +37,13 @@ def format_interval(interval: Any) -> str:
 
 def format_gain(gain: Any) -> str:
     """A paired difference: ``+0.120 [+0.040, +0.200]``, or ``... (within noise)`` when its
-    interval includes 0; ``-`` when there is none."""
+    interval includes 0, ``+0.000 (no example differs)`` when the two programs scored the same
+    on every example (the same program, most often); ``-`` when there is none."""
     ci = as_interval(gain)
     if ci is None:
         return "-"
+    if ci.low == ci.high == 0:
+        return "+0.000 (no example differs)"
     return ci.format(signed=True) + (" (within noise)" if not ci.excludes_zero else "")
 
 
