@@ -716,3 +716,82 @@ def test_hover_evaluates_with_a_scripted_lm(cache_root: Path, monkeypatch) -> No
 
     found, expected = claim_only_recall(task.make_program().retriever, devset, k=5)
     assert recall == expected and result.scores == found  # the same passages, hop after hop
+
+
+def claim_as_every_query(request) -> str:
+    """A scripted HoVer LM whose every query is the claim: the program sees only BM25's top 5."""
+    if "Search Query:" in request.messages[0]["content"]:
+        claim = request.messages[-1]["content"].split("Claim:", 1)[1].split("\n")[0]
+        return f"Reasoning: search the claim.\nSearch Query: {claim.strip()}"
+    return "Reasoning: condense.\nNew Notes: nothing new"
+
+
+@needs_data
+def test_every_hover_run_is_compared_with_bm25_on_the_claim_alone(
+    cache_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The run scores the no-LM baseline at the program's 15 passages on the same test claims,
+    and the program's paired difference to it, into result.json, the view and the bench row."""
+    from cotune.evaluate.stats import paired_bootstrap_ci
+    from cotune.runs.bench import _reference_json, markdown_table
+    from cotune.runs.formatting import format_reference
+    from cotune.runs.optimize import RunSpec, load_data, run_optimization
+    from cotune.runs.view import RunView
+    from cotune.tasks.hover import claim_only_recall
+
+    monkeypatch.setenv("COTUNE_CACHE_DIR", str(cache_root))
+    spec = RunSpec(task="hover", optimizer="vanilla", train_size=1, val_size=0, test_size=6,
+                   threads=2)
+    summary = run_optimization(spec, tmp_path / "run", lm=ScriptedLM(claim_as_every_query))
+    task = get_task("hover")
+    test = load_data(task, spec).test  # the run's own test claims
+    found, recall = claim_only_recall(task.make_program().retriever, test, k=15)
+    ours_found, ours_recall = claim_only_recall(task.make_program().retriever, test, k=5)
+
+    reference = summary.reference
+    assert reference is not None and reference["description"] == "BM25 on the claim alone, top 15"
+    metrics = reference["metrics"]
+    assert set(metrics) == {"score", "retrieval_recall"}
+    assert metrics["score"]["reference"] == pytest.approx(sum(found) / 6)
+    assert metrics["retrieval_recall"]["reference"] == pytest.approx(sum(recall) / 6)
+    expected = paired_bootstrap_ci(ours_recall, recall, seed=0)
+    assert metrics["retrieval_recall"]["gain"]["estimate"] == pytest.approx(expected.estimate)
+    assert metrics["retrieval_recall"]["gain"]["low"] == pytest.approx(expected.low)
+    assert expected.estimate < 0  # 5 passages against 15: the claim's own ranks 6-15 help
+
+    view = RunView.load(tmp_path / "run")
+    assert view.result is not None and view.result.reference is not None
+    assert [g.metric for g in view.result.reference.metrics] == ["score", "retrieval_recall"]
+    text = format_reference(summary.reference)
+    assert text.startswith(f"score {sum(found) / 6:.3f}: ") and "; retrieval_recall " in text
+
+    # the bench row holds what the view read; its table shows it and names the baseline
+    row = {"task": "hover", "label": "vanilla", "status": "finished",
+           "reference": _reference_json(view.result.reference)}
+    old_row = {"task": "hover", "label": "mipro", "status": "finished"}  # an older cell
+    table = markdown_table([row, old_row])
+    header, _, first, second = table.splitlines()[:4]
+    assert "no-LM baseline, and program - baseline (paired 95% CI)" in header
+    assert text in first and "| - |" in second
+    assert "No-LM baselines, scored on each cell's test examples: hover: BM25 on the claim " \
+           "alone, top 15." in table
+
+
+@needs_data
+def test_hotpotqa_is_compared_with_bm25_on_the_question_alone_on_recall_only(
+    cache_root: Path, monkeypatch
+) -> None:
+    from cotune.tasks.hotpotqa import gold_titles_recall
+
+    monkeypatch.setenv("COTUNE_CACHE_DIR", str(cache_root))
+    task = get_task("hotpotqa")
+    program = task.make_program()
+    reference = task.reference(program)
+    assert reference.description == "BM25 on the question alone, top 6"
+    assert reference.metrics == ("retrieval_recall",)  # no answer to score
+    example = task.load_splits(seed=0).test[0]
+    titles = reference.predict(example)["retrieved_titles"]
+    assert titles == [p.title for p in program.retriever.search(example["question"], k=6)]
+    assert 0.0 <= gold_titles_recall(example, reference.predict(example)) <= 1.0
+    with pytest.raises(TypeError, match="multi-hop retrieval program"):
+        task.reference(get_task("gsm8k").make_program())

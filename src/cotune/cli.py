@@ -312,6 +312,11 @@ def _print_summary(summary: Any) -> None:
         from cotune.runs.formatting import format_metrics
 
         out.print(f"other test metrics: {format_metrics(summary.test_metrics)}")
+    if summary.reference:
+        from cotune.runs.formatting import format_reference
+
+        out.print(f"vs {summary.reference['description']} (no LM; the program minus it): "
+                  f"{format_reference(summary.reference)}", highlight=False, markup=False)
     if summary.stopped_by_budget:
         out.print("stopped by the budget: the program is the best found before it ran out")
     out.print(f"run folder: {summary.run_dir}  (cotune show {summary.run_dir})", highlight=False,
@@ -473,6 +478,11 @@ def _show_cost(out: Console, result: RunResult) -> None:
         out.print(f"the unoptimized program on the same test examples: "
                   f"{_score(result.baseline_test_score)}; the difference: "
                   f"{format_gain(result.test_gain)} (95% intervals)",
+                  highlight=False, markup=False)
+    if result.reference is not None:
+        gains = "; ".join(f"{g.metric} {g.reference:.3f}, the difference {format_gain(g.gain)}"
+                          for g in result.reference.metrics)
+        out.print(f"{result.reference.description} (no LM) on the same test examples: {gains}",
                   highlight=False, markup=False)
     reason = result.selection.get("reason")
     if reason:

@@ -59,7 +59,7 @@ from cotune.runs.formatting import (
     seed_spread,
 )
 from cotune.runs.optimize import RunSpec, planned_config, run_optimization
-from cotune.runs.view import RunView, Usage
+from cotune.runs.view import ReferenceComparison, RunView, Usage
 
 SPEC_FILE = "bench.json"
 RESULTS_JSON = "results.json"
@@ -471,6 +471,7 @@ def cell_record(
         "test_interval": _json(result.test_interval) if result else None,
         "test_gain": _gain_json(result.test_gain) if result else None,
         "test_metrics": (result.test_metrics or None) if result else None,
+        "reference": _reference_json(result.reference) if result else None,
         "val_score": result.val_score if result else None,
         "val_interval": _json(result.val_interval) if result else None,
         "lm_calls": total.calls,
@@ -490,6 +491,15 @@ def cell_record(
 
 def _json(interval: Interval | None) -> dict[str, Any] | None:
     return None if interval is None else interval.to_json()
+
+
+def _reference_json(reference: ReferenceComparison | None) -> dict[str, Any] | None:
+    """The no-LM baseline as a bench record holds it: per metric its score and the gain."""
+    if reference is None:
+        return None
+    return {"description": reference.description,
+            "metrics": {g.metric: {"reference": g.reference, "gain": _gain_json(g.gain)}
+                        for g in reference.metrics}}
 
 
 def _gain_json(gain: Interval | None) -> dict[str, Any] | None:
@@ -517,6 +527,13 @@ def markdown_table(records: Sequence[dict[str, Any]]) -> str:
              "|" + "|".join("---" if key in TEXT_COLUMNS else "---:" for _, key in columns) + "|"]
     for record in records:
         lines.append("| " + " | ".join(_md_cell(record, key) for _, key in columns) + " |")
+    baselines = sorted({(str(r.get("task")), r["reference"]["description"]) for r in records
+                        if isinstance(r.get("reference"), dict)
+                        and r["reference"].get("description")})
+    if baselines:
+        lines += ["", "No-LM baselines, scored on each cell's test examples: " + "; ".join(
+            f"{_md_escape(format_value('task', task))}: {_md_escape(text)}"
+            for task, text in baselines) + "."]
     spreads = seed_spread(records)
     if spreads:
         lines += ["", "Over seeds (test score: mean ± sample standard deviation, min–max; "

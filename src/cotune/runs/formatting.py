@@ -47,6 +47,17 @@ def format_gain(gain: Any) -> str:
     return ci.format(signed=True) + (" (within noise)" if not ci.excludes_zero else "")
 
 
+def format_reference(reference: Any) -> str:
+    """A no-LM baseline as the bench table shows it, per metric its score and the program's
+    paired gain: ``retrieval_recall 0.908: -0.030 [-0.080, +0.020] (within noise)``."""
+    if not isinstance(reference, Mapping) or not isinstance(reference.get("metrics"), Mapping):
+        return "-"
+    parts = [f"{name} {m['reference']:.3f}: {format_gain(m.get('gain'))}"
+             for name, m in reference["metrics"].items()
+             if isinstance(m, Mapping) and is_number(m.get("reference"))]
+    return "; ".join(parts) or "-"
+
+
 def as_interval(value: Any) -> Interval | None:
     """An :class:`Interval`, or its JSON form; None for anything else."""
     return value if isinstance(value, Interval) else Interval.from_json(value)
@@ -58,17 +69,19 @@ BENCH_COLUMNS = (  # a bench's table, in results.md and on its report page
     ("task", "task"), ("optimizer", "label"), ("model", "model"), ("seed", "seed"),
     ("test", "test_score"), ("test 95% CI", "test_interval"),
     ("vs vanilla (paired 95% CI)", "test_gain"), ("other test metrics", "test_metrics"),
+    ("no-LM baseline, and program - baseline (paired 95% CI)", "reference"),
     ("val", "val_score"),
     ("LM calls", "lm_calls"), ("backend calls", "backend_calls"), ("tokens", "tokens"),
     ("train s", "train_s"), ("wall s", "wall_s"), ("status", "status"),
 )
 
 
-TEXT_COLUMNS = frozenset({"task", "label", "model", "status", "test_metrics", "test_gain"})
+TEXT_COLUMNS = frozenset({"task", "label", "model", "status", "test_metrics", "test_gain",
+                          "reference"})
 """Bench columns that are left-aligned."""
 
 
-_OPTIONAL_COLUMNS = frozenset({"test_metrics", "test_interval", "test_gain"})
+_OPTIONAL_COLUMNS = frozenset({"test_metrics", "test_interval", "test_gain", "reference"})
 
 
 def columns_in_use(
@@ -115,6 +128,8 @@ def format_value(key: str, value: Any) -> str:
         return format_interval(value)
     if key == "test_gain":
         return format_gain(value)
+    if key == "reference":
+        return format_reference(value)
     if key == "gain_mean" and is_number(value):
         return f"{value:+.3f}"
     if key.endswith("_score") and is_number(value):

@@ -119,6 +119,8 @@ class RunSummary:
     """The unoptimized program's score on the same test examples."""
     test_gain: dict[str, Any] | None = None
     """Test score minus the baseline's, with its paired 95% interval and ``within_noise``."""
+    reference: dict[str, Any] | None = None
+    """The task's no-LM baseline on the same test examples (see :func:`compare_with_reference`)."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -189,6 +191,7 @@ def run_optimization(
                 best_index=result.best_index,
                 **{k: intervals[k] for k in ("val_interval", "test_interval", "test_gain")},
                 baseline_test_score=baseline["score"] if baseline else None,
+                reference=compare_with_reference(task, program, splits.test, test, spec.seed),
             )
             folder.write_json(RESULT, {
                 **summary.to_json(), "test": test,
@@ -249,6 +252,33 @@ def score_intervals(
                                   for name, values in metric_scores.items() if values},
         "test_gain": gain,
     }
+
+
+def compare_with_reference(
+    task: Task, program: Module, testset: list[Example], test: dict[str, Any] | None, seed: int
+) -> dict[str, Any] | None:
+    """The task's no-LM baseline (``task.reference``) on the test examples, and the final
+    program's paired difference to it, per metric the baseline is scored on:
+    ``{"description", "metrics": {name: {"reference", "reference_interval", "gain"}}}``.
+    None when the task has no baseline or the test pass has no per-example scores."""
+    if task.reference is None or not testset or not (test or {}).get("scores"):
+        return None
+    assert test is not None
+    reference = task.reference(program)
+    predictions = [reference.predict(example) for example in testset]
+    metrics = {"score": task.metric, **task.extra_metrics}
+    ours_by_name = {"score": test["scores"], **(test.get("metric_scores") or {})}
+    out: dict[str, Any] = {}
+    for name in reference.metrics:
+        ours = ours_by_name.get(name)
+        if not ours or len(ours) != len(testset):
+            continue
+        theirs = [float(metrics[name](ex, p)) for ex, p in zip(testset, predictions, strict=True)]
+        gain = paired_bootstrap_ci(ours, theirs, seed=seed)
+        out[name] = {"reference": sum(theirs) / len(theirs),
+                     "reference_interval": bootstrap_ci(theirs, seed=seed).to_json(),
+                     "gain": {**gain.to_json(), "within_noise": not gain.excludes_zero}}
+    return {"description": reference.description, "metrics": out} if out else None
 
 
 def run_config(

@@ -164,6 +164,8 @@ def _summary_cards(view: RunView) -> str:
           for name, value in r.test_metrics.items()),
         *((("test vs unoptimized (paired)", format_gain(r.test_gain)),)
           if r.test_gain else ()),
+        *((f"{g.metric}: {r.reference.description} (no LM) {g.reference:.3f}; the program "
+           f"minus it", format_gain(g.gain)) for g in (r.reference.metrics if r.reference else ())),
         ("LM calls", num(total.calls)),
         ("backend calls", num(total.backend_calls)),
         ("tokens", num(total.total_tokens)),

@@ -53,6 +53,33 @@ class Usage:
                                                      "total_tokens", "cost")))
 
 
+@dataclass(frozen=True)
+class ReferenceGain:
+    """One metric of the no-LM baseline: its score, and the program's paired gain over it."""
+
+    metric: str
+    reference: float
+    gain: Interval | None
+
+
+@dataclass(frozen=True)
+class ReferenceComparison:
+    """The task's no-LM baseline on the run's test examples (e.g. BM25 on the claim alone)."""
+
+    description: str
+    metrics: list[ReferenceGain]
+
+    @classmethod
+    def from_json(cls, data: Any) -> ReferenceComparison | None:
+        if not isinstance(data, Mapping) or not isinstance(data.get("metrics"), Mapping):
+            return None
+        gains = [ReferenceGain(str(name), float(m["reference"]), as_interval(m.get("gain")))
+                 for name, m in data["metrics"].items()
+                 if isinstance(m, Mapping) and is_number(m.get("reference"))]
+        return cls(str(data.get("description") or "the no-LM baseline"), gains) if gains \
+            else None
+
+
 @dataclass
 class RunResult:
     """``result.json``: the scores with their 95% intervals, the cost, why this program."""
@@ -67,6 +94,8 @@ class RunResult:
     """The unoptimized program on the same test examples."""
     test_gain: Interval | None = None
     """Test score minus the baseline's, with its paired interval."""
+    reference: ReferenceComparison | None = None
+    """The task's no-LM baseline on the same test examples, when the task has one."""
     usage: dict[str, Usage] = field(default_factory=dict)
     wall_s: float | None = None
     stopped_by_budget: bool = False
@@ -90,6 +119,7 @@ class RunResult:
             test_metric_intervals={k: as_interval(v) for k, v in intervals.items()},
             baseline_test_score=_number(data.get("baseline_test_score")),
             test_gain=as_interval(data.get("test_gain")),
+            reference=ReferenceComparison.from_json(data.get("reference")),
             usage={str(k): Usage.from_json(v) for k, v in usage.items()
                    if isinstance(v, Mapping)},
             wall_s=_number(data.get("wall_s")),

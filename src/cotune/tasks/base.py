@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cotune.core import Module
-from cotune.core.example import Example
+from cotune.core.example import Example, Prediction
 
 Metric = Callable[..., float | bool]
 
@@ -26,9 +26,23 @@ class Splits:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """A baseline without an LM that every run is compared with on its test examples, paired:
+    what the program has to beat for its LM calls to be worth anything (HoVer: BM25 on the
+    claim alone, at as many passages as the program retrieves)."""
+
+    description: str
+    predict: Callable[[Example], Prediction]
+    metrics: tuple[str, ...]
+    """The task's metrics that mean something for these predictions: ``"score"`` (the task
+    metric) and names of ``extra_metrics`` (a retrieval baseline gives no answer to score)."""
+
+
+@dataclass(frozen=True)
 class Task:
     """``metric`` is what optimizers maximize; ``extra_metrics`` are reported beside it on the
-    test split (computed from the same predictions, never optimized)."""
+    test split (computed from the same predictions, never optimized); ``reference``, when the
+    task has one, builds the no-LM baseline for a program of the task."""
 
     name: str
     description: str
@@ -36,6 +50,7 @@ class Task:
     make_program: Callable[[], Module]
     metric: Metric
     extra_metrics: Mapping[str, Metric] = field(default_factory=dict)
+    reference: Callable[[Module], Reference] | None = None
 
 
 class SplitSizeError(ValueError):

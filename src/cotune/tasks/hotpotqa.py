@@ -18,7 +18,7 @@ from cotune.core.signature import InputField, OutputField, Signature
 from cotune.evaluate.metrics import Score, exact_match, get_field
 from cotune.tasks.base import Splits, Task, seeded_split
 from cotune.tasks.data import data_path, read_jsonl
-from cotune.tasks.multihop import RetrievalHops, add_unseen, hop_reports
+from cotune.tasks.multihop import RetrievalHops, add_unseen, hop_reports, input_alone
 from cotune.tasks.retrieval import BM25Retriever, Passage
 
 DEFAULT_SIZES = (200, 100, 200)
@@ -158,4 +158,5 @@ TASK = Task(
     make_program=MultiHopQA,
     metric=answer_exact_match,
     extra_metrics={"retrieval_recall": gold_titles_recall},
+    reference=input_alone("question", ("retrieval_recall",)),
 )

@@ -22,7 +22,7 @@ from cotune.core.signature import InputField, OutputField, Signature
 from cotune.evaluate.metrics import Score, get_field
 from cotune.tasks.base import Splits, Task, seeded_split
 from cotune.tasks.data import DataError, data_path, iter_jsonl
-from cotune.tasks.multihop import RetrievalHops, add_unseen, hop_reports
+from cotune.tasks.multihop import RetrievalHops, add_unseen, hop_reports, input_alone
 from cotune.tasks.retrieval import BM25Retriever, Passage
 
 DEFAULT_SIZES = (20, 19, 50)
@@ -207,4 +207,5 @@ TASK = Task(
     make_program=HoverMultiHop,
     metric=all_supporting_retrieved,
     extra_metrics={"retrieval_recall": supporting_titles_recall},
+    reference=input_alone("claim", ("score", "retrieval_recall")),
 )

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cotune.core import Module
+from cotune.core.example import Example, Prediction
 from cotune.evaluate.metrics import get_field
+from cotune.tasks.base import Reference
 from cotune.tasks.data import data_path
 from cotune.tasks.retrieval import BM25Retriever, Passage, shared_retriever
 
@@ -94,3 +96,22 @@ def hop_reports(gold: Sequence[str], prediction: Any) -> list[HopReport]:
         reports.append(HopReport(hop, queries[hop] if hop < len(queries) else "", hits, new,
                                  [t for t in gold if t not in found]))
     return reports
+
+
+def input_alone(field: str, metrics: tuple[str, ...]) -> Any:
+    """A task's ``reference``: BM25 on the example's ``field`` (the claim, the question) alone,
+    top k passages with k the program's most distinct passages, scored on ``metrics``."""
+
+    def reference(program: Module) -> Reference:
+        if not isinstance(program, RetrievalHops):
+            raise TypeError(f"BM25 on the {field} alone needs a multi-hop retrieval program, "
+                            f"not {type(program).__name__}")
+        retriever, k = program.retriever, program.max_passages
+
+        def predict(example: Example) -> Prediction:
+            passages = retriever.search(str(example[field]), k=k)
+            return Prediction(retrieved_titles=[p.title for p in passages])
+
+        return Reference(f"BM25 on the {field} alone, top {k}", predict, metrics)
+
+    return reference
