@@ -29,6 +29,7 @@ from cotune import (
     Signature,
 )
 from cotune.lm.types import LMRequest
+from cotune.tasks import Reference
 
 
 class ParitySignature(Signature):
@@ -66,6 +67,11 @@ def said_odd(example: Example, prediction: Prediction, trace: Any = None) -> flo
 
 
 extra_metrics = {"said_odd": said_odd}
+
+
+def reference(program: Module) -> Reference:
+    """The baseline without an LM: always "even" (right on half of the numbers)."""
+    return Reference("always 'even'", lambda example: Prediction(parity="even"), ("score",))
 
 
 # -- the scripted LM ---------------------------------------------------------------------------

@@ -409,3 +409,45 @@ def test_the_bad_inputs_probe_runs_its_cases(tmp_path):
     outcomes = json.loads(out.read_text())
     kinds = sorted(o["kind"] for o in outcomes)
     assert kinds == ["accepted", "clear", "clear", "clear"]  # --limit 0, -1, abc; the control
+
+
+# -- a task file's no-LM baseline ------------------------------------------------------------
+
+BROKEN_REFERENCES = {
+    "raises": ("def reference(program):\n    raise RuntimeError('no index built')\n",
+               "RuntimeError: no index built"),
+    "wrong type": ("def reference(program):\n    return 'always even'\n",
+                   "it returned str, not a cotune.tasks.Reference"),
+    "unknown metric": ("from cotune.tasks import Reference\nfrom cotune import Prediction\n"
+                       "def reference(program):\n    return Reference('even', lambda e: "
+                       "Prediction(parity='even'), ('recall',))\n",
+                       "it scores ['recall'], which are not among the task's metrics"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_REFERENCES))
+def test_a_broken_no_lm_baseline_is_recorded_and_the_run_finishes(tmp_path, case):
+    code, message = BROKEN_REFERENCES[case]
+    task = tmp_path / "parity_task.py"
+    task.write_text("from scripted_task import metric, program, testset, trainset, valset\n"
+                    + code)
+    run = tmp_path / "run"
+    result = cotune("optimize", "--task", task, "--optimizer", "vanilla", "--threads", 2,
+                    "--run-dir", run)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert message in " ".join(result.output.split())
+    saved = json.loads((run / "result.json").read_text())
+    assert saved["test_score"] is not None and message in saved["reference"]["error"]
+    assert RunFolder(run).status()["state"] == "finished"
+    shown = cotune("show", run)
+    assert shown.exit_code == 0 and "Traceback" not in shown.output
+    assert message in " ".join(shown.output.split())
+
+
+def test_a_task_file_whose_reference_is_not_a_function_is_refused(tmp_path):
+    task = tmp_path / "parity_task.py"
+    task.write_text("from scripted_task import metric, program, testset, trainset, valset\n"
+                    "reference = 'always even'\n")
+    assert_one_line_error(cotune("optimize", "--task", task, "--optimizer", "vanilla"),
+                          "parity_task.py: `reference` must be a function of the program")

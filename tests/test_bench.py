@@ -185,21 +185,32 @@ def test_a_bench_writes_one_record_per_cell_and_survives_a_failing_cell(tmp_path
     table = (bench / RESULTS_MD).read_text()
     lines = table.splitlines()
     assert lines[0].startswith("| task | optimizer | model | seed | test | test 95% CI | "
-                               "vs vanilla (paired 95% CI) | other test metrics | val | LM calls")
+                               "vs vanilla (paired 95% CI) | other test metrics | no-LM "
+                               "baseline, and program - baseline (paired 95% CI) | val | LM calls")
     rows = [line for line in lines[2:] if line.startswith("| scripted_task |")]
     assert [row.split(" | ")[1] for row in rows] == ["vanilla", "bettertogether:p",
                                                      "random-search"]
     said_odd = vanilla["test_metrics"]["said_odd"]  # the task file's extra metric
     ci = vanilla["test_interval"]
     assert f"| {vanilla['test_score']:.3f} | [{ci['low']:.3f}, {ci['high']:.3f}] | " \
-           f"+0.000 (no example differs) | said_odd {said_odd:.3f} | " \
-           f"{vanilla['val_score']:.3f} |" in rows[0]  # vanilla vs itself: no difference
+           f"+0.000 (no example differs) | said_odd {said_odd:.3f} | " in rows[0]
+    assert f" | {vanilla['val_score']:.3f} |" in rows[0]  # vanilla vs itself: no difference
     search = finished[2]
     gain = search["test_gain"]
     assert gain["estimate"] == pytest.approx(search["test_score"] - vanilla["test_score"])
     assert format_gain(gain) in rows[2]
     assert ("within noise" in rows[2] or "no example differs" in rows[2]) == gain["within_noise"]
     assert all(r["test_metrics"] is None for r in failed)
+    # the task file's no-LM baseline, "even" for every number: right on the even half
+    evens = sum(int(r["text"].split()[1]) % 2 == 0 for r in scripted.testset) / len(
+        scripted.testset)
+    assert vanilla["reference"]["description"] == "always 'even'"
+    base = vanilla["reference"]["metrics"]["score"]
+    assert base["reference"] == evens and base["gain"]["estimate"] == pytest.approx(
+        vanilla["test_score"] - evens)
+    assert f"score {evens:.3f}: {format_gain(base['gain'])}" in rows[0]
+    assert "No-LM baselines, scored on each cell's test examples: scripted_task: always " \
+           "'even'." in table
     assert "Errors:" in table and "no-such-task-vanilla-smollm2-135m-seed0" in table
 
 

@@ -53,6 +53,12 @@ def test_optimize_writes_a_run_folder_and_prints_a_summary(tmp_path):
     baseline = f"{summary['baseline_test_score']:.3f}"
     assert f"test vs the unoptimized program ({baseline}): {format_gain(summary['test_gain'])}" \
         in flat
+    evens = summary["reference"]["metrics"]["score"]
+    assert f"vs always 'even' (no LM; the program minus it): score {evens['reference']:.3f}: " \
+           f"{format_gain(evens['gain'])}" in flat
+    shown = " ".join(cotune("show", run).output.split())
+    assert f"always 'even' (no LM) on the same test examples: score {evens['reference']:.3f}, " \
+           f"the difference {format_gain(evens['gain'])}" in shown
 
     folder = RunFolder(run)
     assert folder.status()["state"] == "finished"

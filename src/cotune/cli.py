@@ -312,7 +312,7 @@ def _print_summary(summary: Any) -> None:
         from cotune.runs.formatting import format_metrics
 
         out.print(f"other test metrics: {format_metrics(summary.test_metrics)}")
-    if summary.reference:
+    if summary.reference and summary.reference.get("metrics"):  # else its error was shown
         from cotune.runs.formatting import format_reference
 
         out.print(f"vs {summary.reference['description']} (no LM; the program minus it): "
@@ -484,6 +484,8 @@ def _show_cost(out: Console, result: RunResult) -> None:
                           for g in result.reference.metrics)
         out.print(f"{result.reference.description} (no LM) on the same test examples: {gains}",
                   highlight=False, markup=False)
+    if result.reference_error:
+        out.print(result.reference_error, highlight=False, markup=False)
     reason = result.selection.get("reason")
     if reason:
         out.print(f"why this program: {reason}", highlight=False, markup=False)

@@ -41,7 +41,7 @@ from cotune.runs.checks import check_spec, load_splits_sized
 from cotune.runs.folder import CANDIDATES, RESULT, TRIALS, RunFolder
 from cotune.runs.journal import SQLiteJournal
 from cotune.runs.programs import save_program
-from cotune.tasks.base import Splits, Task
+from cotune.tasks.base import Reference, Splits, Task
 
 # -- the run -----------------------------------------------------------------------------------
 
@@ -193,6 +193,8 @@ def run_optimization(
                 baseline_test_score=baseline["score"] if baseline else None,
                 reference=compare_with_reference(task, program, splits.test, test, spec.seed),
             )
+            if summary.reference and summary.reference.get("error"):
+                reporter.message(summary.reference["error"])
             folder.write_json(RESULT, {
                 **summary.to_json(), "test": test,
                 "test_metric_intervals": intervals["test_metric_intervals"],
@@ -264,16 +266,28 @@ def compare_with_reference(
     if task.reference is None or not testset or not (test or {}).get("scores"):
         return None
     assert test is not None
-    reference = task.reference(program)
-    predictions = [reference.predict(example) for example in testset]
     metrics = {"score": task.metric, **task.extra_metrics}
+    try:  # a task file's own code: a failure is recorded, never the end of a finished run
+        reference = task.reference(program)
+        if not isinstance(reference, Reference):
+            raise TypeError(f"it returned {type(reference).__name__}, not a cotune.tasks."
+                            f"Reference")
+        unknown = [name for name in reference.metrics if name not in metrics]
+        if unknown:
+            raise ValueError(f"it scores {unknown}, which are not among the task's metrics "
+                             f"{sorted(metrics)}")
+        predictions = [reference.predict(example) for example in testset]
+        scored = {name: [float(metrics[name](ex, p))
+                         for ex, p in zip(testset, predictions, strict=True)]
+                  for name in reference.metrics}
+    except Exception as exc:
+        return {"error": f"the task's no-LM baseline failed: {type(exc).__name__}: {exc}"}
     ours_by_name = {"score": test["scores"], **(test.get("metric_scores") or {})}
     out: dict[str, Any] = {}
-    for name in reference.metrics:
+    for name, theirs in scored.items():
         ours = ours_by_name.get(name)
-        if not ours or len(ours) != len(testset):
+        if not ours or len(ours) != len(theirs):
             continue
-        theirs = [float(metrics[name](ex, p)) for ex, p in zip(testset, predictions, strict=True)]
         gain = paired_bootstrap_ci(ours, theirs, seed=seed)
         out[name] = {"reference": sum(theirs) / len(theirs),
                      "reference_interval": bootstrap_ci(theirs, seed=seed).to_json(),

@@ -96,6 +96,8 @@ class RunResult:
     """Test score minus the baseline's, with its paired interval."""
     reference: ReferenceComparison | None = None
     """The task's no-LM baseline on the same test examples, when the task has one."""
+    reference_error: str | None = None
+    """Why that baseline could not be scored (a task file's ``reference`` failed)."""
     usage: dict[str, Usage] = field(default_factory=dict)
     wall_s: float | None = None
     stopped_by_budget: bool = False
@@ -120,6 +122,7 @@ class RunResult:
             baseline_test_score=_number(data.get("baseline_test_score")),
             test_gain=as_interval(data.get("test_gain")),
             reference=ReferenceComparison.from_json(data.get("reference")),
+            reference_error=_reference_error(data.get("reference")),
             usage={str(k): Usage.from_json(v) for k, v in usage.items()
                    if isinstance(v, Mapping)},
             wall_s=_number(data.get("wall_s")),
@@ -433,6 +436,10 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         if isinstance(row, dict):
             rows.append(row)
     return rows
+
+
+def _reference_error(value: Any) -> str | None:
+    return str(value["error"]) if isinstance(value, Mapping) and value.get("error") else None
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -8,7 +8,9 @@ The file exposes (module-level names):
   :class:`~cotune.tasks.base.Splits` or a ``(train, val, test)`` tuple;
 * ``metric(example, prediction, trace=None)`` returning a float or bool;
 * optionally ``extra_metrics``, a dict of name -> metric reported beside ``metric`` on the test
-  split (never optimized).
+  split (never optimized);
+* optionally ``reference(program)`` returning a :class:`~cotune.tasks.base.Reference`: a
+  baseline without an LM that every run is compared with on its test examples.
 
 Its docstring's first line is the task's description.
 """
@@ -57,6 +59,10 @@ def load_user_task(path: str | Path) -> Task:
         isinstance(name, str) and callable(m) for name, m in extra_metrics.items()
     ):
         raise UserTaskError(f"{path}: `extra_metrics` must be a dict of name -> metric function")
+    reference = getattr(module, "reference", None)
+    if reference is not None and not callable(reference):
+        raise UserTaskError(f"{path}: `reference` must be a function of the program returning "
+                            f"a cotune.tasks.Reference")
     doc = (inspect.getdoc(module) or "").strip()
     return Task(
         name=str(path),
@@ -65,6 +71,7 @@ def load_user_task(path: str | Path) -> Task:
         make_program=make_program,
         metric=metric,
         extra_metrics=extra_metrics,
+        reference=reference,
     )
 
 
