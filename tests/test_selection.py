@@ -110,8 +110,14 @@ def test_rescoring_on_more_examples_unmasks_the_lucky_candidate() -> None:
 
 def test_rescoring_keeps_a_real_gain_and_only_the_top_few() -> None:
     result, _ = optimize(planted=(LUCKY, GOOD), rescore_set=data(MORE), rescore_top=1)
-    assert [r["index"] for r in result.selection["rescored"]] == [0, 2]  # baseline, best
+    rescored = result.selection["rescored"]
+    assert [r["index"] for r in rescored] == [0, 2]  # baseline, best
     assert result.best_index == 2
+    # the reason tells of the new scores the choice was made on, not the first ones
+    assert result.selection["reason"].startswith(
+        f"after re-scoring the finalists on more validation examples, #2 has the best "
+        f"validation score ({rescored[1]['score']:.3f} on 48 examples) of the 1 finalist(s) "
+        f"with a paired 95% interval of the gain above 0 over the baseline #0")
 
 
 def test_without_a_rescore_set_nothing_is_rescored() -> None:

@@ -147,14 +147,20 @@ class Selection:
             return (f"{where}no candidate gained enough over the baseline #{self.baseline.index} "
                     f"(needed: {rule}; closest: #{closest}, "
                     f"{self._verdict_now(closest).text()}): the baseline stays")
-        allowed = [i for i, v in self.verdicts.items() if v.allowed]
         if self.min_gain == NOISE and self._verdict_now(self.best.index).interval is None:
             rule = ("a mean gain above 0 (judged on means: its scores could not be paired with "
                     "the baseline's)")
-        return (f"{where}#{self.best.index} has the best validation score "
-                f"({self.best.score:.3f}) of the {len(allowed)} candidate(s) with {rule} over "
-                f"the baseline #{self.baseline.index}; its gain: "
-                f"{self._verdict_now(self.best.index).text()}")
+        if self.rescored is not None:  # the choice was made on the finalists' new scores
+            allowed = [e["index"] for e in self.rescored
+                       if e["verdict"] is not None and e["verdict"]["allowed"]]
+            entry = next(e for e in self.rescored if e["index"] == self.best.index)
+            score, pool = f"{entry['score']:.3f} on {entry['examples']} examples", "finalist(s)"
+        else:
+            allowed = [i for i, v in self.verdicts.items() if v.allowed]
+            score, pool = f"{self.best.score:.3f}", "candidate(s)"
+        return (f"{where}#{self.best.index} has the best validation score ({score}) of the "
+                f"{len(allowed)} {pool} with {rule} over the baseline #{self.baseline.index}; "
+                f"its gain: {self._verdict_now(self.best.index).text()}")
 
     def record(self) -> dict[str, Any]:
         """Why the result is what it is (written to candidates.json and result.json)."""
