@@ -101,6 +101,13 @@ def test_a_spec_is_a_grid_of_uniquely_named_cells(tmp_path):
     assert {c.task.name: c.task.train_size for c in cells} == {"iris": 5, "gsm8k": 9}
     run = spec.run_spec(cells[0], tmp_path / "cell")
     assert (run.max_calls, run.cache_dir) == (100, str(tmp_path / "cell"))
+    assert run.rescore_size is None
+    rescoring = BenchSpec.from_dict({"tasks": [{"name": "gsm8k", "val_size": 50,
+                                                "rescore_size": 50}], "optimizers": ["vanilla"]})
+    assert rescoring.run_spec(rescoring.cells()[0], tmp_path / "c").rescore_size == 50
+    with pytest.raises(ValueError, match="rescore_size"):
+        BenchSpec.from_dict({"tasks": [{"name": "gsm8k", "rescore_size": -1}],
+                             "optimizers": ["vanilla"]})
     with pytest.raises(ValueError, match="unknown bench setting"):
         BenchSpec.from_dict({"tasks": ["iris"], "optimizers": ["vanilla"], "seed": 1})
     with pytest.raises(ValueError, match="at least one task"):

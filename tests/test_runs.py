@@ -475,6 +475,13 @@ def test_rescore_size_takes_the_next_validation_examples(tmp_path):
     assert rescored[0]["index"] == selection["baseline_index"] == 0
     assert selection["chosen_index"] in {r["index"] for r in rescored}
 
+    # --rescore-size alone re-scores the best finalist: the setting never goes unused
+    alone = _spec(val_size=6, rescore_size=6, options={"num_candidates": 2, "min_gain": 0})
+    run_optimization(alone, tmp_path / "alone", lm=_lm())
+    assert RunFolder(tmp_path / "alone").config()["optimizer"]["rescore_top"] == 1
+    rescored = RunFolder(tmp_path / "alone").read_json("result.json")["selection"]["rescored"]
+    assert [r["index"] for r in rescored][0] == 0 and len(rescored) == 2
+
     with pytest.raises(ValueError, match=r"--rescore-size 7: the task's val split has 12 "
                                          r"examples, 6 of them already used"):
         run_optimization(_spec(val_size=6, rescore_size=7), tmp_path / "other", lm=_lm())

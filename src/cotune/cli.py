@@ -214,7 +214,8 @@ def optimize(
     test_size: Annotated[int | None, typer.Option(help="Use the first N test examples.")] = None,
     rescore_size: Annotated[int | None, typer.Option(
         help="N more validation examples (after the first --val-size) to re-score the "
-             "finalists on before choosing (with --set rescore_top=K).")] = None,
+             "finalists on before choosing: the best one, or the best K with "
+             "--set rescore_top=K.")] = None,
     max_calls: Annotated[int | None, typer.Option(
         help="At most N LM calls in all: the test evaluations' are reserved from them, the "
              "optimization stops when the rest is spent.")] = None,

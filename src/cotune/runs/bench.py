@@ -74,12 +74,14 @@ CACHE_MODES = ("cell", "shared", "off")
 
 @dataclass(frozen=True)
 class TaskEntry:
-    """A task and the split sizes to cut it to (None: the whole split)."""
+    """A task and the split sizes to cut it to (None: the whole split); ``rescore_size``: the
+    validation examples after the first ``val_size`` that finalists are re-scored on."""
 
     name: str
     train_size: int | None = None
     val_size: int | None = None
     test_size: int | None = None
+    rescore_size: int | None = None
 
     @property
     def label(self) -> str:
@@ -168,7 +170,8 @@ class BenchSpec:
             task=cell.task.name, optimizer=cell.optimizer.name, model=cell.model,
             base_url=self.base_url, seed=cell.seed, train_size=cell.task.train_size,
             val_size=cell.task.val_size, test_size=cell.task.test_size,
-            preset=cell.optimizer.preset, options=cell.optimizer.run_options(),
+            rescore_size=cell.task.rescore_size, preset=cell.optimizer.preset,
+            options=cell.optimizer.run_options(),
             max_calls=self.max_calls, max_tokens=self.max_tokens, max_seconds=self.max_seconds,
             threads=self.threads, cache_dir=cache_dir, use_cache=self.cache != "off",
             timeout=self.timeout, mlflow=self.mlflow, mlflow_experiment=self.mlflow_experiment,
@@ -226,10 +229,11 @@ _SPEC_KEYS = {"tasks", "optimizers", "train_size", "val_size", "test_size", *_SE
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:
     """A bench spec from JSON or TOML (by extension).  Keys: ``tasks`` (names, or tables with
-    ``name`` and ``train_size``/``val_size``/``test_size``), ``optimizers`` (``NAME[:ARG]``, or
-    tables with ``name``, ``strategy``, ``preset``, ``options`` and a ``label`` for the
-    tables), ``models``, ``seeds``, default split sizes, the per-cell budget (``max_calls``,
-    ``max_tokens``, ``max_seconds``), ``threads``, ``base_url``, ``n_ctx`` and ``cache``."""
+    ``name``, ``train_size``/``val_size``/``test_size`` and ``rescore_size``), ``optimizers``
+    (``NAME[:ARG]``, or tables with ``name``, ``strategy``, ``preset``, ``options`` and a
+    ``label``), ``models``, ``seeds``, default split sizes, the per-cell budget
+    (``max_calls``, ``max_tokens``, ``max_seconds``), ``threads``, ``base_url``, ``n_ctx`` and
+    ``cache``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"bench spec not found: {path}")
@@ -307,10 +311,10 @@ def _task_entry(item: Any, sizes: Mapping[str, int | None]) -> TaskEntry:
         return TaskEntry(check_str("tasks[]", item), **sizes)
     if isinstance(item, Mapping) and "name" in item:
         name = check_str("a task's name", item["name"])
-        extra = set(item) - {"name", *sizes}
+        extra = set(item) - {"name", "rescore_size", *sizes}
         if extra:
             raise ValueError(f"task {name!r}: unknown key(s) {sorted(extra)}")
-        for key in sizes:
+        for key in (*sizes, "rescore_size"):
             check_int(f"task {name!r}: {key}", item.get(key), minimum=0, allow_none=True)
         return TaskEntry(**{**sizes, **item})
     raise ValueError(f"a task is a name or a table with 'name', not {item!r}")

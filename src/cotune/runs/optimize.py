@@ -148,8 +148,11 @@ def run_optimization(
     task = get_task(spec.task)
     splits = load_data(task, spec)
     rescore_set = rescore_examples(task, spec)
+    options = dict(spec.options)
+    if rescore_set:  # examples to re-score on mean re-scoring: the best finalist by default
+        options.setdefault("rescore_top", 1)
     optimizer = build_optimizer(spec.optimizer, task.metric, seed=spec.seed, threads=spec.threads,
-                                preset=spec.preset, options=spec.options)
+                                preset=spec.preset, options=options)
     folder = RunFolder(run_dir)
     config = run_config(spec, task, splits, optimizer, lm)
     with folder.session(config, force=force) as attempt:
