@@ -789,6 +789,7 @@ def test_hotpotqa_is_compared_with_bm25_on_the_question_alone_on_recall_only(
     reference = task.reference(program)
     assert reference.description == "BM25 on the question alone, top 6"
     assert reference.metrics == ("retrieval_recall",)  # no answer to score
+    assert get_task("hotpotqa-conditional").reference is task.reference  # the same program
     example = task.load_splits(seed=0).test[0]
     titles = reference.predict(example)["retrieved_titles"]
     assert titles == [p.title for p in program.retriever.search(example["question"], k=6)]

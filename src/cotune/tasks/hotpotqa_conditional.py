@@ -172,4 +172,5 @@ TASK = Task(
     make_program=hotpotqa.MultiHopQA,
     metric=conditional_answer_match,
     extra_metrics={"retrieval_recall": hotpotqa.gold_titles_recall},
+    reference=hotpotqa.TASK.reference,
 )
