@@ -53,6 +53,7 @@ def test_optimize_writes_a_run_folder_and_prints_a_summary(tmp_path):
     baseline = f"{summary['baseline_test_score']:.3f}"
     assert f"test vs the unoptimized program ({baseline}): {format_gain(summary['test_gain'])}" \
         in flat
+    assert (f"the baseline stayed: {summary['advice']}" in flat) == bool(summary["advice"])
     evens = summary["reference"]["metrics"]["score"]
     assert f"vs always 'even' (no LM; the program minus it): score {evens['reference']:.3f}: " \
            f"{format_gain(evens['gain'])}" in flat

@@ -9,6 +9,7 @@ import pytest
 from helpers import exact
 
 from cotune import Example, Predict, ScriptedLM, context
+from cotune.evaluate.stats import Interval
 from cotune.optimize import Optimizer
 from cotune.optimize.reporting import CostEstimate
 
@@ -78,12 +79,19 @@ def test_a_lucky_candidate_does_not_replace_the_baseline() -> None:
     assert selection["min_gain"] == "noise"
     assert (selection["baseline_index"], selection["chosen_index"]) == (0, 0)
     assert "the baseline stays" in selection["reason"] and "#1" in selection["reason"]
+    # the run says how to tell whether the higher score was luck
+    gain = Interval.from_json(lucky["interval"]).format(signed=True)
+    assert selection["advice"] == (
+        f"#1 scored higher on validation ({gain}), within noise: re-score the finalists on "
+        f"more validation examples "
+        f"(--rescore-size N) to tell, or choose on means (--set min_gain=0)")
 
 
 def test_with_min_gain_zero_the_best_score_wins_lucky_or_not() -> None:
     result, _ = optimize(min_gain=0)
     assert result.best_index == 1 and result.program.instruction == LUCKY
     assert result.selection["min_gain"] == 0.0
+    assert result.selection["advice"] is None  # nothing was kept out
     assert "#1 has the best validation score (0.625)" in result.selection["reason"]
 
 
@@ -104,6 +112,7 @@ def test_rescoring_on_more_examples_unmasks_the_lucky_candidate() -> None:
     assert rescored[1]["score"] < rescored[0]["score"]
     assert not rescored[1]["verdict"]["allowed"]
     assert "re-scoring" in result.selection["reason"]
+    assert result.selection["advice"] is None  # min_gain=0: the rule kept nothing out
     assert result.best_score == 0.5  # the validation score stays that of the validation set
     assert len(lm.requests) == 8 * 2 + 48 * 2
 

@@ -318,6 +318,9 @@ def _print_summary(summary: Any) -> None:
 
         out.print(f"vs {summary.reference['description']} (no LM; the program minus it): "
                   f"{format_reference(summary.reference)}", highlight=False, markup=False)
+    if summary.advice:
+        out.print(f"the baseline stayed: {summary.advice}", highlight=False,
+                  markup=False)
     if summary.stopped_by_budget:
         out.print("stopped by the budget: the program is the best found before it ran out")
     out.print(f"run folder: {summary.run_dir}  (cotune show {summary.run_dir})", highlight=False,
@@ -490,6 +493,8 @@ def _show_cost(out: Console, result: RunResult) -> None:
     reason = result.selection.get("reason")
     if reason:
         out.print(f"why this program: {reason}", highlight=False, markup=False)
+    if result.selection.get("advice"):
+        out.print(f"to try: {result.selection['advice']}", highlight=False, markup=False)
 
 
 @app.command()

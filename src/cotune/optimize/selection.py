@@ -170,7 +170,26 @@ class Selection:
             "chosen_index": self.chosen,
             "reason": (self.reason() + (f" ({self.note})" if self.note else "")),
             "rescored": self.rescored,
+            "advice": self.advice(),
         }
+
+    def advice(self) -> str | None:
+        """What to try when the noise rule kept the baseline although some candidate scored
+        higher on validation: such a gain is as often real as not (docs/results.md), and only
+        more validation examples can tell."""
+        if (self.min_gain != NOISE or self.baseline is None or self.best is None
+                or self.best.index != self.baseline.index or not self.verdicts):
+            return None
+        closest = max(self.verdicts, key=lambda i: self._verdict_now(i).gain)
+        verdict = self._verdict_now(closest)
+        if verdict.gain <= 0:
+            return None
+        if self.rescored is not None:
+            return (f"#{closest} scored higher on validation ({verdict.text()}), within noise "
+                    f"even after re-scoring; a larger validation set is what can tell")
+        return (f"#{closest} scored higher on validation ({verdict.text()}), within noise: "
+                f"re-score the finalists on more validation examples (--rescore-size N) to "
+                f"tell, or choose on means (--set min_gain=0)")
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -121,6 +121,8 @@ class RunSummary:
     """Test score minus the baseline's, with its paired 95% interval and ``within_noise``."""
     reference: dict[str, Any] | None = None
     """The task's no-LM baseline on the same test examples (see :func:`compare_with_reference`)."""
+    advice: str | None = None
+    """What to try when the noise rule kept the baseline over a higher-scoring candidate."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -195,6 +197,7 @@ def run_optimization(
                 **{k: intervals[k] for k in ("val_interval", "test_interval", "test_gain")},
                 baseline_test_score=baseline["score"] if baseline else None,
                 reference=compare_with_reference(task, program, splits.test, test, spec.seed),
+                advice=(result.selection or {}).get("advice"),
             )
             if summary.reference and summary.reference.get("error"):
                 reporter.message(summary.reference["error"])
