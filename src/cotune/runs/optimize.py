@@ -151,7 +151,7 @@ def run_optimization(
     splits = load_data(task, spec)
     rescore_set = rescore_examples(task, spec)
     options = dict(spec.options)
-    if rescore_set:  # examples to re-score on mean re-scoring: the best finalist by default
+    if rescore_set:  # a rescore set asks for re-scoring: of the best finalist unless told
         options.setdefault("rescore_top", 1)
     optimizer = build_optimizer(spec.optimizer, task.metric, seed=spec.seed, threads=spec.threads,
                                 preset=spec.preset, options=options)
