@@ -12,11 +12,12 @@ import argparse
 import json
 from pathlib import Path
 
-from cotune.core.example import Example, Prediction
+from cotune.core.example import Example
 from cotune.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
 from cotune.runs.optimize import RunSpec, load_data
 from cotune.tasks import hotpotqa, hover
 from cotune.tasks.data import data_path
+from cotune.tasks.multihop import bm25_alone
 from cotune.tasks.retrieval import BM25Retriever, shared_retriever
 
 
@@ -24,9 +25,7 @@ def hotpotqa_alone(retriever: BM25Retriever, examples: list[Example], k: int
                    ) -> tuple[list[float], list[float]]:
     both, recall = [], []
     for ex in examples:
-        prediction = Prediction(retrieved_titles=[p.title for p in
-                                                  retriever.search(ex["question"], k=k)])
-        r = hotpotqa.gold_titles_recall(ex, prediction)
+        r = hotpotqa.gold_titles_recall(ex, bm25_alone(retriever, ex["question"], k))
         recall.append(r)
         both.append(float(r == 1.0))
     return both, recall

@@ -22,7 +22,13 @@ from cotune.core.signature import InputField, OutputField, Signature
 from cotune.evaluate.metrics import Score, get_field
 from cotune.tasks.base import Splits, Task, seeded_split
 from cotune.tasks.data import DataError, data_path, iter_jsonl
-from cotune.tasks.multihop import RetrievalHops, add_unseen, hop_reports, input_alone
+from cotune.tasks.multihop import (
+    RetrievalHops,
+    add_unseen,
+    bm25_alone,
+    hop_reports,
+    input_alone,
+)
 from cotune.tasks.retrieval import BM25Retriever, Passage
 
 DEFAULT_SIZES = (20, 19, 50)
@@ -192,8 +198,7 @@ def claim_only_recall(
     (all supporting titles found, fraction found)."""
     found, recall = [], []
     for example in examples:
-        titles = [p.title for p in retriever.search(example["claim"], k=k)]
-        prediction = Prediction(retrieved_titles=titles)
+        prediction = bm25_alone(retriever, example["claim"], k)
         recall.append(supporting_titles_recall(example, prediction))
         found.append(float(all_supporting_retrieved(example, prediction)))
     return found, recall

@@ -109,9 +109,14 @@ def input_alone(field: str, metrics: tuple[str, ...]) -> Any:
         retriever, k = program.retriever, program.max_passages
 
         def predict(example: Example) -> Prediction:
-            passages = retriever.search(str(example[field]), k=k)
-            return Prediction(retrieved_titles=[p.title for p in passages])
+            return bm25_alone(retriever, str(example[field]), k)
 
         return Reference(f"BM25 on the {field} alone, top {k}", predict, metrics)
 
     return reference
+
+
+def bm25_alone(retriever: BM25Retriever, text: str, k: int) -> Prediction:
+    """What BM25 alone retrieves for ``text`` (a claim, a question): its top ``k`` titles, as
+    a prediction the retrieval metrics score."""
+    return Prediction(retrieved_titles=[p.title for p in retriever.search(text, k=k)])
