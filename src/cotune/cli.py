@@ -292,6 +292,7 @@ def _speaks_for_itself(exc: Exception) -> bool:
 
 def _print_summary(summary: Any) -> None:
     from cotune.runs.formatting import format_gain, format_score
+    from cotune.runs.view import ReferenceComparison
 
     total = summary.usage["total"]
     table = Table(title=f"run {summary.run_dir}")
@@ -313,11 +314,9 @@ def _print_summary(summary: Any) -> None:
         from cotune.runs.formatting import format_metrics
 
         out.print(f"other test metrics: {format_metrics(summary.test_metrics)}")
-    if summary.reference and summary.reference.get("metrics"):  # else its error was shown
-        from cotune.runs.formatting import format_reference
-
-        out.print(f"vs {summary.reference['description']} (no LM; the program minus it): "
-                  f"{format_reference(summary.reference)}", highlight=False, markup=False)
+    reference = ReferenceComparison.from_json(summary.reference)
+    if reference is not None:  # else its error was shown
+        out.print(reference.sentence(), highlight=False, markup=False)
     if summary.advice:
         out.print(f"the baseline stayed: {summary.advice}", highlight=False,
                   markup=False)
@@ -484,10 +483,7 @@ def _show_cost(out: Console, result: RunResult) -> None:
                   f"{format_gain(result.test_gain)} (95% intervals)",
                   highlight=False, markup=False)
     if result.reference is not None:
-        gains = "; ".join(f"{g.metric} {g.reference:.3f}, the difference {format_gain(g.gain)}"
-                          for g in result.reference.metrics)
-        out.print(f"{result.reference.description} (no LM) on the same test examples: {gains}",
-                  highlight=False, markup=False)
+        out.print(result.reference.sentence(), highlight=False, markup=False)
     if result.reference_error:
         out.print(result.reference_error, highlight=False, markup=False)
     reason = result.selection.get("reason")
