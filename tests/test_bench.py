@@ -291,6 +291,74 @@ def test_a_rerun_skips_finished_cells_and_resumes_an_interrupted_one(tmp_path, m
             == (tmp_path / "reference" / records[1]["run_dir"] / "program.json").read_text())
 
 
+def test_a_bench_with_rescore_examples_skips_its_finished_cells(tmp_path, made):
+    """A rescore set turns on re-scoring (rescore_top 1); the fingerprint a rerun compares
+    must say so too, or the finished cell would be refused as made with other settings."""
+    spec = _spec(tasks=[{"name": str(TASK_FILE), "rescore_size": 4}], optimizers=[RANDOM_SEARCH])
+    first = run_bench(spec, tmp_path / "bench")[0]
+    assert first["status"] == "finished", first["error"]
+    made.clear()
+    again = run_bench(spec, tmp_path / "bench")[0]
+    assert again["status"] == "finished" and again["skipped"], again["error"]
+    assert made == []
+
+
+# -- the plan ----------------------------------------------------------------------------------
+
+
+def test_a_plan_projects_every_cell_without_an_lm_and_reads_what_is_done(tmp_path, made):
+    from cotune.runs.plan import BROKEN, FINISHED, NEW, REFUSED, STARTED, plan_bench
+
+    spec = _spec(tasks=[str(TASK_FILE), "no-such-task"],
+                 optimizers=["vanilla", RANDOM_SEARCH])
+    bench = tmp_path / "bench"
+    before = plan_bench(spec, bench)
+    assert made == [] and not bench.exists()  # nothing ran, nothing was written
+    by_name = {c.cell: c for c in before.cells}
+    vanilla = by_name["scripted_task-vanilla-smollm2-135m-seed0"]
+    search = by_name["scripted_task-random-search-smollm2-135m-seed0"]
+    assert vanilla.state == search.state == NEW
+    # one predictor: the validation pass and one test pass (the final program is the given one)
+    assert vanilla.breakdown == {"evaluation": SIZES["val_size"], "test": SIZES["test_size"]}
+    assert search.breakdown["test"] == 2 * SIZES["test_size"]  # the final and the unoptimized
+    assert search.calls == sum(search.breakdown.values())
+    broken = [c for c in before.cells if c.cell.startswith("no-such-task")]
+    assert [c.state for c in broken] == [BROKEN, BROKEN]
+    assert "unknown task 'no-such-task'" in broken[0].note
+    assert before.calls_left == vanilla.calls + search.calls and before.seconds_per_call is None
+
+    records = {r["cell"]: r for r in run_bench(spec, bench)}
+    after = {c.cell: c for c in plan_bench(spec, bench).cells}
+    for name in (vanilla.cell, search.cell):
+        assert after[name].state == FINISHED
+        assert after[name].calls_made == records[name]["lm_calls"] <= after[name].calls
+        assert after[name].seconds is not None
+    done = plan_bench(spec, bench)
+    assert done.calls_left == 0 and done.seconds_per_call is not None
+    assert "2 finished, 2 broken" in done.summary()
+
+    # a cell interrupted midway is to resume; one run with other settings is refused
+    RunFolder(bench / "cells" / search.cell).set_status("interrupted")
+    other = _spec(tasks=[str(TASK_FILE)], optimizers=["vanilla", RANDOM_SEARCH],
+                  test_size=3)
+    states = {c.cell: c for c in plan_bench(other, bench).cells}
+    assert states[vanilla.cell].state == REFUSED and "test" in states[vanilla.cell].note
+    resumed = plan_bench(spec, bench)
+    assert {c.cell: c.state for c in resumed.cells}[search.cell] == STARTED
+    assert resumed.calls_left == search.calls
+    assert f"at most {search.calls:,}" in resumed.summary() and " h at the finished" in \
+        resumed.summary()
+
+
+def test_a_plan_counts_the_rescoring_of_the_finalists(tmp_path, made):
+    from cotune.runs.plan import plan_bench
+
+    spec = _spec(tasks=[{"name": str(TASK_FILE), "rescore_size": 4}], optimizers=[RANDOM_SEARCH])
+    (cell,) = plan_bench(spec, tmp_path / "bench").cells
+    assert cell.breakdown["rescore (at most)"] == 2 * 4  # the baseline and the best finalist
+    assert cell.bound == "at most"
+
+
 # -- the command line and the script -----------------------------------------------------------
 
 
@@ -319,6 +387,19 @@ def test_cotune_bench_runs_resumes_and_fails_loudly(tmp_path, made):
     assert "unknown task 'no-such-task'" in failing.output
     assert "some cells did not finish" in failing.output
     bad = _cotune("bench", "--task", "iris", "--optimizer", "nope", "--out", tmp_path / "x")
+    assert bad.exit_code == 1 and "unknown optimizer 'nope'" in bad.output
+
+
+def test_cotune_bench_plan_runs_nothing(tmp_path, made):
+    bench = tmp_path / "bench"
+    result = _cotune("bench", "--task", TASK_FILE, "--optimizer", "vanilla", "--optimizer",
+                     "random-search", "--train-size", 6, "--val-size", 4, "--test-size", 4,
+                     "--out", bench, "--plan")
+    assert result.exit_code == 0, result.output
+    assert made == [] and not bench.exists()
+    assert "scripted_task-random-search-smollm2-135m-seed0" in result.output
+    assert "2 cells (2 new); projected LM calls of the cells left: at most" in result.output
+    bad = _cotune("bench", "--task", "iris", "--optimizer", "nope", "--out", bench, "--plan")
     assert bad.exit_code == 1 and "unknown optimizer 'nope'" in bad.output
 
 

@@ -559,6 +559,9 @@ def bench(
         help="CPUs each cell declares to Ray (default --threads).")] = None,
     ray_gpus: Annotated[float, typer.Option(
         help="GPUs each fine-tuning cell declares to Ray.")] = 0,
+    plan: Annotated[bool, typer.Option(
+        "--plan", help="Run nothing: show each cell's state in --out and its projected LM "
+                       "calls, and how many are left.")] = False,
 ) -> None:
     """Run a grid of tasks x optimizers x models x seeds; write results.json and results.md."""
     from cotune.optimize.reporting import ConsoleReporter
@@ -572,6 +575,9 @@ def bench(
                  "n_ctx": n_ctx}
     the_spec = _guarded(lambda: resolve_spec(spec, out, overrides))
     cells = _guarded(the_spec.cells)
+    if plan:
+        _show_plan(the_spec, out)
+        return
     console.print(f"bench of {len(cells)} cells in {out}", highlight=False, markup=False)
     if ray is not None:
         from cotune.runs.distributed import run_bench_on_ray
@@ -591,6 +597,19 @@ def bench(
         raise typer.Exit(LM_FAILURE_EXIT)
     if any(r["status"] != "finished" for r in records):
         raise _fail("some cells did not finish (see their error above)")
+
+
+def _show_plan(spec: Any, out: Path) -> None:
+    from cotune.runs.plan import plan_bench, plan_table
+
+    the_plan = _guarded(lambda: plan_bench(spec, out))
+    table = Table(title=f"the bench in {out}, planned (nothing run)")
+    for column in ("cell", "state", "LM calls", "of which", "time so far"):
+        table.add_column(column, overflow="fold")
+    for row in plan_table(the_plan):
+        table.add_row(*row)
+    Console(width=max(console.width, 160)).print(table, markup=False, highlight=False)
+    console.print(the_plan.summary(), highlight=False, markup=False, soft_wrap=True)
 
 
 def _print_cell(record: dict[str, Any]) -> None:

@@ -143,18 +143,9 @@ def run_optimization(
     ``lm`` replaces the one ``spec.model`` names (library use, tests); ``force`` discards a run
     of another configuration found in ``run_dir`` instead of refusing to touch it.
     """
-    from cotune.tasks.registry import get_task
-
     reporter = reporter or LogReporter()
     started = time.monotonic()
-    task = get_task(spec.task)
-    splits = load_data(task, spec)
-    rescore_set = rescore_examples(task, spec)
-    options = dict(spec.options)
-    if rescore_set:  # a rescore set asks for re-scoring: of the best finalist unless told
-        options.setdefault("rescore_top", 1)
-    optimizer = build_optimizer(spec.optimizer, task.metric, seed=spec.seed, threads=spec.threads,
-                                preset=spec.preset, options=options)
+    task, splits, rescore_set, optimizer = prepare_run(spec)
     folder = RunFolder(run_dir)
     config = run_config(spec, task, splits, optimizer, lm)
     with folder.session(config, force=force) as attempt:
@@ -214,6 +205,23 @@ def run_optimization(
 
         log_run(folder.path, spec.mlflow, experiment=spec.mlflow_experiment)
     return summary
+
+
+def prepare_run(spec: RunSpec) -> tuple[Task, Splits, list[Example], Optimizer]:
+    """What a run is made of before any LM is started: the task, its splits, the re-scoring
+    examples and the optimizer, built from ``spec`` the one way that a run, its fingerprint
+    and a bench's plan all share."""
+    from cotune.tasks.registry import get_task
+
+    task = get_task(spec.task)
+    splits = load_data(task, spec)
+    rescore_set = rescore_examples(task, spec)
+    options = dict(spec.options)
+    if rescore_set:  # a rescore set asks for re-scoring: of the best finalist unless told
+        options.setdefault("rescore_top", 1)
+    optimizer = build_optimizer(spec.optimizer, task.metric, seed=spec.seed, threads=spec.threads,
+                                preset=spec.preset, options=options)
+    return task, splits, rescore_set, optimizer
 
 
 def load_data(task: Task, spec: RunSpec) -> Splits:
@@ -336,12 +344,7 @@ def planned_config(spec: RunSpec) -> dict[str, Any]:
     """The ``config.json`` that :func:`run_optimization` would write for ``spec``: the run's
     fingerprint (task file and data hashes, optimizer settings, model, seed, sizes), computed
     without running anything.  A bench compares it with a cell's saved config."""
-    from cotune.tasks.registry import get_task
-
-    task = get_task(spec.task)
-    splits = load_data(task, spec)
-    optimizer = build_optimizer(spec.optimizer, task.metric, seed=spec.seed, threads=spec.threads,
-                                preset=spec.preset, options=spec.options)
+    task, splits, _, optimizer = prepare_run(spec)
     return run_config(spec, task, splits, optimizer, None)
 
 
