@@ -1,0 +1,55 @@
+"""benchmarks/retrieval_headroom.py: the no-LM query strategies follow the program's hops
+(a stub retriever that answers each query with the documents it names)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from cotune.core.example import Example
+from cotune.tasks.hover import HoverMultiHop
+from cotune.tasks.retrieval import Passage
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "retrieval_headroom.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("retrieval_headroom", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class NamingRetriever:
+    """Every query finds the titles it contains (``A`` .. ``F``), else ``X1`` .. ``Xk``."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    def search(self, query: str, k: int = 3) -> list[Passage]:
+        self.queries.append(query)
+        named = [t for t in "ABCDEF" if t in query.split()]
+        titles = named or [f"X{i}" for i in range(1, k + 1)]
+        return [Passage(t, f"text of {t}", 1.0) for t in titles[:k]]
+
+
+def test_the_oracle_names_a_missing_document_and_following_copies_the_titles():
+    script = _script()
+    retriever = NamingRetriever()
+    program = HoverMultiHop(retriever, hops=3, passages_per_hop=2)
+    gold = ["B", "C", "X1"]
+
+    oracle = script.hops(program, "claim A", gold, script.oracle)
+    # hop 1 the claim (finds A), then each hop names the first gold title not found yet
+    assert retriever.queries == ["claim A", "B", "C"]
+    assert oracle.retrieved_titles == ["A", "B", "C"]
+
+    retriever.queries.clear()
+    followed = script.hops(program, "claim A", gold, script.follow_titles)
+    assert retriever.queries == ["claim A", "claim A A", "claim A A"]
+    assert followed.retrieved_titles == ["A"]  # the same document three times, kept once
+
+    examples = [Example(claim="claim A", titles=gold).with_inputs("claim")]
+    found, recall = script.scored(examples, "titles",
+                                  lambda ex: script.hops(program, "claim A", gold, script.oracle))
+    assert (found, recall) == ([0.0], [2 / 3])  # X1 was never retrieved: oracle hops ran out
