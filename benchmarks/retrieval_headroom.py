@@ -27,11 +27,15 @@ from cotune.tasks import hotpotqa, hover
 from cotune.tasks.multihop import RetrievalHops, add_unseen, bm25_alone
 from cotune.tasks.retrieval import Passage
 
-# task: (its Task, the example's input field, its gold-titles field, the sizes of the grid)
+# task: (its Task, the example's input field, its gold-titles field, its recall metric, the
+# sizes of the grid)
 TASKS = {
-    "hover": (hover.TASK, "claim", "supporting_titles", (20, 19, 50)),
-    "hotpotqa": (hotpotqa.TASK, "question", "gold_titles", (50, 50, 150)),
+    "hover": (hover.TASK, "claim", "supporting_titles", hover.supporting_titles_recall,
+              (20, 19, 50)),
+    "hotpotqa": (hotpotqa.TASK, "question", "gold_titles", hotpotqa.gold_titles_recall,
+                 (50, 50, 150)),
 }
+Recall = Callable[[Example, Prediction], float]
 NextQuery = Callable[[str, list[str], list[Passage], set[str]], str]
 """(input, gold titles, the previous hop's passages, titles found so far) -> the next query."""
 
@@ -58,22 +62,16 @@ def hops(program: RetrievalHops, text: str, gold: list[str], next_query: NextQue
     return Prediction(retrieved_titles=[p.title for p in found])
 
 
-def scored(examples: list[Example], gold_field: str, predict: Callable[[Example], Prediction]
+def scored(examples: list[Example], recall: Recall, predict: Callable[[Example], Prediction]
            ) -> tuple[list[float], list[float]]:
     """(every gold title found, fraction found) per example."""
-    found, recall = [], []
-    for ex in examples:
-        gold = set(ex[gold_field])
-        got = set(predict(ex).retrieved_titles)
-        fraction = len(gold & got) / len(gold)
-        recall.append(fraction)
-        found.append(float(fraction == 1.0))
-    return found, recall
+    fractions = [recall(ex, predict(ex)) for ex in examples]
+    return [float(f == 1.0) for f in fractions], fractions
 
 
 def compare(name: str, seed: int) -> tuple[int, int, dict[str, tuple[list[float], list[float]]]]:
     """(test examples, passages, {queries: (all found, recall) per example}) of one task."""
-    task, field, gold_field, sizes = TASKS[name]
+    task, field, gold_field, recall, sizes = TASKS[name]
     program = task.make_program()
     assert isinstance(program, RetrievalHops)
     test = load_data(task, RunSpec(task=name, seed=seed, train_size=sizes[0],
@@ -88,7 +86,7 @@ def compare(name: str, seed: int) -> tuple[int, int, dict[str, tuple[list[float]
         "follow titles": with_hops(follow_titles),
         "oracle": with_hops(oracle),
     }
-    return len(test), k, {label: scored(test, gold_field, predict)
+    return len(test), k, {label: scored(test, recall, predict)
                           for label, predict in predictors.items()}
 
 

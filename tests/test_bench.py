@@ -343,6 +343,9 @@ def test_a_plan_projects_every_cell_without_an_lm_and_reads_what_is_done(tmp_pat
                   test_size=3)
     states = {c.cell: c for c in plan_bench(other, bench).cells}
     assert states[vanilla.cell].state == REFUSED and "test" in states[vanilla.cell].note
+    # a finished cell under another budget is run again by the bench (resumed): not done
+    budgeted = _spec(tasks=[str(TASK_FILE)], optimizers=["vanilla"], max_calls=500)
+    assert plan_bench(budgeted, bench).cells[0].state == STARTED
     resumed = plan_bench(spec, bench)
     assert {c.cell: c.state for c in resumed.cells}[search.cell] == STARTED
     assert resumed.calls_left == search.calls

@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 
 from cotune.core.example import Example
-from cotune.tasks.hover import HoverMultiHop
+from cotune.tasks.hover import HoverMultiHop, supporting_titles_recall
 from cotune.tasks.retrieval import Passage
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "retrieval_headroom.py"
@@ -49,7 +49,7 @@ def test_the_oracle_names_a_missing_document_and_following_copies_the_titles():
     assert retriever.queries == ["claim A", "claim A A", "claim A A"]
     assert followed.retrieved_titles == ["A"]  # the same document three times, kept once
 
-    examples = [Example(claim="claim A", titles=gold).with_inputs("claim")]
-    found, recall = script.scored(examples, "titles",
+    examples = [Example(claim="claim A", supporting_titles=gold).with_inputs("claim")]
+    found, recall = script.scored(examples, supporting_titles_recall,
                                   lambda ex: script.hops(program, "claim A", gold, script.oracle))
     assert (found, recall) == ([0.0], [2 / 3])  # X1 was never retrieved: oracle hops ran out

@@ -18,6 +18,7 @@ from cotune.optimize.registry import optimizer_help, preset_help, registered_opt
 
 if TYPE_CHECKING:  # imported where used: the CLI starts fast
     from cotune.optimize import Candidate, Trial
+    from cotune.runs.bench import BenchSpec
     from cotune.runs.view import RunResult, RunView
 
 app = typer.Typer(
@@ -599,7 +600,7 @@ def bench(
         raise _fail("some cells did not finish (see their error above)")
 
 
-def _show_plan(spec: Any, out: Path) -> None:
+def _show_plan(spec: BenchSpec, out: Path) -> None:
     from cotune.runs.plan import plan_bench, plan_table
 
     the_plan = _guarded(lambda: plan_bench(spec, out))

@@ -403,14 +403,13 @@ def run_cell(spec: BenchSpec, cell: Cell, bench_dir: Path, reporter: Reporter) -
     started = time.monotonic()
     try:
         if folder.exists():
-            saved, planned = folder.config(), planned_config(run_spec)
-            changed = config_differences(saved, planned)
+            changed, done = existing_cell(folder, planned_config(run_spec))
             if changed:
                 raise RunFolderError(
                     f"{folder.path} holds this cell's run made with other settings or data ("
                     + "; ".join(changed[:5]) + "): remove that folder to rerun the cell, or "
                     "give the bench another --out")
-            if _finished(folder) and saved.get("budget") == planned.get("budget"):
+            if done:
                 return cell_record(cell, folder, bench_dir, skipped=True)
         run_optimization(run_spec, folder.path, reporter=reporter)
     except KeyboardInterrupt:
@@ -434,9 +433,16 @@ def _seconds_so_far(folder: RunFolder, started: float) -> float:
     return time.monotonic() - started
 
 
-def _finished(folder: RunFolder) -> bool:
+def existing_cell(folder: RunFolder, planned: Mapping[str, Any]) -> tuple[list[str], bool]:
+    """What a bench makes of a cell folder that exists, given the config the cell would write
+    now: (what changed from the saved one: the cell is refused when anything did; whether it
+    finished under the same budget: then it is kept, else it is resumed)."""
+    saved = folder.config()
+    changed = config_differences(saved, planned)
     status = RunView.load(folder.path).status
-    return status.get("state") == "finished" and folder.file(RESULT).is_file()
+    done = (not changed and status.get("state") == "finished" and folder.file(RESULT).is_file()
+            and saved.get("budget") == planned.get("budget"))
+    return changed, done
 
 
 # -- records -----------------------------------------------------------------------------------

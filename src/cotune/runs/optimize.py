@@ -388,6 +388,12 @@ def _preflight(lm: LM, reporter: Reporter) -> UsageSnapshot:
     return meter.snapshot()
 
 
+def calls_per_example(program: Module) -> int:
+    """LM calls a pass of ``program`` makes per example, as the run reserves them: one per
+    predictor."""
+    return max(1, len(program.predictors()))
+
+
 def _optimization_budget(
     spec: RunSpec, program: Module, testset: list[Example], preflight: UsageSnapshot,
     reporter: Reporter,
@@ -397,7 +403,7 @@ def _optimization_budget(
     call per test example and predictor each), so that the whole command stays within
     ``max_calls``.  Tokens and seconds are capped for the whole command by the outer budget
     alone (they cannot be reserved: they are known only once spent)."""
-    per_example = max(1, len(program.predictors()))
+    per_example = calls_per_example(program)
     reserved = 2 * len(testset) * per_example
     parts = (f"{preflight.calls} preflight call(s) and {reserved} for the test evaluations "
              f"(the final and the unoptimized program: 2 x {len(testset)} examples x "

@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cotune.optimize.reporting import CostEstimate
-from cotune.runs.bench import CELLS, VANILLA, BenchSpec, Cell
-from cotune.runs.folder import RESULT, RunFolder, RunFolderError, config_differences, error_text
-from cotune.runs.optimize import planned_config, prepare_run
+from cotune.runs.bench import CELLS, VANILLA, BenchSpec, Cell, existing_cell
+from cotune.runs.folder import RunFolder, RunFolderError, error_text
+from cotune.runs.optimize import calls_per_example, prepare_run, run_config
 from cotune.runs.view import RunView
 
 FINISHED, STARTED, NEW, REFUSED, BROKEN = "finished", "started", "new", "refused", "broken"
@@ -95,13 +96,14 @@ def plan_cell(spec: BenchSpec, cell: Cell, bench_dir: Path) -> CellPlan:
         task, splits, rescore_set, optimizer = prepare_run(run_spec)
         program = task.make_program()
         estimate = optimizer.estimate_cost(program, splits.train, splits.val or None)
-        per_example = max(1, len(program.predictors()))
+        per_example = calls_per_example(program)
         # the final program's test pass, and the unoptimized one's unless it is the same
         test_passes = 1 if cell.optimizer.name == VANILLA else 2
         extra = {"rescore (at most)": (optimizer.rescore_top + 1) * len(rescore_set)
                  * per_example if optimizer.rescore_top and rescore_set else 0,
                  "test": test_passes * len(splits.test) * per_example}
-        state, made, seconds, note = _state(folder, run_spec)
+        state, made, seconds, note = _state(
+            folder, run_config(run_spec, task, splits, optimizer, None))
     except Exception as exc:  # the bench would record this cell as failed: say so, go on
         return CellPlan(cell.name, BROKEN, note=error_text(exc))
     return CellPlan(cell.name, state, *_add(estimate, extra), calls_made=made,
@@ -117,21 +119,22 @@ def _add(estimate: CostEstimate, extra: dict[str, int]) -> tuple[int, dict[str, 
     return estimate.lm_calls + sum(extra.values()), breakdown, bound
 
 
-def _state(folder: RunFolder, run_spec) -> tuple[str, int | None, float | None, str | None]:
-    """(state, LM calls made, seconds so far, why refused) of a cell's run folder."""
+def _state(folder: RunFolder, planned: dict[str, Any]
+           ) -> tuple[str, int | None, float | None, str | None]:
+    """(state, LM calls made, seconds so far, why refused) of a cell's run folder, judged as
+    the bench judges it (:func:`existing_cell`) against the config the cell would write."""
     if not folder.exists():
         return NEW, None, None, None
     try:
-        changed = config_differences(folder.config(), planned_config(run_spec))
+        changed, done = existing_cell(folder, planned)
         seconds = folder.total_seconds()
     except RunFolderError as exc:
         return REFUSED, None, None, str(exc)
     if changed:
         return REFUSED, None, seconds, "made with other settings or data: " + "; ".join(
             changed[:3])
-    view = RunView.load(folder.path)
-    if view.status.get("state") == FINISHED and folder.file(RESULT).is_file():
-        result = view.result
+    if done:
+        result = RunView.load(folder.path).result
         return FINISHED, result.total.calls if result else None, seconds, None
     return STARTED, None, seconds, None
 
