@@ -18,6 +18,10 @@ flags=(
   -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF  # no web UI: nothing to download at build
   -DLLAMA_OPENSSL=OFF
 )
+source scripts/llama_cflags.sh
+if [ -n "$LLAMA_CFLAGS" ]; then
+  flags+=("-DCMAKE_C_FLAGS=$LLAMA_CFLAGS" "-DCMAKE_CXX_FLAGS=$LLAMA_CFLAGS")
+fi
 want="llama-cpp-python==$VERSION ${flags[*]}"
 
 missing=()

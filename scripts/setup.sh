@@ -13,6 +13,20 @@ EXTRAS=local,finetune,tasks,ray,mlflow,dev,qwen
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# The embedded engine is built by pip from source; it is (re)built here, alone, whenever its
+# version or compiler flags change (pip would keep a wheel built with other flags), so that the
+# install below finds it satisfied.
+source scripts/llama_cflags.sh
+llama_version=$(grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml | cut -d= -f3)
+llama_stamp=.venv/.llama-cpp-built
+llama_want="llama-cpp-python==$llama_version cflags=$LLAMA_CFLAGS"
+if [ "$(cat "$llama_stamp" 2>/dev/null)" != "$llama_want" ]; then
+  echo "building llama-cpp-python $llama_version (about 5 minutes)"
+  CFLAGS="${CFLAGS:-} $LLAMA_CFLAGS" CXXFLAGS="${CXXFLAGS:-} $LLAMA_CFLAGS" \
+    .venv/bin/python -m pip install --quiet --progress-bar off --force-reinstall --no-deps \
+    --no-cache-dir "llama-cpp-python==$llama_version"
+  echo "$llama_want" > "$llama_stamp"
+fi
 stamp=.venv/.cotune-installed
 want=$({ cat pyproject.toml; echo "extras=$EXTRAS"; } | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then

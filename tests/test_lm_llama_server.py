@@ -148,6 +148,17 @@ def test_a_server_that_fails_to_start_is_an_error_with_its_log(
         LlamaServer(smollm2_path, binary=binary, log_dir=tmp_path)
 
 
+def test_a_server_that_crashes_while_starting_names_the_signal_and_the_likely_cause(
+    smollm2_path: Path, tmp_path: Path
+) -> None:
+    # What ggml's AMX kernels did on an AMX VM: a segfault at the first compute after loading.
+    binary = fake_binary(tmp_path, "echo 'llama threadpool init'; kill -SEGV $$")
+    with pytest.raises(LlamaServerError,
+                       match=r"(?s)crashed \(SIGSEGV: a llama.cpp build that does not fit this "
+                             r"CPU.*scripts/setup.sh.*llama threadpool init"):
+        LlamaServer(smollm2_path, binary=binary, log_dir=tmp_path)
+
+
 def test_a_server_that_never_gets_ready_is_stopped_and_reported(
     smollm2_path: Path, tmp_path: Path
 ) -> None:

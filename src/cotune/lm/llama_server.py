@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -263,7 +264,7 @@ class LlamaServer:
         process = self._process
         if process is not None and process.poll() is not None and not self._closed:
             raise LlamaServerError(
-                f"llama-server ({self.model_name}) exited with status {process.poll()}; "
+                f"llama-server ({self.model_name}) {describe_exit(process.poll())}; "
                 f"its log ({process.log_path}) ends with:\n{process.log_tail()}"
             )
 
@@ -388,7 +389,7 @@ class LlamaServer:
             status = process.poll()
             if status is not None:
                 raise LlamaServerError(
-                    f"llama-server exited with status {status} while starting "
+                    f"llama-server {describe_exit(status)} while starting "
                     f"({' '.join(process.argv)}); its log ({process.log_path}) ends with:\n"
                     f"{process.log_tail()}"
                 )
@@ -429,6 +430,20 @@ class LlamaServer:
             f"LlamaServer({self.model_name!r}, parallel={self.parallel}, n_ctx={self.n_ctx}, "
             f"adapters={len(self._loras)}, pid={self.pid}, port={self.port})"
         )
+
+
+def describe_exit(status: int | None) -> str:
+    """How a child process ended, in words: a signal by name, with the likely cause of a crash."""
+    if status is None or status >= 0:
+        return f"exited with status {status}"
+    try:
+        name = signal.Signals(-status).name
+    except ValueError:
+        return f"was killed by signal {-status}"
+    if name in ("SIGSEGV", "SIGILL", "SIGBUS"):
+        return (f"crashed ({name}: a llama.cpp build that does not fit this CPU, or a broken "
+                "model file; scripts/setup.sh rebuilds llama-server with the project's flags)")
+    return f"was killed by {name}"
 
 
 def _healthy(port: int) -> bool:
