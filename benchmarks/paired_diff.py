@@ -7,6 +7,9 @@ first) and its 95% paired bootstrap interval:
 
     .venv/bin/python benchmarks/paired_diff.py before.json after.json
     .venv/bin/python benchmarks/paired_diff.py runs/mipro runs/gepa
+
+``--metric NAME`` compares a task's extra metric instead (e.g. ``retrieval_recall``), as
+``cotune evaluate --out`` records it for each example.
 """
 
 from __future__ import annotations
@@ -40,15 +43,25 @@ def load_run_scores(folder: Path) -> tuple[list[dict], list[float]]:
         sys.exit(f"error: {folder} is not a finished cotune run folder ({exc})")
 
 
-def load_scores(path: Path) -> tuple[list[dict], list[float]]:
+def load_scores(path: Path, metric: str | None = None) -> tuple[list[dict], list[float]]:
     if path.is_dir():
+        if metric is not None:
+            sys.exit(f"error: --metric reads `cotune evaluate --out` files, not a run folder "
+                     f"({path})")
         return load_run_scores(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         results = data["results"]
-        return [r["example"] for r in results], [float(r["score"]) for r in results]
+        examples = [r["example"] for r in results]
+        if metric is None:
+            return examples, [float(r["score"]) for r in results]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         sys.exit(f"error: {path} is not a `cotune evaluate --out` file ({exc})")
+    recorded = (data.get("metrics") or {}).get(metric)
+    if not isinstance(recorded, dict) or len(recorded.get("values") or []) != len(results):
+        sys.exit(f"error: {path} records no per-example {metric!r} (its metrics: "
+                 f"{sorted(data.get('metrics') or {})}; files of an older cotune record none)")
+    return examples, [float(v) for v in recorded["values"]]
 
 
 def paired_interval(
@@ -69,15 +82,17 @@ def main() -> None:
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument("--metric", help="a task's extra metric instead of its score")
     args = parser.parse_args()
-    ex_a, a = load_scores(args.before)
-    ex_b, b = load_scores(args.after)
+    ex_a, a = load_scores(args.before, args.metric)
+    ex_b, b = load_scores(args.after, args.metric)
     if ex_a != ex_b:
         sys.exit("error: the two files hold different examples (use the same split and seed)")
     low, high = paired_interval(a, b, resamples=args.resamples)
     n = len(a)
-    print(json.dumps({"examples": n, "before": sum(a) / n, "after": sum(b) / n,
-                      "difference": (sum(b) - sum(a)) / n, "ci95": [low, high]}))
+    print(json.dumps({"metric": args.metric or "score", "examples": n, "before": sum(a) / n,
+                      "after": sum(b) / n, "difference": (sum(b) - sum(a)) / n,
+                      "ci95": [low, high]}))
 
 
 if __name__ == "__main__":

@@ -57,3 +57,53 @@ def test_evaluate_adds_labelled_demos_only_when_asked(made):
     train_queries = {f"Text: {ex['text']}" for ex in scripted.trainset}
     demo_queries = {m["content"] for m in lm.requests[0].messages[1:-1] if m["role"] == "user"}
     assert demo_queries <= train_queries
+
+
+def test_evaluate_reports_intervals_the_extra_metrics_and_the_no_lm_baseline(made, tmp_path):
+    from cotune.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
+
+    out = tmp_path / "results.json"
+    result = evaluate("--split", "test", "--out", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert (data["task"], data["split"], data["seed"]) == (str(TASK_FILE), "test", 0)
+    scores = [r["score"] for r in data["results"]]
+    assert 0 < sum(scores) < len(scores)  # the scripted LM errs on some numbers: a real spread
+    interval = bootstrap_ci(scores, seed=0)
+    assert data["interval"] == interval.to_json()
+    assert f"[{interval.low:.3f}, {interval.high:.3f}]" in result.output
+
+    said_odd = [float(r["prediction"]["parity"] == "odd") for r in data["results"]]
+    assert data["metrics"]["said_odd"]["values"] == said_odd
+    assert data["metrics"]["said_odd"]["interval"] == bootstrap_ci(said_odd, seed=0).to_json()
+
+    # the scripted task's no-LM baseline answers "even": paired with the program's scores
+    evens = [float(r["example"]["parity"] == "even") for r in data["results"]]
+    baseline = data["reference"]["metrics"]["score"]
+    assert baseline["reference"] == sum(evens) / len(evens)
+    gain = paired_bootstrap_ci(scores, evens, seed=0)
+    assert baseline["gain"]["estimate"] == pytest.approx(gain.estimate)
+    assert "always 'even' (no LM) on the same test examples: score" in result.output
+
+
+def test_paired_diff_compares_an_extra_metric_of_two_evaluations(made, tmp_path):
+    import subprocess
+    import sys
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    assert evaluate("--split", "test", "--out", first).exit_code == 0
+    assert evaluate("--split", "test", "--demos", "2", "--out", second).exit_code == 0
+    script = Path(__file__).parents[1] / "benchmarks" / "paired_diff.py"
+    done = subprocess.run([sys.executable, str(script), str(first), str(second),
+                           "--metric", "said_odd", "--resamples", "200"],
+                          capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout)
+    odd = [json.loads(f.read_text())["metrics"]["said_odd"]["values"] for f in (first, second)]
+    assert report["metric"] == "said_odd"
+    assert report["difference"] == pytest.approx((sum(odd[1]) - sum(odd[0])) / len(odd[0]))
+
+    missing = subprocess.run([sys.executable, str(script), str(first), str(second),
+                              "--metric", "recall"], capture_output=True, text=True)
+    assert missing.returncode != 0
+    assert "records no per-example 'recall'" in missing.stderr
+    assert "said_odd" in missing.stderr

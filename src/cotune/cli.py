@@ -85,25 +85,51 @@ def evaluate(
 ) -> None:
     """Evaluate a task's program on one split and print the score."""
     _guarded(lambda: _check_evaluate_options(limit, demos, threads))
-    result, the_task = _guarded(lambda: _run_evaluation(
+    result, the_task, prog, devset = _guarded(lambda: _run_evaluation(
         task, model, base_url, split, limit, demos, program, threads, seed, no_cache, timeout,
         n_ctx))
+    from cotune.evaluate.stats import bootstrap_ci
+    from cotune.runs.formatting import format_score
+    from cotune.runs.optimize import compare_with_reference
+    from cotune.runs.view import ReferenceComparison
+
+    interval = bootstrap_ci(result.scores, seed=seed) if result.scores else None
     table = Table(title=f"{task} / {split}")
-    for column in ("score", "examples", "errors", "LM calls", "cache hits", "tokens", "wall s"):
-        table.add_column(column, justify="right")
+    table.add_column("score", justify="right", no_wrap=True)  # with its 95% interval
+    for column in ("examples", "errors", "LM calls", "cache hits", "tokens", "wall s"):
+        table.add_column(column, justify="right", no_wrap=column == "examples")
     u = result.usage
     table.add_row(
-        f"{result.score:.3f}", str(len(result.results)), str(result.num_errors), str(u.calls),
-        str(u.cache_hits), str(u.total_tokens), f"{result.elapsed_s:.1f}",
+        format_score(result.score, interval), str(len(result.results)),
+        str(result.num_errors), str(u.calls), str(u.cache_hits), str(u.total_tokens),
+        f"{result.elapsed_s:.1f}",
     )
     Console().print(table)
+    metrics: dict[str, Any] = {}
     for name, metric in the_task.extra_metrics.items():
-        console.print(f"{name}: {result.mean_of(metric):.3f}", markup=False, highlight=False)
+        values = result.values_of(metric)
+        metric_interval = bootstrap_ci(values, seed=seed) if values else None
+        metrics[name] = {"mean": result.mean_of(metric), "values": values,
+                         "interval": metric_interval.to_json() if metric_interval else None}
+        console.print(f"{name}: {format_score(metrics[name]['mean'], metric_interval)}",
+                      markup=False, highlight=False)
+    # the task's no-LM baseline (BM25 on the claim alone, say), paired on the same examples
+    reference = compare_with_reference(
+        the_task, prog, devset,
+        {"scores": result.scores, "metric_scores": {n: m["values"] for n, m in metrics.items()}},
+        seed)
+    comparison = ReferenceComparison.from_json(reference)
+    if comparison is not None:
+        console.print(comparison.sentence(split), markup=False, highlight=False)
+    elif reference and reference.get("error"):
+        console.print(reference["error"], markup=False, highlight=False)
     if out is not None:
         from cotune.runs.folder import write_atomic
 
-        _guarded(lambda: write_atomic(out, json.dumps(result.to_json(), indent=2,
-                                                      ensure_ascii=False)))
+        record = {"task": task, "split": split, "seed": seed, **result.to_json(),
+                  "interval": interval.to_json() if interval else None,
+                  "metrics": metrics, "reference": reference}
+        _guarded(lambda: write_atomic(out, json.dumps(record, indent=2, ensure_ascii=False)))
         console.print(f"per-example results written to {out}", markup=False, highlight=False)
 
 
@@ -120,7 +146,8 @@ def _check_evaluate_options(limit: int | None, demos: int, threads: int) -> None
 def _run_evaluation(task: str, model: str, base_url: str | None, split: str, limit: int | None,
                     demos: int, program: Path | None, threads: int, seed: int,
                     no_cache: bool, timeout: float | None, n_ctx: int | None
-                    ) -> tuple[Any, Any]:
+                    ) -> tuple[Any, Any, Any, list[Any]]:
+    """The evaluation's result, the task, the program it scored and the examples."""
     from cotune.core.runtime import context
     from cotune.evaluate import Evaluate
     from cotune.lm.cache import cache_disabled
@@ -156,8 +183,8 @@ def _run_evaluation(task: str, model: str, base_url: str | None, split: str, lim
     with context(lm=lm):
         if no_cache:
             with cache_disabled():
-                return evaluator(prog), the_task
-        return evaluator(prog), the_task
+                return evaluator(prog), the_task, prog, devset
+        return evaluator(prog), the_task, prog, devset
 
 
 def _fail(message: str) -> typer.Exit:

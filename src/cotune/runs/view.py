@@ -79,13 +79,13 @@ class ReferenceComparison:
         return cls(str(data.get("description") or "the no-LM baseline"), gains) if gains \
             else None
 
-    def sentence(self) -> str:
-        """How ``cotune optimize`` and ``cotune show`` state it: ``BM25 on the claim alone (no
-        LM) on the same test examples: retrieval_recall 0.908, the program minus it -0.030
-        [-0.080, +0.020] (within noise)``."""
+    def sentence(self, split: str = "test") -> str:
+        """How ``cotune optimize``, ``show`` and ``evaluate`` state it: ``BM25 on the claim
+        alone (no LM) on the same test examples: retrieval_recall 0.908, the program minus it
+        -0.030 [-0.080, +0.020] (within noise)``."""
         gains = "; ".join(f"{g.metric} {g.reference:.3f}, the program minus it "
                           f"{format_gain(g.gain)}" for g in self.metrics)
-        return f"{self.description} (no LM) on the same test examples: {gains}"
+        return f"{self.description} (no LM) on the same {split} examples: {gains}"
 
 
 @dataclass
