@@ -646,16 +646,61 @@ def test_hover_claims_are_validated_and_their_documents_are_in_the_corpus(retrie
     assert all(len(ex["supporting_titles"]) >= 2 for ex in examples)
 
 
+def test_grouped_split_keeps_families_together_and_cuts_exact_sizes() -> None:
+    from cotune.tasks import grouped_split
+
+    # 12 examples: a family of 3 linked through a chain (a-b, b-c), a pair, 7 alone
+    docs = [["a", "x1"], ["b", "x2"], ["a", "b"], ["p"], ["p"], *[[f"s{i}"] for i in range(7)]]
+    examples = [Example({"id": i, "docs": d}, input_keys=["id"]) for i, d in enumerate(docs)]
+    for seed in range(20):
+        splits = grouped_split(examples, (4, 3, 5), seed, keys=lambda ex: ex["docs"])
+        parts = [splits.train, splits.val, splits.test]
+        assert [len(p) for p in parts] == [4, 3, 5]
+        where = {ex["id"]: n for n, part in enumerate(parts) for ex in part}
+        assert len(where) == 12  # every example used once
+        assert where[0] == where[1] == where[2] and where[3] == where[4]
+    again = grouped_split(examples, (4, 3, 5), 7, keys=lambda ex: ex["docs"])
+    assert again == grouped_split(examples, (4, 3, 5), 7, keys=lambda ex: ex["docs"])
+
+
+def test_grouped_split_refuses_sizes_only_a_split_family_could_fill() -> None:
+    from cotune.tasks import grouped_split
+    from cotune.tasks.base import SplitSizeError
+
+    examples = [Example({"id": i, "docs": ["same"]}, input_keys=["id"]) for i in range(4)]
+    with pytest.raises(ValueError, match=r"split sizes 2/0/2 .* \(they filled 0/0/0\)"):
+        grouped_split(examples, (2, 0, 2), 0, keys=lambda ex: ex["docs"], source="f.jsonl")
+    with pytest.raises(SplitSizeError, match="need 5 examples, the data has 4"):
+        grouped_split(examples, (2, 1, 2), 0, keys=lambda ex: ex["docs"])
+
+
+@needs_data
+def test_hover_splits_share_no_supporting_document_between_train_val_and_test() -> None:
+    from cotune.tasks.hover import load_examples, load_splits
+
+    by_uid = {ex["uid"]: ex for ex in load_examples()}
+    for seed in range(5):
+        splits = load_splits(seed=seed)
+        assert [len(splits.train), len(splits.val), len(splits.test)] == [20, 19, 50]
+        docs = [{t for ex in part for t in ex["supporting_titles"]}
+                for part in (splits.train, splits.val, splits.test)]
+        assert not docs[0] & docs[1] and not docs[0] & docs[2] and not docs[1] & docs[2]
+        uids = [ex["uid"] for part in (splits.train, splits.val, splits.test) for ex in part]
+        assert sorted(uids) == sorted(by_uid)  # the 89 claims, each once
+    assert load_splits(seed=1).test != load_splits(seed=0).test
+
+
 @needs_data
 def test_hover_program_runs_three_hops_and_records_what_it_retrieved(retriever) -> None:
     from cotune.tasks.hover import (
         NO_NOTES,
         HoverMultiHop,
         all_supporting_retrieved,
+        load_examples,
         supporting_titles_recall,
     )
 
-    example = next(ex for ex in get_task("hover").load_splits(seed=0).test
+    example = next(ex for ex in load_examples()
                    if ex["supporting_titles"] == ["Kasper Schmeichel", "Peter Schmeichel"])
     queries = iter(["Peter Schmeichel goalkeeper 1992", "IFFHS World's Best Goalkeeper"])
     calls = []  # (which signature, the notes it was shown)

@@ -79,6 +79,67 @@ def seeded_split(
     return Splits(shuffled[:a], shuffled[a : a + b], shuffled[a + b : a + b + c])
 
 
+def grouped_split(
+    examples: Sequence[Example], sizes: tuple[int, int, int], seed: int,
+    keys: Callable[[Example], Sequence[str]], source: str | None = None,
+) -> Splits:
+    """Like :func:`seeded_split`, but examples that share a key (HoVer claims written from the
+    same documents share their supporting titles) stay in one split, so that no test example's
+    answer is shown by a training demo.
+
+    The families (examples linked through shared keys) are placed largest first, in an order
+    shuffled with ``seed``, each into a split drawn at random in proportion to the room it has
+    left among the splits it fits in; the many one-example families fill the splits exactly.
+    Sizes that cannot be filled without cutting a family are an error naming them."""
+    if sum(sizes) > len(examples):
+        raise SplitSizeError(tuple(sizes), len(examples), source)
+    rng = random.Random(seed)
+    families = _families(examples, keys)
+    rng.shuffle(families)
+    families.sort(key=len, reverse=True)  # stable: the shuffle orders families of one size
+    room = list(sizes)
+    parts: list[list[Example]] = [[], [], []]
+    for family in families:
+        fits = [n for n in range(3) if room[n] >= len(family)]
+        if not fits:
+            continue  # left out, as seeded_split leaves out what the sizes do not ask for
+        n = rng.choices(fits, weights=[room[n] for n in fits])[0]
+        parts[n].extend(family)
+        room[n] -= len(family)
+    if any(room):
+        where = f" in {source}" if source else ""
+        raise ValueError(f"split sizes {'/'.join(map(str, sizes))} (train/val/test) cannot be "
+                         f"cut from the examples' families{where} without splitting one (they "
+                         f"filled {'/'.join(str(len(p)) for p in parts)}); choose other sizes")
+    return Splits(*parts)
+
+
+def _families(
+    examples: Sequence[Example], keys: Callable[[Example], Sequence[str]]
+) -> list[list[Example]]:
+    """The examples grouped into connected families (union-find over shared keys), each in
+    the data's order, the families in the order of their first example."""
+    parent = list(range(len(examples)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_with: dict[str, int] = {}
+    for i, example in enumerate(examples):
+        for key in keys(example):
+            if key in first_with:
+                parent[root(i)] = root(first_with[key])
+            else:
+                first_with[key] = i
+    families: dict[int, list[Example]] = {}
+    for i, example in enumerate(examples):
+        families.setdefault(root(i), []).append(example)
+    return list(families.values())
+
+
 def check_fields(row: dict[str, Any], required: Sequence[str], where: str) -> None:
     missing = [k for k in required if k not in row]
     if missing:
