@@ -16,8 +16,9 @@ two cheapest ways to move the query writers (``generate_query[i]``) toward title
   anyway is not).
 
 Each variant's score and recall with 95% intervals, and paired against zero-shot on the same
-test claims.  Programs are saved under ``--out`` (``cotune evaluate --program`` loads them),
-the LM cache lives there too, so a rerun costs nothing.  ::
+test claims.  The programs are saved under ``benchmarks/out/hover_query_prompts/seedN``
+(``cotune evaluate --program`` loads them) with the scores and the LM cache, so a rerun costs
+nothing.  ::
 
     COTUNE_LLAMA_THREADS=2 python benchmarks/hover_query_prompts.py --seed 0
 """
@@ -31,15 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import cotune
-from cotune.core.example import Example
+from cotune.core.example import Example, Prediction
 from cotune.evaluate import Evaluate
-from cotune.evaluate.metrics import get_field
 from cotune.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
 from cotune.lm import LMCache
 from cotune.lm.factory import make_lm
+from cotune.optimize.bootstrap import demo_sets_from_traces
 from cotune.optimize.traces import SuccessfulTrace, collect_successful_traces
 from cotune.runs.programs import save_program
 from cotune.tasks import hover
+from cotune.tasks.multihop import hop_reports
 
 TITLE_INSTRUCTION = (
     "Name the Wikipedia article needed to verify the claim that the notes so far do not cover "
@@ -57,45 +59,31 @@ def credited_queries(program: hover.HoverMultiHop, example: Example,
                      steps: list[tuple[str, dict[str, Any], dict[str, Any]]]
                      ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """The query-writer steps of one claim whose query found a supporting document that no
-    earlier hop had found (the hops replayed through the program's BM25)."""
-    gold = set(example["supporting_titles"])
-    _, first = program.search(example["claim"], fallback=example["claim"])
-    found = {p.title for p in first}
-    kept = []
-    for name, inputs, outputs in steps:
-        if not name.startswith("generate_query"):
-            continue
-        _, passages = program.search(str(outputs.get("search_query", "")),
-                                     fallback=example["claim"])
-        titles = {p.title for p in passages}
-        if (titles - found) & gold:
-            kept.append((name, inputs, outputs))
-        found |= titles
-    return kept
+    earlier hop had found (the hops replayed through the program's BM25: a trace keeps the
+    steps, not the prediction)."""
+    claim = example["claim"]
+    writers = [step for step in steps if step[0].startswith("generate_query")]
+    queries = [claim, *(str(outputs.get("search_query", "")) for _, _, outputs in writers)]
+    replayed = Prediction(hop_titles=[[p.title for p in program.search(q, fallback=claim)[1]]
+                                      for q in queries])
+    reports = hop_reports(example["supporting_titles"], replayed)
+    return [step for step, report in zip(writers, reports[1:], strict=True) if report.new]
 
 
 def hop_credited_demos(program: hover.HoverMultiHop, train: list[Example],
                        traces: list[SuccessfulTrace]) -> dict[str, list[Example]]:
-    """Per query writer, every credited query of the training traces as a demo."""
-    demos: dict[str, list[Example]] = {
-        name: [] for name, _ in program.named_predictors() if name.startswith("generate_query")}
-    for t in traces:
-        for name, inputs, outputs in credited_queries(program, train[t.example_index], t.steps):
-            demos[name].append(Example({**inputs, **outputs}, input_keys=inputs.keys()))
-    return demos
+    """Per predictor, every credited query of the training traces as a demo (none for the
+    condensers)."""
+    credited = [SuccessfulTrace(t.example_index,
+                                credited_queries(program, train[t.example_index], t.steps))
+                for t in traces]
+    return demo_sets_from_traces(program, credited, max_demos=len(traces))
 
 
 def finding_hops(example: Example, prediction: Any) -> int:
     """How many of the written queries (hops 2, 3, ...) found a supporting document that no
     earlier hop had found."""
-    hop_titles = get_field(prediction, "hop_titles") or []
-    gold = set(example["supporting_titles"])
-    found = set(hop_titles[0]) if hop_titles else set()
-    count = 0
-    for titles in hop_titles[1:]:
-        count += bool((set(titles) - found) & gold)
-        found |= set(titles)
-    return count
+    return sum(bool(r.new) for r in hop_reports(example["supporting_titles"], prediction)[1:])
 
 
 def with_title_instruction(program: hover.HoverMultiHop) -> hover.HoverMultiHop:
@@ -131,7 +119,8 @@ def main() -> None:
                 p.demos = demos.get(name, [])[:args.demos]
             print(f"{len(traces)} training traces in {time.perf_counter() - start:.0f} s; "
                   f"queries that found a new supporting document (of {len(traces)} each): "
-                  + ", ".join(f"{n} {len(d)}" for n, d in demos.items()))
+                  + ", ".join(f"{n} {len(d)}" for n, d in demos.items()
+                              if n.startswith("generate_query")))
             variants = {"zero-shot": zero_shot, "title instruction": titled,
                         "+ hop-credited demos": with_demos}
             for label, program in variants.items():
