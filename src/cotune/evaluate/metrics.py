@@ -37,19 +37,31 @@ class Score(float):
     that learn from text (GEPA) read ``feedback``, and ``predictor_feedback`` where a metric
     has something to say to one predictor of the program (keyed by its name in
     ``program.named_predictors()``, e.g. ``"generate_query[0]"``).
+
+    ``predictor_targets``, keyed the same way, credit single steps where the metric can tell
+    from the gold labels: a predictor's outputs as it *should* have given them (HoVer: a query
+    naming a supporting document that no search had found yet; ``{}``: right as it was), or
+    None for a step that earned nothing.  Optimizers run with ``hindsight=True`` learn from
+    those steps (demos, fine-tuning records), failing trace or not; see
+    :mod:`cotune.optimize.traces`.
     """
 
-    __slots__ = ("feedback", "predictor_feedback")
+    __slots__ = ("feedback", "predictor_feedback", "predictor_targets")
 
     def __new__(
         cls,
         value: float | bool,
         feedback: str = "",
         predictor_feedback: Mapping[str, str] | None = None,
+        predictor_targets: Mapping[str, Mapping[str, Any] | None] | None = None,
     ) -> Score:
         score = super().__new__(cls, float(value))
         score.feedback = str(feedback)
         score.predictor_feedback = dict(predictor_feedback or {})
+        score.predictor_targets = {
+            name: None if outputs is None else dict(outputs)
+            for name, outputs in (predictor_targets or {}).items()
+        }
         return score
 
     @property
@@ -57,7 +69,8 @@ class Score(float):
         return float(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Score, (float(self), self.feedback, self.predictor_feedback))
+        return (Score, (float(self), self.feedback, self.predictor_feedback,
+                        self.predictor_targets))
 
     def __repr__(self) -> str:
         return f"Score({float(self)!r}, {self.feedback!r})"

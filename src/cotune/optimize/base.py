@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from cotune.core import Module
 from cotune.core.example import Example
-from cotune.core.validate import check_int, check_number
+from cotune.core.validate import check_bool, check_int, check_number
 from cotune.evaluate import Evaluate
 from cotune.lm.budget import Budget, use_budget
 from cotune.lm.types import BudgetExceeded
@@ -236,6 +236,11 @@ class Optimizer(ABC):
     (a mean gain above it; 0 is plain "the best score wins").  ``rescore_top`` re-scores that
     many of the best candidates, with the baseline, on the extra validation examples given to
     :meth:`optimize` as ``rescore_set`` before choosing.
+
+    ``hindsight``: optimizers that learn from the program's traces (bootstrapped demos,
+    fine-tuning records) also learn from failing traces whose metric says what a predictor
+    should have answered (``Score.predictor_targets``), with those answers in place of the
+    traced ones.
     """
 
     name: ClassVar[str] = "optimizer"
@@ -253,6 +258,7 @@ class Optimizer(ABC):
         metric_threshold: float = 1.0,
         min_gain: MinGain = NOISE,
         rescore_top: int = 0,
+        hindsight: bool = False,
     ) -> None:
         if isinstance(rescore_top, bool) or not isinstance(rescore_top, int) or rescore_top < 0:
             raise ValueError(f"rescore_top must be a whole number >= 0, got {rescore_top!r}")
@@ -262,6 +268,7 @@ class Optimizer(ABC):
         self.metric_threshold = check_number("metric_threshold", metric_threshold)
         self.min_gain = check_min_gain(min_gain)
         self.rescore_top = check_int("rescore_top", rescore_top, minimum=0)
+        self.hindsight = check_bool("hindsight", hindsight)
 
     @abstractmethod
     def estimate_cost(
@@ -281,9 +288,12 @@ class Optimizer(ABC):
 
     def config(self) -> dict[str, Any]:
         """The settings that define this optimizer (written to the run folder)."""
-        return {"optimizer": self.name, "seed": self.seed, "num_threads": self.num_threads,
-                "metric_threshold": self.metric_threshold, "min_gain": self.min_gain,
-                "rescore_top": self.rescore_top}
+        config = {"optimizer": self.name, "seed": self.seed, "num_threads": self.num_threads,
+                  "metric_threshold": self.metric_threshold, "min_gain": self.min_gain,
+                  "rescore_top": self.rescore_top}
+        if self.hindsight:  # only when on: run folders made before it resume as they were
+            config["hindsight"] = True
+        return config
 
     def optimize(
         self,

@@ -110,7 +110,8 @@ class BetterTogether(Optimizer):
         super().__init__(metric, **kwargs)
         check_mapping("prompt_options", prompt_options, allow_none=True)
         shared = {"seed": self.seed, "num_threads": self.num_threads,
-                  "metric_threshold": self.metric_threshold, "min_gain": self.min_gain}
+                  "metric_threshold": self.metric_threshold, "min_gain": self.min_gain,
+                  "hindsight": self.hindsight}
         self.steps: dict[str, Optimizer] = {
             "p": prompt_optimizer
             or BootstrapRandomSearch(metric, **{**shared, **(prompt_options or {})}),

@@ -127,6 +127,7 @@ class BootstrapFewShot(Optimizer):
         demo_sets = bootstrap_demo_sets(
             run, student, trainset, self.max_bootstrapped_demos, self.max_labeled_demos,
             key="bootstrap", teacher=self.teacher, threshold=self.metric_threshold,
+            hindsight=self.hindsight,
         )
         apply_demo_sets(student, demo_sets)
         evaluation = run.evaluate(student, valset, "bootstrap") if valset else None
@@ -144,8 +145,10 @@ def bootstrap_demo_sets(
     key: str,
     teacher: Module | None = None,
     threshold: float = 1.0,
+    hindsight: bool = False,
 ) -> dict[str, list[Example]]:
-    """Bootstrapped (then labelled) demo sets per predictor, journaled under ``key``."""
+    """Bootstrapped (then labelled) demo sets per predictor, journaled under ``key``
+    (``hindsight``: relabeled failing traces count too, see :mod:`cotune.optimize.traces`)."""
 
     def compute() -> dict[str, Any]:
         source = teacher if teacher is not None else student
@@ -153,7 +156,7 @@ def bootstrap_demo_sets(
             source, trainset, run.metric, threshold=threshold, num_threads=run.num_threads,
             wanted=max_bootstrapped,
             prepare=functools.partial(_without_example_at, trainset),
-            executor=run.optimizer.executor,
+            executor=run.optimizer.executor, hindsight=hindsight,
         )
         sets = demo_sets_from_traces(student, traces, max_bootstrapped)
         used = {t.example_index for t in traces}

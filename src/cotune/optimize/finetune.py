@@ -1,11 +1,12 @@
 """BootstrapFinetune: BetterTogether's weight step ("w").
 
 Run the program, with its current prompts, over the training set; keep the traces whose final
-answer passes the metric; turn every predictor call of those traces into a chat record rendered
-by the adapter exactly as the prompt is rendered at inference (same instruction, same demos),
-with the traced output as the target; LoRA-tune each predictor's LM on those records and point
-the predictors at the tuned LM.  Predictors that share an LM share one adapter (multi-task),
-unless ``per_predictor``.
+answer passes the metric (with ``hindsight``, also the failing traces' steps that the metric
+relabels with what they should have answered); turn every predictor call of those traces into
+a chat record rendered by the adapter exactly as the prompt is rendered at inference (same
+instruction, same demos), with the traced output as the target; LoRA-tune each predictor's
+LM on those records and point the predictors at the tuned LM.  Predictors that share an LM
+share one adapter (multi-task), unless ``per_predictor``.
 
 With a validation set the program as given is scored on it first: it is the baseline, and the
 tuned program replaces it only with a gain beyond noise (``min_gain``), so a LoRA that learned
@@ -138,9 +139,12 @@ class BootstrapFinetune(Optimizer):
             "finetune:records", lambda: self._collect_records(run, student, trainset, groups)
         )
         if data["passed"] == 0:
+            hint = ("" if self.hindsight else
+                    "; hindsight=True would also learn from failing traces, where the metric "
+                    "gives targets")
             raise NoTrainingDataError(
                 f"no trace passed the metric (threshold {self.metric_threshold}) on the "
-                f"{data['tried']} training examples tried: nothing to fine-tune on"
+                f"{data['tried']} training examples tried: nothing to fine-tune on{hint}"
             )
         adapters = []
         for n, (group, records) in enumerate(zip(groups, data["records"], strict=True)):
@@ -152,8 +156,10 @@ class BootstrapFinetune(Optimizer):
             adapters.append({"predictors": group.predictors, "records": len(records),
                              "lm": tuned.describe()})
         evaluation = run.evaluate(student, valset, "finetune") if valset else None
-        run.offer(student, evaluation, f"fine-tuned on {data['passed']} passing traces",
-                  adapters=adapters)
+        relabeled = data.get("relabeled", 0)
+        source = (f"{data['passed']} traces, {relabeled} of them relabeled by hindsight"
+                  if self.hindsight else f"{data['passed']} passing traces")
+        run.offer(student, evaluation, f"fine-tuned on {source}", adapters=adapters)
 
     def _collect_records(
         self, run: OptimizationRun, student: Module, trainset: list[Example],
@@ -163,13 +169,15 @@ class BootstrapFinetune(Optimizer):
         traces = collect_successful_traces(
             student, trainset, run.metric, threshold=self.metric_threshold,
             num_threads=run.num_threads, executor=run.optimizer.executor,
+            hindsight=self.hindsight,
         )
         records = training_records(student, traces, with_demos=not self.train_without_demos)
         group_of = {name: i for i, g in enumerate(groups) for name in g.predictors}
         grouped: list[list[Record]] = [[] for _ in groups]
         for name, record in records:
             grouped[group_of[name]].append(record)
-        return {"tried": len(trainset), "passed": len(traces), "records": grouped}
+        return {"tried": len(trainset), "passed": len(traces),
+                "relabeled": sum(t.relabeled for t in traces), "records": grouped}
 
     def _tuned_lm(
         self, run: OptimizationRun, n: int, group: TrainingGroup, records: list[Record]

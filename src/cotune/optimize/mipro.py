@@ -276,7 +276,7 @@ class MIPRO(Optimizer):
                 k = rng.randint(1, k) if k > 0 else 0
             sets.append(bootstrap_demo_sets(
                 run, student, order, k, self.max_labeled_demos, key=f"mipro:{i}",
-                threshold=self.metric_threshold,
+                threshold=self.metric_threshold, hindsight=self.hindsight,
             ))
             run.reporter.advance(run.best_score)
         return sets

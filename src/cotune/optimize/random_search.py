@@ -70,7 +70,7 @@ class BootstrapRandomSearch(Optimizer):
                     k = rng.randint(1, self.max_bootstrapped_demos)
                 demo_sets = bootstrap_demo_sets(
                     run, candidate, order, k, self.max_labeled_demos, key=f"candidate{seed}",
-                    threshold=self.metric_threshold,
+                    threshold=self.metric_threshold, hindsight=self.hindsight,
                 )
                 apply_demo_sets(candidate, demo_sets)
                 description = ("unshuffled" if seed == -1 else f"shuffled #{seed}") + \

@@ -3,6 +3,7 @@ searches with a query, retrieves passages with BM25 and keeps the documents it h
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,33 @@ def hop_reports(gold: Sequence[str], prediction: Any) -> list[HopReport]:
         reports.append(HopReport(hop, queries[hop] if hop < len(queries) else "", hits, new,
                                  [t for t in gold if t not in found]))
     return reports
+
+
+def hindsight_query(report: HopReport, missing_before: Sequence[str], visible: str
+                    ) -> dict[str, str] | None:
+    """The credit of the query writer of ``report``'s hop, for ``predictor_targets``: right
+    as written (``{}``) when its query found a gold document no earlier hop had found; else a
+    query that is the title of a gold document still missing *and named in what the writer
+    read* (``visible``: its claim or question and notes), with a reasoning that says so; None
+    (the step earned nothing) when nothing was missing or no missing document is named there
+    (a title the writer could not have seen would teach it to guess)."""
+    if report.new:
+        return {}
+    for title in missing_before:
+        if names_title(visible, title):
+            return {"reasoning": f"No search so far has found the article on {title}, which "
+                                 "is named in what I have read; searching for its title "
+                                 "finds it.",
+                    "search_query": title}
+    return None
+
+
+def names_title(text: str, title: str) -> bool:
+    """Whether ``text`` mentions ``title`` as whole words, case aside, without a trailing
+    disambiguation (``"Mercury (planet)"`` is named by "mercury")."""
+    name = re.sub(r"\s*\([^)]*\)\s*$", "", title).strip()
+    return bool(name) and re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text,
+                                    flags=re.IGNORECASE) is not None
 
 
 def input_alone(field: str, metrics: tuple[str, ...]) -> Any:
