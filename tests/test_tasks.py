@@ -595,6 +595,44 @@ def test_hotpotqa_program_records_retrieval(retriever) -> None:
     assert gold_titles_recall(example, Prediction(answer="x")) == 0.0
 
 
+@needs_data
+def test_hotpotqa_hindsight_relabels_a_query_with_a_gold_title_the_writer_read(retriever) -> None:
+    """A first query that finds nothing is relabeled with the first gold title the question
+    names; a second that found a new gold passage is kept as written; the wrong answer's
+    step, which the metric does not credit, is dropped from the failing trace."""
+    from cotune.optimize.traces import collect_successful_traces
+    from cotune.tasks.hotpotqa import MultiHopQA, answer_exact_match
+
+    queries = iter(["zebra quantum lighthouse", "Poleconomy board game"])
+
+    def answer(request) -> str:
+        if "Search Query:" in request.messages[0]["content"]:
+            return f"Reasoning: look it up.\nSearch Query: {next(queries)}"
+        return "Reasoning: a guess.\nAnswer: Monopoly"
+
+    example = Example(
+        question='Which came to market first, "Hey Pa! There\'s a Goat on the Roof" or '
+        '"Poleconomy"', answer="Hey Pa! There's a Goat on the Roof",
+        gold_titles=["Hey Pa! There's a Goat on the Roof", "Poleconomy"],
+    ).with_inputs("question")
+    program = MultiHopQA(retriever)
+    with context(lm=ScriptedLM(answer)):
+        [relabeled] = collect_successful_traces(program, [example], answer_exact_match,
+                                                num_threads=1, hindsight=True)
+    assert relabeled.relabeled
+    (first, inputs, outputs), (second, _, kept) = relabeled.steps
+    assert (first, second) == ("generate_query[0]", "generate_query[1]")
+    assert inputs["question"] == example["question"]
+    assert outputs["search_query"] == "Hey Pa! There's a Goat on the Roof"
+    assert kept["search_query"] == "Poleconomy board game"
+    # without the trace, the metric reads the titles the earlier hops retrieved
+    prediction = Prediction(answer="x", hop_titles=[["Z"], ["Poleconomy"]],
+                            search_queries=["q1", "q2"])
+    targets = answer_exact_match(example, prediction).predictor_targets
+    assert targets["generate_query[0]"]["search_query"] == example["gold_titles"][0]
+    assert targets["generate_query[1]"] == {}
+
+
 # -- hover -------------------------------------------------------------------------------------
 
 

@@ -18,7 +18,13 @@ from cotune.core.signature import InputField, OutputField, Signature
 from cotune.evaluate.metrics import Score, exact_match, get_field
 from cotune.tasks.base import Splits, Task, seeded_split
 from cotune.tasks.data import data_path, read_jsonl
-from cotune.tasks.multihop import RetrievalHops, add_unseen, hop_reports, input_alone
+from cotune.tasks.multihop import (
+    RetrievalHops,
+    add_unseen,
+    hindsight_query,
+    hop_reports,
+    input_alone,
+)
 from cotune.tasks.retrieval import BM25Retriever, Passage
 
 DEFAULT_SIZES = (200, 100, 200)
@@ -130,15 +136,22 @@ def answer_exact_match(
 ) -> Score:
     """Exact match of the answer, with feedback: the expected answer, and per query hop which
     gold passages its query found and which it missed (``predictor_feedback`` for
-    ``generate_query[i]``)."""
+    ``generate_query[i]``); and, for hindsight, the query each writer should have written
+    (:func:`~cotune.tasks.multihop.hindsight_query`: a missing gold passage named in the
+    question or the passages it read, taken from ``trace`` when there is one, else from the
+    titles of the earlier hops)."""
     value = _exact_answer(example, prediction)
     gold = example.get("answer")
     answer = get_field(prediction, "answer")
     text = f"Correct: {gold}." if value else f"Expected the answer {gold!r}, got {answer!r}."
     gold_titles = list(get_field(example, "gold_titles") or [])
     per_hop: dict[str, str] = {}
+    targets: dict[str, dict[str, str] | None] = {}
     reports = hop_reports(gold_titles, prediction)
+    read = _what_the_writers_read(example, prediction, trace)
     for r in reports:
+        missing_before = reports[r.hop - 1].missing if r.hop else gold_titles
+        targets[f"generate_query[{r.hop}]"] = hindsight_query(r, missing_before, read[r.hop])
         per_hop[f"generate_query[{r.hop}]"] = (
             f"The query {r.query!r} found {', '.join(r.hits) or 'no gold passage'}"
             + (f"; still missing the passages titled {', '.join(r.missing)}." if r.missing
@@ -149,7 +162,20 @@ def answer_exact_match(
         text += (f" The retrieval missed the passages titled {', '.join(missed)}." if missed
                  else " The retrieval found every gold passage.")
     per_hop["generate_answer"] = text
-    return Score(value, text, per_hop)
+    return Score(value, text, per_hop, targets)
+
+
+def _what_the_writers_read(example: Example, prediction: Prediction | None, trace: object
+                           ) -> list[str]:
+    """Per hop, the question and the context its query writer was shown: the traced inputs of
+    the program's query steps, or, without a trace, the titles the earlier hops retrieved."""
+    question = str(get_field(example, "question") or "")
+    hops = get_field(prediction, "hop_titles") or []
+    steps = [s for s in trace or [] if "search_query" in getattr(s, "outputs", {})]
+    if len(steps) >= len(hops):
+        return [f"{question}\n{s.inputs.get('context', '')}" for s in steps]
+    return [question + "".join(f"\n«{t}»" for titles in hops[:h] for t in titles)
+            for h in range(len(hops))]
 
 TASK = Task(
     name="hotpotqa",
