@@ -126,3 +126,38 @@ def test_program_runs_and_is_scored(name: str, smol: LlamaCppLM, cache_root: Pat
                 assert 0.0 <= recall <= 1.0
             recalls.append(recall)
         assert result.mean_of(task.extra_metrics["retrieval_recall"]) == sum(recalls) / 3
+
+
+def test_hover_hindsight_demos_name_documents_the_writers_read(
+    smol: LlamaCppLM, tmp_path: Path
+) -> None:
+    """Bootstrapping with hindsight on SmolLM2's traces of a two-hop HoVer program, on the two
+    seed-0 training claims whose first hop (BM25 on the claim) misses a supporting document
+    that the claim names: each claim's query writer gets a demo, either its own query (when it
+    found that document) or relabeled to the document's title."""
+    from cotune.optimize import BootstrapFewShot
+    from cotune.tasks.multihop import names_title
+
+    task = get_task("hover")
+    program = HoverMultiHop(hops=2, max_tokens=96, max_passage_chars=300)
+    add_hover_format_demos(program)
+    train = []
+    for example in task.load_splits(seed=0).train:
+        first_hop = {p.title for p in program.retriever.search(example["claim"], k=5)}
+        if any(t not in first_hop and names_title(example["claim"], t)
+               for t in example["supporting_titles"]):
+            train.append(example)
+    assert len(train) == 2  # «Andrew Johnson» and «Bob Day»
+    with context(lm=smol):
+        result = BootstrapFewShot(task.metric, hindsight=True, max_bootstrapped_demos=2,
+                                  max_labeled_demos=0, num_threads=1
+                                  ).optimize(program, train, workdir=tmp_path)
+    demos = result.program.generate_query[0].demos
+    assert sorted(d["claim"] for d in demos) == sorted(ex["claim"] for ex in train)
+    for demo, example in zip(demos, train, strict=True):
+        query = demo["search_query"]
+        found = {p.title for p in program.retriever.search(query, k=5)}
+        if query in example["supporting_titles"]:  # relabeled, or SmolLM2 named it itself
+            assert names_title(f"{demo['claim']}\n{demo['notes']}", query)
+        else:  # kept as written: it found a supporting document hop 1 had not
+            assert found & set(example["supporting_titles"]), query
