@@ -182,3 +182,24 @@ def test_hover_gives_no_target_for_a_document_the_writer_never_saw():
     targets = all_supporting_retrieved(example, prediction).predictor_targets
     assert targets["generate_query[0]"] is None  # read only the claim and the first note
     assert targets["generate_query[1]"]["search_query"] == "Blue Harbor"  # the second note
+
+
+def test_hover_never_tells_two_writers_to_search_for_the_same_document():
+    """Hindsight takes a relabeled query to have found its document: the next writer is given
+    the next missing title it can read, or no credit when there is none."""
+    claim = "Ana Vidal starred in Blue Harbor, directed by Tom Reese."
+    example = Example(claim=claim, supporting_titles=["Blue Harbor", "Tom Reese", "Ana Vidal"]
+                      ).with_inputs("claim")
+    nothing_found = Prediction(search_queries=["c", "q2", "q3"],
+                               hop_titles=[["Blue Harbor"], ["Y"], ["W"]],
+                               retrieved_titles=["Blue Harbor", "Y", "W"], notes=["n1", "n2"])
+    targets = all_supporting_retrieved(example, nothing_found).predictor_targets
+    assert [targets[f"generate_query[{i}]"]["search_query"] for i in (0, 1)] == [
+        "Tom Reese", "Ana Vidal"]
+
+    two_named = Example(claim="Blue Harbor was directed by Tom Reese.",
+                        supporting_titles=["Blue Harbor", "Tom Reese", "Ana Vidal"]
+                        ).with_inputs("claim")
+    targets = all_supporting_retrieved(two_named, nothing_found).predictor_targets
+    assert targets["generate_query[0]"]["search_query"] == "Tom Reese"
+    assert targets["generate_query[1]"] is None  # «Ana Vidal» is named nowhere it read

@@ -21,7 +21,7 @@ from cotune.tasks.data import data_path, read_jsonl
 from cotune.tasks.multihop import (
     RetrievalHops,
     add_unseen,
-    hindsight_query,
+    hindsight_queries,
     hop_reports,
     input_alone,
 )
@@ -137,7 +137,7 @@ def answer_exact_match(
     """Exact match of the answer, with feedback: the expected answer, and per query hop which
     gold passages its query found and which it missed (``predictor_feedback`` for
     ``generate_query[i]``); and, for hindsight, the query each writer should have written
-    (:func:`~cotune.tasks.multihop.hindsight_query`: a missing gold passage named in the
+    (:func:`~cotune.tasks.multihop.hindsight_queries`: a missing gold passage named in the
     question or the passages it read, taken from ``trace`` when there is one, else from the
     titles of the earlier hops)."""
     value = _exact_answer(example, prediction)
@@ -146,12 +146,12 @@ def answer_exact_match(
     text = f"Correct: {gold}." if value else f"Expected the answer {gold!r}, got {answer!r}."
     gold_titles = list(get_field(example, "gold_titles") or [])
     per_hop: dict[str, str] = {}
-    targets: dict[str, dict[str, str] | None] = {}
     reports = hop_reports(gold_titles, prediction)
-    read = _what_the_writers_read(example, prediction, trace)
+    credits = hindsight_queries(reports, gold_titles,
+                                _what_the_writers_read(example, prediction, trace),
+                                first_written=0)
+    targets = {f"generate_query[{hop}]": credit for hop, credit in enumerate(credits)}
     for r in reports:
-        missing_before = reports[r.hop - 1].missing if r.hop else gold_titles
-        targets[f"generate_query[{r.hop}]"] = hindsight_query(r, missing_before, read[r.hop])
         per_hop[f"generate_query[{r.hop}]"] = (
             f"The query {r.query!r} found {', '.join(r.hits) or 'no gold passage'}"
             + (f"; still missing the passages titled {', '.join(r.missing)}." if r.missing

@@ -26,7 +26,7 @@ from cotune.tasks.multihop import (
     RetrievalHops,
     add_unseen,
     bm25_alone,
-    hindsight_query,
+    hindsight_queries,
     hop_reports,
     input_alone,
 )
@@ -169,7 +169,7 @@ def all_supporting_retrieved(
     feedback for the reflective optimizer: which supporting documents were found and missed,
     and per predictor what its hop found (``generate_query[i]`` wrote hop ``i + 2``'s query,
     ``condense[i]`` read hop ``i + 1``'s passages); and, for hindsight, the query each writer
-    should have written (:func:`~cotune.tasks.multihop.hindsight_query`: a missing document
+    should have written (:func:`~cotune.tasks.multihop.hindsight_queries`: a missing document
     named in the claim or its notes)."""
     value = float(supporting_titles_recall(example, prediction) == 1.0)
     gold = list(get_field(example, "supporting_titles") or [])
@@ -179,20 +179,19 @@ def all_supporting_retrieved(
             f"The retrieval missed the supporting documents titled {_titles(missed)}"
             f" (found: {_titles([t for t in gold if t in retrieved]) or 'none'}).")
     per_predictor: dict[str, str] = {}
-    targets: dict[str, dict[str, str] | None] = {}
     reports = hop_reports(gold, prediction)
     claim = str(get_field(example, "claim") or "")
     notes = [str(n) for n in get_field(prediction, "notes") or []]
+    read = ["\n".join([claim, *notes[:hop]]) for hop in range(len(reports))]
+    targets = {f"generate_query[{hop - 1}]": credit for hop, credit in
+               enumerate(hindsight_queries(reports, gold, read, first_written=1), start=1)}
     for r in reports:
         said = (f"Hop {r.hop + 1} searched {r.query!r} and found "
                 f"{_titles(r.new) or 'no new supporting document'}"
                 + (f"; still missing {_titles(r.missing)}." if r.missing
                    else "; nothing is missing now."))
         if r.hop > 0:
-            writer = f"generate_query[{r.hop - 1}]"
-            per_predictor[writer] = f"{said} ({text})"
-            targets[writer] = hindsight_query(r, reports[r.hop - 1].missing,
-                                              "\n".join([claim, *notes[: r.hop]]))
+            per_predictor[f"generate_query[{r.hop - 1}]"] = f"{said} ({text})"
         if r.hop < len(reports) - 1:  # the last hop's passages are condensed by nobody
             advice = (" The notes should name what leads to the missing documents."
                       if r.missing else "")

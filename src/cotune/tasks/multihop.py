@@ -99,23 +99,40 @@ def hop_reports(gold: Sequence[str], prediction: Any) -> list[HopReport]:
     return reports
 
 
-def hindsight_query(report: HopReport, missing_before: Sequence[str], visible: str
-                    ) -> dict[str, str] | None:
-    """The credit of the query writer of ``report``'s hop, for ``predictor_targets``: right
-    as written (``{}``) when its query found a gold document no earlier hop had found; else a
-    query that is the title of a gold document still missing *and named in what the writer
-    read* (``visible``: its claim or question and notes), with a reasoning that says so; None
-    (the step earned nothing) when nothing was missing or no missing document is named there
-    (a title the writer could not have seen would teach it to guess)."""
-    if report.new:
-        return {}
-    for title in missing_before:
-        if names_title(visible, title):
-            return {"reasoning": f"No search so far has found the article on {title}, which "
-                                 "is named in what I have read; searching for its title "
-                                 "finds it.",
-                    "search_query": title}
-    return None
+def hindsight_queries(reports: Sequence[HopReport], gold: Sequence[str], read: Sequence[str],
+                      *, first_written: int) -> list[dict[str, str] | None]:
+    """The credit of each written query of a multi-hop prediction, for ``predictor_targets``
+    (one per hop from ``first_written``, whose writer read ``read[hop]``: its claim or
+    question and notes or passages):
+
+    * right as written (``{}``) when the hop's query found a gold document no earlier hop had;
+    * else a query that is the title of a gold document still missing *and named in what the
+      writer read*, with a reasoning that says so;
+    * None (the step earned nothing) when nothing was missing or no missing document is named
+      there: a title the writer could not have seen would teach it to guess.
+
+    Relabeled queries are taken to have found their document: a later writer is never told to
+    search for a title an earlier writer's target named, which would teach both writers the
+    same query (the trace of an unrelabeled first query is what makes it look missing)."""
+    credits: list[dict[str, str] | None] = []
+    targeted: set[str] = set()
+    for report in reports[first_written:]:
+        missing = reports[report.hop - 1].missing if report.hop else list(gold)
+        if report.new:
+            credits.append({})
+            targeted.update(report.new)
+            continue
+        title = next((t for t in missing if t not in targeted
+                      and names_title(read[report.hop], t)), None)
+        if title is None:
+            credits.append(None)
+            continue
+        targeted.add(title)
+        credits.append({"reasoning": f"No search so far has found the article on {title}, "
+                                     "which is named in what I have read; searching for its "
+                                     "title finds it.",
+                        "search_query": title})
+    return credits
 
 
 def names_title(text: str, title: str) -> bool:
