@@ -7,7 +7,10 @@ HotPotQA 2 x 3 passages, documents deduplicated across hops) with the queries of
 * ``follow titles``: hop 1 the input, each later hop the input plus the titles the previous
   hop retrieved (pseudo-relevance feedback: what a query writer gets by copying what it read);
 * ``oracle``: hop 1 the input, each later hop the title of a gold document not found yet (a
-  query writer that names the missing document: the ceiling of this program shape).
+  query writer that names the missing document: the ceiling of this program shape);
+* ``named in what was read``: the oracle restricted to titles the input or the passages
+  retrieved so far name (a writer that copies the right name from what it read; the queries
+  hindsight relabels to), else the input.
 
 On the test split of a run's seed and sizes, with 95% bootstrap intervals and each row's
 paired difference to ``input alone``.  ::
@@ -24,7 +27,7 @@ from cotune.core.example import Example, Prediction
 from cotune.evaluate.stats import bootstrap_ci, paired_bootstrap_ci
 from cotune.runs.optimize import RunSpec, load_data
 from cotune.tasks import hotpotqa, hover
-from cotune.tasks.multihop import RetrievalHops, add_unseen, bm25_alone
+from cotune.tasks.multihop import RetrievalHops, add_unseen, bm25_alone, names_title
 from cotune.tasks.retrieval import Passage
 
 # task: (its Task, the example's input field, its gold-titles field, its recall metric, the
@@ -36,17 +39,27 @@ TASKS = {
                  (50, 50, 150)),
 }
 Recall = Callable[[Example, Prediction], float]
-NextQuery = Callable[[str, list[str], list[Passage], set[str]], str]
-"""(input, gold titles, the previous hop's passages, titles found so far) -> the next query."""
+NextQuery = Callable[[str, list[str], list[Passage], list[Passage]], str]
+"""(input, gold titles, the previous hop's passages, passages found so far) -> the next query."""
 
 
-def follow_titles(text: str, gold: list[str], last: list[Passage], found: set[str]) -> str:
+def follow_titles(text: str, gold: list[str], last: list[Passage], found: list[Passage]
+                  ) -> str:
     return " ".join([text, *(p.title for p in last)])
 
 
-def oracle(text: str, gold: list[str], last: list[Passage], found: set[str]) -> str:
-    missing = [t for t in gold if t not in found]
+def oracle(text: str, gold: list[str], last: list[Passage], found: list[Passage]) -> str:
+    titles = {p.title for p in found}
+    missing = [t for t in gold if t not in titles]
     return missing[0] if missing else text
+
+
+def named_in_what_was_read(text: str, gold: list[str], last: list[Passage],
+                           found: list[Passage]) -> str:
+    titles = {p.title for p in found}
+    read = "\n".join([text, *(f"{p.title}. {p.text}" for p in found)])
+    named = [t for t in gold if t not in titles and names_title(read, t)]
+    return named[0] if named else text
 
 
 def hops(program: RetrievalHops, text: str, gold: list[str], next_query: NextQuery
@@ -56,7 +69,7 @@ def hops(program: RetrievalHops, text: str, gold: list[str], next_query: NextQue
     query, last = text, []
     for hop in range(program.hops):
         if hop:
-            query = next_query(text, gold, last, {p.title for p in found})
+            query = next_query(text, gold, last, found)
         _, last = program.search(query, fallback=text)
         add_unseen(found, last)
     return Prediction(retrieved_titles=[p.title for p in found])
@@ -85,6 +98,7 @@ def compare(name: str, seed: int) -> tuple[int, int, dict[str, tuple[list[float]
         "input alone": lambda ex: bm25_alone(program.retriever, str(ex[field]), k),
         "follow titles": with_hops(follow_titles),
         "oracle": with_hops(oracle),
+        "named in what was read": with_hops(named_in_what_was_read),
     }
     return len(test), k, {label: scored(test, recall, predict)
                           for label, predict in predictors.items()}

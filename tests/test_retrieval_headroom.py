@@ -53,3 +53,22 @@ def test_the_oracle_names_a_missing_document_and_following_copies_the_titles():
     found, recall = script.scored(examples, supporting_titles_recall,
                                   lambda ex: script.hops(program, "claim A", gold, script.oracle))
     assert (found, recall) == ([0.0], [2 / 3])  # X1 was never retrieved: oracle hops ran out
+
+
+def test_the_named_writer_copies_only_titles_it_has_read():
+    """«B» is named in the claim, «C» only in a passage hop 2 retrieves, «D» nowhere: the writer
+    names B, then C, then falls back to the claim."""
+
+    class Linked(NamingRetriever):
+        def search(self, query: str, k: int = 3) -> list[Passage]:
+            passages = super().search(query, k)
+            return [Passage(p.title, "see C" if p.title == "B" else p.text, 1.0)
+                    for p in passages]
+
+    script = _script()
+    retriever = Linked()
+    program = HoverMultiHop(retriever, hops=4, passages_per_hop=1)
+    named = script.hops(program, "claim A B", ["A", "B", "C", "D"],
+                        script.named_in_what_was_read)
+    assert retriever.queries == ["claim A B", "B", "C", "claim A B"]
+    assert named.retrieved_titles == ["A", "B", "C"]
