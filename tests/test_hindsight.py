@@ -203,3 +203,20 @@ def test_hover_never_tells_two_writers_to_search_for_the_same_document():
     targets = all_supporting_retrieved(two_named, nothing_found).predictor_targets
     assert targets["generate_query[0]"]["search_query"] == "Tom Reese"
     assert targets["generate_query[1]"] is None  # «Ana Vidal» is named nowhere it read
+
+
+def test_hindsight_demos_reach_a_predictor_that_only_later_traces_credit(tmp_path):
+    """The first traces credit the solver only; the planner's one credited step comes last:
+    bootstrapping with hindsight goes through every training example, not the first few."""
+    train = arithmetic_data(4)
+
+    def planner_credited_last(example, prediction, trace=None) -> Score:
+        last = example.question == train[-1].question
+        return Score(0.0, "", {}, {"plan": {} if last else None, "solve": {"answer": 0}})
+
+    with context(lm=ScriptedLM(wrong_answer)):
+        program = BootstrapFewShot(planner_credited_last, max_bootstrapped_demos=1,
+                                   max_labeled_demos=0, hindsight=True
+                                   ).optimize(AddTwo(), train, workdir=tmp_path).program
+    assert [d.question for d in program.plan.demos] == [train[-1].question]
+    assert [(d.question, d.answer) for d in program.solve.demos] == [(train[0].question, 0)]

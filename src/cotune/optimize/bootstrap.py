@@ -154,7 +154,8 @@ def bootstrap_demo_sets(
         source = teacher if teacher is not None else student
         traces = [] if max_bootstrapped <= 0 else collect_successful_traces(
             source, trainset, run.metric, threshold=threshold, num_threads=run.num_threads,
-            wanted=max_bootstrapped,
+            # with hindsight a kept trace may credit one predictor only: go through them all
+            wanted=None if hindsight else max_bootstrapped,
             prepare=functools.partial(_without_example_at, trainset),
             executor=run.optimizer.executor, hindsight=hindsight,
         )
