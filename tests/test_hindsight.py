@@ -4,14 +4,17 @@ stub trainer; the HoVer metric's targets on hand-made predictions."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from helpers import QA, qa_data
 from optimizer_suite import AddTwo, arithmetic_data, scripted_solver
 from test_better_together import StubTrainer
 
 from cotune import Example, Prediction, ScriptedLM, context
 from cotune.evaluate.metrics import Score, get_field
 from cotune.finetune.errors import NoTrainingDataError
-from cotune.optimize import BootstrapFewShot, BootstrapFinetune, SuccessfulTrace
+from cotune.optimize import GEPA, BootstrapFewShot, BootstrapFinetune, SuccessfulTrace
 from cotune.optimize.traces import collect_successful_traces, relabel
 from cotune.optimize.vanilla import Vanilla
 from cotune.tasks.hover import all_supporting_retrieved
@@ -220,3 +223,37 @@ def test_hindsight_demos_reach_a_predictor_that_only_later_traces_credit(tmp_pat
                                    ).optimize(AddTwo(), train, workdir=tmp_path).program
     assert [d.question for d in program.plan.demos] == [train[-1].question]
     assert [(d.question, d.answer) for d in program.solve.demos] == [(train[0].question, 0)]
+
+
+def hindsight_answer(example, prediction, trace=None) -> Score:
+    """Exact answer; a wrong one names the right answer as the ``answer`` step's target."""
+    right = prediction.answer == example.answer
+    return Score(float(right), "", {}, {} if right else {"answer": {"answer": example.answer}})
+
+
+def right_only_with_demos(request) -> str:
+    """Answers question ``<kind> i`` with ``a<i>`` when the prompt holds a demo, else ``b<i>``."""
+    i = request.messages[-1]["content"].split("Question: ", 1)[1].split()[1]
+    return f"Answer: {'a' if len(request.messages) > 2 else 'b'}{i}"
+
+
+@pytest.mark.parametrize("hindsight", [False, True])
+def test_gepa_with_hindsight_evolves_demos_from_relabeled_failing_traces(hindsight):
+    """Every trace fails, so GEPA has no passing demo to try; with hindsight the failing
+    traces' answers, relabeled with the metric's targets, become the demos that fix it."""
+    reflector = ScriptedLM(lambda r: "New Instruction: Some words.", name="reflector")
+    optimizer = GEPA(hindsight_answer, reflection_lm=reflector, evolve_demos=True,
+                     skip_perfect=False, num_threads=2, seed=0, hindsight=hindsight)
+    with context(lm=ScriptedLM(right_only_with_demos)):
+        result = optimizer.optimize(QA(), qa_data("train", 12), qa_data("val", 20))
+    demos = result.program.answer.demos
+    prompt = reflector.requests[0].messages[-1]["content"]
+    if not hindsight:
+        assert demos == [] and result.best_score == 0.0
+        assert "should have output" not in prompt
+        return
+    assert demos and result.best_score == 1.0
+    assert all(d.answer == f"a{d.question.split()[1]}" for d in demos)  # the targets
+    question = re.search(r"question: (train \d+)", prompt).group(1)
+    assert ("answer: b" in prompt and "What the step should have output:\n"
+            f"    answer: a{question.split()[1]}" in prompt)

@@ -32,8 +32,10 @@ def run_with_feedback(
     num_threads: int = 4,
 ) -> list[dict[str, Any]]:
     """One JSON record per example, in order: ``score``, ``feedback``, ``predictor_feedback``,
-    ``steps`` (``[name, inputs, outputs]`` per predictor call), ``error`` (None, or why the
-    program or metric failed) and the example's ``inputs``."""
+    ``predictor_targets`` (the metric's hindsight credit per predictor, see
+    :class:`~cotune.evaluate.metrics.Score`), ``steps`` (``[name, inputs, outputs]`` per
+    predictor call), ``error`` (None, or why the program or metric failed) and the example's
+    ``inputs``."""
     names = {id(p): name for name, p in program.named_predictors()}
     traces: dict[int, list[list[Any]]] = {}
     raw: dict[int, list[Any]] = {}
@@ -74,6 +76,7 @@ def run_with_feedback(
             "score": r.score,
             "feedback": text,
             "predictor_feedback": dict(score.predictor_feedback) if score is not None else {},
+            "predictor_targets": jsonable(score.predictor_targets) if score is not None else {},
             "steps": traces.get(id(r.prediction), []) if r.prediction is not None else [],
             "error": r.error,
             "inputs": jsonable(r.example.inputs()),

@@ -9,15 +9,17 @@ Agrawal et al., "GEPA: Reflective Prompt Evolution Can Outperform Reinforcement 
 3. **Reflect**: run the parent on the next mini-batch of training examples with traces; show
    the reflection LM that predictor's inputs, outputs and the metric's feedback
    (:class:`~cotune.evaluate.metrics.Score`, or the score and expected output of a plain
-   metric); it writes ``num_proposals`` new instructions (in parallel).
+   metric; with ``hindsight``, also the outputs the metric says the step should have given);
+   it writes ``num_proposals`` new instructions (in parallel).
 4. **Children**: each proposal is a child; with ``evolve_demos`` (beyond the paper) a child
    with one more (or one replaced) demo from a passing trace seen so far, alone and together
-   with the first proposal.  The child with the best mini-batch score is accepted only if it
-   beats the parent there.  It is then scored on a seeded subsample of ``val_subsample``
-   validation examples and completed on the rest (and added to the pool) only if it scores at
-   least as well as its parent there: a child the mini-batch let through by luck costs a
-   fifth of a validation pass instead of a whole one (beyond the paper, which scores every
-   accepted child on the whole validation set).
+   with the first proposal (with ``hindsight``, also a failing trace's steps the metric
+   credits, relabeled with its targets, see :mod:`cotune.optimize.traces`). The child with the
+   best mini-batch score is accepted only if it beats the parent there. It is then scored on a
+   seeded subsample of ``val_subsample`` validation examples and completed on the rest (and
+   added to the pool) only if it scores at least as well as its parent there: a child the
+   mini-batch let through by luck costs a fifth of a validation pass instead of a whole one
+   (beyond the paper, which scores every accepted child on the whole validation set).
 5. **Merge**: after an accepted child, two frontier candidates that changed different
    predictors since a common ancestor are combined; the merge is kept when it scores at least
    as well as both on validation examples where they differ, then completed on the rest.
@@ -58,6 +60,7 @@ from cotune.optimize.pareto import pareto_frontier
 from cotune.optimize.reflection import propose_instruction, reflective_examples
 from cotune.optimize.registry import register_optimizer
 from cotune.optimize.reporting import CostEstimate
+from cotune.optimize.traces import relabel
 from cotune.optimize.trials import Child
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -83,7 +86,8 @@ class GEPA(Optimizer):
         val_subsample: validation examples an accepted child is scored on before it is
             completed on the rest (None: the whole validation set at once).
         num_proposals: instructions the reflection LM writes per iteration (in parallel).
-        evolve_demos: also try children with a demo from a passing trace.
+        evolve_demos: also try children with a demo from a passing trace (with
+            ``hindsight``, also from a failing trace's credited, relabeled steps).
         max_demos: the most demos a predictor gets from ``evolve_demos``.
         use_merge, max_merges, merge_minibatch_size: merging of frontier candidates.
         max_instruction_chars: cap on an instruction's length (None: no cap).
@@ -476,7 +480,7 @@ class _Loop:
                    records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         opt = self.opt
         predictor = dict(self.program(state).named_predictors())[name]
-        shown = reflective_examples(name, records)
+        shown = reflective_examples(name, records, hindsight=opt.hindsight)
 
         def one(k: int) -> dict[str, Any]:
             return self.run.journal.memo(f"gepa:{n}:reflect:{k}", lambda: propose_instruction(
@@ -517,16 +521,20 @@ class _Loop:
             children.append((kind, state, {**info, "demos": len(demo_list)}))
         return children
 
-    # -- demos from passing traces -----------------------------------------------------------
+    # -- demos from passing (or, with hindsight, credited) traces ------------------------------
 
     def _collect_demos(self, records: list[dict[str, Any]], batch: list[int]) -> None:
         if not self.opt.evolve_demos:
             return
         for index, record in zip(batch, records, strict=True):
-            if record["error"] is not None or not self.opt.passes(record["score"]):
+            passed = self.opt.passes(record["score"])
+            if record["error"] is not None or not (passed or self.opt.hindsight):
                 continue
+            steps = record["steps"]
+            if self.opt.hindsight:
+                steps = relabel(steps, record.get("predictor_targets") or {}, passed=passed)
             used: set[str] = set()
-            for name, inputs, outputs in record["steps"]:
+            for name, inputs, outputs in steps:
                 if name in used or name not in self.demo_pool:
                     continue
                 used.add(name)

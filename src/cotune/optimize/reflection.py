@@ -34,20 +34,27 @@ _MAX_EXAMPLE_STEPS = 1
 
 
 def reflective_examples(
-    predictor_name: str, records: Sequence[Mapping[str, Any]], *, max_examples: int = 8
+    predictor_name: str, records: Sequence[Mapping[str, Any]], *, max_examples: int = 8,
+    hindsight: bool = False,
 ) -> list[dict[str, Any]]:
     """The examples the reflection LM sees for one predictor: its calls in each record's trace
     (inputs and outputs), the score and the feedback meant for it (the predictor's own, when
-    the metric gave one, else the program's)."""
+    the metric gave one, else the program's); with ``hindsight``, also the outputs the metric
+    says its first call should have given (``wanted``), where they differ from the traced."""
     shown = []
     for record in records:
         calls = [s for s in record["steps"] if s[0] == predictor_name][:_MAX_EXAMPLE_STEPS]
         feedback = record["predictor_feedback"].get(predictor_name) or record["feedback"]
         if not calls and record["error"] is None:
             continue  # the predictor never ran on this example: nothing to learn from it
+        target = (record.get("predictor_targets") or {}).get(predictor_name) if hindsight else None
         for _, inputs, outputs in calls or [(predictor_name, record["inputs"], {})]:
-            shown.append({"inputs": inputs, "outputs": outputs, "score": record["score"],
-                          "feedback": feedback})
+            example = {"inputs": inputs, "outputs": outputs, "score": record["score"],
+                       "feedback": feedback}
+            wanted = {k: v for k, v in (target or {}).items() if outputs.get(k) != v}
+            if wanted and calls:
+                example["wanted"] = wanted
+            shown.append(example)
         if len(shown) >= max_examples:
             break
     return shown[:max_examples]
@@ -61,6 +68,9 @@ def format_reflective_examples(examples: Sequence[Mapping[str, Any]]) -> str:
         lines.append("  Outputs of the step:")
         lines += [f"    {k}: {short(v)}" for k, v in ex["outputs"].items()] or ["    (none)"]
         lines.append(f"  Feedback: {short(ex['feedback'], 600)}")
+        if ex.get("wanted"):
+            lines.append("  What the step should have output:")
+            lines += [f"    {k}: {short(v)}" for k, v in ex["wanted"].items()]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
