@@ -633,6 +633,53 @@ def test_hotpotqa_hindsight_relabels_a_query_with_a_gold_title_the_writer_read(r
     assert targets["generate_query[1]"] == {}
 
 
+@needs_data
+def test_hotpotqa_hindsight_relabels_a_wrong_answer_the_passages_name(retriever) -> None:
+    """Both queries find their gold passage (kept as written); the answer is wrong but a
+    passage the answer step read names the gold answer: its step is relabeled with that
+    answer and a reasoning that quotes the passage's sentence naming it."""
+    from cotune.optimize.traces import collect_successful_traces
+    from cotune.tasks.hotpotqa import MultiHopQA, answer_exact_match
+
+    queries = iter(["Hey Pa! There's a Goat on the Roof", "Poleconomy"])
+
+    def answer(request) -> str:
+        if "Search Query:" in request.messages[0]["content"]:
+            return f"Reasoning: look it up.\nSearch Query: {next(queries)}"
+        return "Reasoning: a guess.\nAnswer: Monopoly"
+
+    gold = "Hey Pa! There's a Goat on the Roof"
+    example = Example(question=f'Which came to market first, "{gold}" or "Poleconomy"',
+                      answer=gold, gold_titles=[gold, "Poleconomy"]).with_inputs("question")
+    with context(lm=ScriptedLM(answer)):
+        [trace] = collect_successful_traces(MultiHopQA(retriever), [example], answer_exact_match,
+                                            num_threads=1, hindsight=True)
+    assert [name for name, _, _ in trace.steps] == [
+        "generate_query[0]", "generate_query[1]", "generate_answer"]
+    _, inputs, outputs = trace.steps[2]
+    assert outputs["answer"] == gold
+    assert outputs["reasoning"].startswith(f"The passage «{gold}» says: ")
+    quoted = outputs["reasoning"].split(" says: ", 1)[1]
+    assert gold in quoted and quoted in inputs["context"]
+
+
+def test_hotpotqa_answer_targets_come_only_from_what_the_step_read() -> None:
+    from cotune.tasks.hotpotqa import hindsight_answer
+
+    context = ("[1] «Blue Harbor» Blue Harbor is a 1990 film. It was shot in Lisbon.\n"
+               "[2] «Tom Reese» Tom Reese served in the U.S. Army before directing films.")
+    assert hindsight_answer(context, "Lisbon") == {
+        "reasoning": "The passage «Blue Harbor» says: It was shot in Lisbon.",
+        "answer": "Lisbon"}
+    assert hindsight_answer(context, "lisbon")["answer"] == "lisbon"  # case aside
+    assert hindsight_answer(context, "Lisb") is None  # whole words only
+    assert hindsight_answer(context, "Porto") is None
+    assert hindsight_answer("(no passages yet)", "Lisbon") is None
+    # an answer across a sentence cut: the passage whole
+    assert hindsight_answer(context, "U.S. Army")["reasoning"].endswith(
+        "Tom Reese served in the U.S. Army before directing films.")
+
+
 # -- hover -------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,8 @@ disjoint, from one seeded shuffle of ``dev.jsonl`` (so the three never share a q
 
 from __future__ import annotations
 
+import re
+
 from cotune.core.example import Example, Prediction
 from cotune.core.predict import ChainOfThought
 from cotune.core.signature import InputField, OutputField, Signature
@@ -24,6 +26,7 @@ from cotune.tasks.multihop import (
     hindsight_queries,
     hop_reports,
     input_alone,
+    names_title,
 )
 from cotune.tasks.retrieval import BM25Retriever, Passage
 
@@ -139,7 +142,8 @@ def answer_exact_match(
     ``generate_query[i]``); and, for hindsight, the query each writer should have written
     (:func:`~cotune.tasks.multihop.hindsight_queries`: a missing gold passage named in the
     question or the passages it read, taken from ``trace`` when there is one, else from the
-    titles of the earlier hops)."""
+    titles of the earlier hops) and, with a trace, the answer the answer step should have
+    given (:func:`hindsight_answer`: the gold answer when a passage it read names it)."""
     value = _exact_answer(example, prediction)
     gold = example.get("answer")
     answer = get_field(prediction, "answer")
@@ -151,6 +155,11 @@ def answer_exact_match(
                                 _what_the_writers_read(example, prediction, trace),
                                 first_written=0)
     targets = {f"generate_query[{hop}]": credit for hop, credit in enumerate(credits)}
+    answer_context = _what_the_answer_read(trace)
+    if value:
+        targets["generate_answer"] = {}
+    elif answer_context is not None and gold is not None:
+        targets["generate_answer"] = hindsight_answer(answer_context, str(gold))
     for r in reports:
         per_hop[f"generate_query[{r.hop}]"] = (
             f"The query {r.query!r} found {', '.join(r.hits) or 'no gold passage'}"
@@ -163,6 +172,31 @@ def answer_exact_match(
                  else " The retrieval found every gold passage.")
     per_hop["generate_answer"] = text
     return Score(value, text, per_hop, targets)
+
+
+def _what_the_answer_read(trace: object) -> str | None:
+    """The context the traced answer step was shown (None without a trace)."""
+    steps = [s for s in trace or [] if "answer" in getattr(s, "outputs", {})]
+    return str(steps[-1].inputs.get("context", "")) if steps else None
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_PASSAGE_LINE = re.compile(r"^\[\d+\] «(?P<title>[^»]*)» (?P<text>.*)$")
+
+
+def hindsight_answer(context: str, gold: str) -> dict[str, str] | None:
+    """The answer step's target when it answered wrong: the gold answer, with a reasoning that
+    quotes the first sentence of the passages it read naming that answer; None when no passage
+    names it (an answer the step could not have read would teach it to guess)."""
+    for line in context.splitlines():
+        match = _PASSAGE_LINE.match(line)
+        if match is None or not names_title(match["text"], gold):
+            continue
+        sentence = next((s for s in _SENTENCE_END.split(match["text"]) if names_title(s, gold)),
+                        match["text"])  # an answer across a sentence cut ("U.S. Army")
+        return {"reasoning": f"The passage «{match['title']}» says: {sentence.strip()}",
+                "answer": gold}
+    return None
 
 
 def _what_the_writers_read(example: Example, prediction: Prediction | None, trace: object
